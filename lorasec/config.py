@@ -1,0 +1,396 @@
+"""Typed, validated run configuration: TOML/JSON files plus dotted ``--set key=value`` overrides.
+
+Every field is checked before any work starts; a bad one raises :class:`ConfigError` whose message is one line
+naming the field, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration field is missing, unknown, mistyped or out of range."""
+
+
+ATTACKS = ("none", "label_flip", "badnets", "prefix", "sentence", "multi_trigger")
+ADAPTERS = ("full", "lora")
+SCHEDULES = ("constant", "warmup_linear", "warmup_cosine")
+LORA_INITS = ("kaiming_uniform", "gaussian")
+SELECTIONS = ("count", "bernoulli")
+MODEL_KINDS = ("transformer", "mlp")
+POOLINGS = ("mean", "cls")
+DATA_SOURCES = ("synthetic", "file")
+
+
+def _fail(name: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{name} = {value!r}: {allowed}")
+
+
+def _one_of(name: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        _fail(name, value, "must be one of " + ", ".join(options))
+
+
+def _at_least(name: str, value: float, low: float) -> None:
+    if value < low:
+        _fail(name, value, f"must be >= {low}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        _fail(name, value, "must be > 0")
+
+
+def _rate(name: str, value: float, *, upper_open: bool = False) -> None:
+    if not (0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0):
+        _fail(name, value, "must lie in [0, 1)" if upper_open else "must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The task. ``synthetic`` draws a topic-classification corpus from ``seed``; ``file`` reads CSV/JSONL."""
+
+    source: str = "synthetic"
+    seed: int = 0
+    num_classes: int = 2
+    num_train: int = 2000
+    num_test: int = 1000
+    vocab_size: int = 400
+    cue_words_per_class: int = 12
+    cues_per_example: int = 2
+    min_len: int = 8
+    max_len: int = 24
+    label_noise: float = 0.0
+    seq_len: int = 32
+    train_file: str = ""
+    test_file: str = ""
+    text_field: str = "text"
+    label_field: str = "label"
+    vocab_file: str = ""
+
+    def validate(self, p: str = "data") -> None:
+        _one_of(f"{p}.source", self.source, DATA_SOURCES)
+        _at_least(f"{p}.num_classes", self.num_classes, 2)
+        _at_least(f"{p}.seq_len", self.seq_len, 2)
+        if self.source == "synthetic":
+            _at_least(f"{p}.num_train", self.num_train, 1)
+            _at_least(f"{p}.num_test", self.num_test, 1)
+            _at_least(f"{p}.vocab_size", self.vocab_size, 1)
+            _at_least(f"{p}.cue_words_per_class", self.cue_words_per_class, 1)
+            _at_least(f"{p}.cues_per_example", self.cues_per_example, 1)
+            _at_least(f"{p}.min_len", self.min_len, self.cues_per_example)
+            if self.max_len < self.min_len:
+                _fail(f"{p}.max_len", self.max_len, f"must be >= data.min_len = {self.min_len}")
+            _rate(f"{p}.label_noise", self.label_noise, upper_open=True)
+        else:
+            for name in ("train_file", "test_file"):
+                value = getattr(self, name)
+                if not value:
+                    _fail(f"{p}.{name}", value, "is required when data.source = 'file' (a CSV or JSONL path)")
+                if not Path(value).is_file():
+                    _fail(f"{p}.{name}", value, "file not found")
+                if Path(value).suffix.lower() not in (".csv", ".jsonl", ".json"):
+                    _fail(f"{p}.{name}", value, "must end in .csv or .jsonl")
+            if self.vocab_file and not Path(self.vocab_file).is_file():
+                _fail(f"{p}.vocab_file", self.vocab_file, "file not found (a WordPiece vocab.txt or tokenizer.json)")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """A training-time attack in OpenBackdoor's vocabulary; ``triggers`` empty means the attack's default."""
+
+    kind: str = "none"
+    poison_rate: float = 0.05
+    target_label: int = 1
+    label_consistent: bool = False
+    selection: str = "count"
+    triggers: tuple[str, ...] = ()
+    num_trigger_words: int = 1
+
+    def validate(self, p: str = "attack") -> None:
+        _one_of(f"{p}.kind", self.kind, ATTACKS)
+        _rate(f"{p}.poison_rate", self.poison_rate)
+        _at_least(f"{p}.target_label", self.target_label, 0)
+        _one_of(f"{p}.selection", self.selection, SELECTIONS)
+        _at_least(f"{p}.num_trigger_words", self.num_trigger_words, 1)
+        if any(not t.strip() for t in self.triggers):
+            _fail(f"{p}.triggers", list(self.triggers), "must not contain empty strings")
+        if self.kind == "label_flip" and self.label_consistent:
+            _fail(f"{p}.label_consistent", True, "only applies to trigger attacks, not label_flip")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture; with ``pretrained`` set, the sizes are read from that checkpoint instead."""
+
+    kind: str = "transformer"
+    pretrained: str = ""
+    d_model: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    d_ff: int = 128
+    dropout: float = 0.1
+    pooling: str = "mean"
+    mlp_hidden: tuple[int, ...] = (128,)
+
+    def validate(self, p: str = "model") -> None:
+        _one_of(f"{p}.kind", self.kind, MODEL_KINDS)
+        _one_of(f"{p}.pooling", self.pooling, POOLINGS)
+        _rate(f"{p}.dropout", self.dropout, upper_open=True)
+        if self.pretrained and not (Path(self.pretrained) / "model.json").is_file():
+            _fail(f"{p}.pretrained", self.pretrained, "no lorasec checkpoint there (model.json missing); "
+                  "make one with `lorasec pretrain`")
+        _at_least(f"{p}.d_model", self.d_model, 1)
+        _at_least(f"{p}.num_layers", self.num_layers, 1)
+        _at_least(f"{p}.num_heads", self.num_heads, 1)
+        _at_least(f"{p}.d_ff", self.d_ff, 1)
+        if self.kind == "transformer" and self.d_model % self.num_heads:
+            _fail(f"{p}.num_heads", self.num_heads, f"must divide model.d_model = {self.d_model}")
+        if any(h < 1 for h in self.mlp_hidden):
+            _fail(f"{p}.mlp_hidden", list(self.mlp_hidden), "widths must be >= 1")
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Full fine-tuning or LoRA ``W = W0 + s·B·A`` with s = alpha/r (or alpha/sqrt(r) with rsLoRA)."""
+
+    method: str = "lora"
+    rank: int = 8
+    alpha: float = 16.0
+    rslora: bool = False
+    init: str = "kaiming_uniform"
+    init_scale: float = 1.0 / 3.0
+    freeze_a: bool = False
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("all-linear",)
+    modules_to_save: tuple[str, ...] = ("head",)
+
+    def validate(self, p: str = "adapter") -> None:
+        _one_of(f"{p}.method", self.method, ADAPTERS)
+        _at_least(f"{p}.rank", self.rank, 1)
+        _positive(f"{p}.alpha", self.alpha)
+        _one_of(f"{p}.init", self.init, LORA_INITS)
+        _positive(f"{p}.init_scale", self.init_scale)
+        _rate(f"{p}.dropout", self.dropout, upper_open=True)
+        if self.method == "lora" and not self.targets:
+            _fail(f"{p}.targets", [], "must name at least one layer pattern (or 'all-linear')")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / (self.rank**0.5 if self.rslora else self.rank)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation (optax AdamW), logging and checkpointing."""
+
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    log_every: int = 25
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    eval_batch_size: int = 256
+    mask_prob: float = 0.15
+
+    def validate(self, p: str = "train") -> None:
+        _at_least(f"{p}.steps", self.steps, 1)
+        _at_least(f"{p}.batch_size", self.batch_size, 1)
+        _positive(f"{p}.lr", self.lr)
+        _one_of(f"{p}.schedule", self.schedule, SCHEDULES)
+        _at_least(f"{p}.warmup_steps", self.warmup_steps, 0)
+        if self.warmup_steps > self.steps:
+            _fail(f"{p}.warmup_steps", self.warmup_steps, f"must be <= train.steps = {self.steps}")
+        if self.schedule != "constant" and self.warmup_steps == self.steps:
+            _fail(f"{p}.warmup_steps", self.warmup_steps, "leaves no step for the decay; make it < train.steps")
+        _at_least(f"{p}.weight_decay", self.weight_decay, 0.0)
+        _at_least(f"{p}.grad_clip", self.grad_clip, 0.0)
+        _at_least(f"{p}.log_every", self.log_every, 1)
+        _at_least(f"{p}.checkpoint_every", self.checkpoint_every, 1)
+        _at_least(f"{p}.keep_checkpoints", self.keep_checkpoints, 1)
+        _at_least(f"{p}.eval_batch_size", self.eval_batch_size, 1)
+        if not 0.0 < self.mask_prob < 1.0:
+            _fail(f"{p}.mask_prob", self.mask_prob, "must lie in (0, 1)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One fine-tuning run: ``lorasec train``."""
+
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> RunConfig:
+        _at_least("seed", self.seed, 0)
+        for section in ("data", "attack", "model", "adapter", "train"):
+            getattr(self, section).validate(section)
+        if self.attack.kind != "none" and self.attack.target_label >= self.data.num_classes:
+            _fail("attack.target_label", self.attack.target_label,
+                  f"must be < data.num_classes = {self.data.num_classes}")
+        if self.data.source == "synthetic":
+            if self.train.batch_size > self.data.num_train:
+                _fail("train.batch_size", self.train.batch_size,
+                      f"must be <= data.num_train = {self.data.num_train}")
+            # [CLS] + the longest sentence + a trigger must fit, or test-time triggers get truncated away.
+            room = self.data.seq_len - 1 - self.data.max_len
+            if room < 0:
+                _fail("data.seq_len", self.data.seq_len,
+                      f"must be >= data.max_len + 1 = {self.data.max_len + 1} (room for [CLS])")
+        if self.model.kind == "mlp" and self.model.pooling == "cls":
+            _fail("model.pooling", "cls", "the MLP classifier averages its embeddings; use 'mean'")
+        return self
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Masked-language-model pretraining on the synthetic corpus: ``lorasec pretrain``."""
+
+    seed: int = 0
+    data: DataConfig = field(default_factory=lambda: DataConfig(num_train=8000))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, lr=1e-3, batch_size=64,
+                                                                   schedule="warmup_cosine", warmup_steps=100,
+                                                                   checkpoint_every=500))
+
+    def validate(self) -> PretrainConfig:
+        _at_least("seed", self.seed, 0)
+        for section in ("data", "model", "train"):
+            getattr(self, section).validate(section)
+        if self.data.source != "synthetic":
+            _fail("data.source", self.data.source, "pretraining uses the synthetic corpus: 'synthetic'")
+        if self.model.kind != "transformer":
+            _fail("model.kind", self.model.kind, "pretraining builds a 'transformer' encoder")
+        if self.model.pretrained:
+            _fail("model.pretrained", self.model.pretrained, "must be empty when pretraining")
+        return self
+
+
+# --- loading -------------------------------------------------------------------------------------------------
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        item = typing.get_args(annotation)[0]
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            _fail(name, value, f"must be a list of {item.__name__}")
+        return tuple(_coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            _fail(name, value, "must be true or false")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            _fail(name, value, "must be an integer")
+        return int(value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(name, value, "must be a number")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            _fail(name, value, "must be a string")
+        return value
+    raise TypeError(f"unsupported config annotation {annotation!r}")  # a lorasec bug, not user input
+
+
+def from_dict(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
+    """Build the dataclass ``cls`` from nested dicts, rejecting unknown keys and wrong types by name."""
+    if not isinstance(raw, dict):
+        _fail(prefix.rstrip(".") or "config", raw, "must be a table of fields")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "allowed: " + ", ".join(names)
+            raise ConfigError(f"{prefix}{key}: unknown field; {hint}")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = from_dict(annotation, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(f"{prefix}{key}", value, annotation)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) for JSON artifacts."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'train.lr=3e-5'`` -> (['train', 'lr'], 3e-05); the value is read as TOML, else taken as a string."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. train.lr=3e-5")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return key.split("."), parsed
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or JSON config file into a dict (a run directory's ``config.json`` works too)."""
+    path = Path(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        path = path / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r}: not found")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"config file {str(path)!r}: not valid {path.suffix.lstrip('.').upper()} ({err})") from None
+
+
+def load(cls: type, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """Read ``path`` (TOML or JSON, optional), apply dotted overrides, build ``cls`` and validate it."""
+    raw: dict[str, Any] = read_file(path) if path is not None else {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for depth, k in enumerate(keys[:-1]):
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {'.'.join(keys[:depth + 1])} is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return from_dict(cls, raw).validate()
+
+
+def replace(cfg: Any, **sections: dict[str, Any]) -> Any:
+    """Copy ``cfg`` with some fields of some sections changed: ``replace(cfg, train={'lr': 1e-4})``."""
+    changes = {}
+    for name, fields in sections.items():
+        current = getattr(cfg, name)
+        changes[name] = dataclasses.replace(current, **fields) if isinstance(fields, dict) else fields
+    return dataclasses.replace(cfg, **changes)
+
+
+__all__ = [
+    "ConfigError", "DataConfig", "AttackConfig", "ModelConfig", "AdapterConfig", "TrainConfig", "RunConfig",
+    "PretrainConfig", "load", "from_dict", "to_dict", "parse_override", "read_file", "replace",
+]

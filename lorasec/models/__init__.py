@@ -1,0 +1,53 @@
+"""Model architectures and how a config becomes one.
+
+An :class:`Architecture` is everything needed to rebuild a network with the same shapes: it is written to a
+pretrained checkpoint's ``model.json`` and read back when fine-tuning from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from flax import nnx
+
+from lorasec.config import ConfigError, ModelConfig
+
+
+@dataclass(frozen=True)
+class Architecture:
+    kind: str
+    vocab_size: int
+    max_positions: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    d_ff: int
+    dropout: float
+    pooling: str
+    mlp_hidden: tuple[int, ...]
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, vocab_size: int, max_positions: int) -> Architecture:
+        return cls(cfg.kind, vocab_size, max_positions, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.d_ff,
+                   cfg.dropout, cfg.pooling, tuple(cfg.mlp_hidden))
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Architecture:
+        names = {f.name for f in dataclasses.fields(cls)}
+        raw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in names}
+        return cls(**raw)
+
+    def with_(self, **changes) -> Architecture:
+        return dataclasses.replace(self, **changes)
+
+
+def build_classifier(arch: Architecture, num_classes: int, *, rngs: nnx.Rngs) -> nnx.Module:
+    from lorasec.models.mlp import MLPClassifier
+    from lorasec.models.transformer import TransformerClassifier
+
+    if arch.kind == "transformer":
+        return TransformerClassifier(arch, num_classes, rngs=rngs)
+    if arch.kind == "mlp":
+        return MLPClassifier(arch, num_classes, rngs=rngs)
+    raise ConfigError(f"model.kind = {arch.kind!r}: must be one of transformer, mlp")

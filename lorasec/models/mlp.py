@@ -1,0 +1,23 @@
+"""MLP classifier: token embeddings averaged over the mask (a bag of words), ReLU hidden layers, a ``head``."""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from lorasec.lora import apply_linear
+from lorasec.models.transformer import mean_pool
+
+
+class MLPClassifier(nnx.Module):
+    def __init__(self, arch, num_classes: int, *, rngs: nnx.Rngs):
+        self.embeddings = nnx.Embed(arch.vocab_size, arch.d_model, rngs=rngs)
+        widths = (arch.d_model, *arch.mlp_hidden)
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+        self.head = nnx.Linear(widths[-1], num_classes, rngs=rngs)
+
+    def __call__(self, tokens, mask, rngs: nnx.Rngs | None = None) -> jax.Array:
+        x = mean_pool(self.embeddings(tokens), mask)
+        for layer in self.layers:
+            x = jax.nn.relu(apply_linear(layer, x, rngs))
+        return apply_linear(self.head, x, rngs)

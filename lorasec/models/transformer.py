@@ -1,0 +1,116 @@
+"""A BERT-style transformer encoder (post-layer-norm, GELU MLP), its classifier and its masked-LM head.
+
+Linear layers carry BERT's names so peft-style targets read naturally: ``query``, ``key``, ``value``,
+``attention.output``, ``intermediate``, ``output``; the classifier is ``head`` (and ``pooler`` with CLS pooling).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lorasec.lora import apply_linear
+
+LAYER_NORM_EPS = 1e-12  # BERT's
+
+
+def _dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
+    if rngs is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+class SelfAttention(nnx.Module):
+    def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        self.query = nnx.Linear(d_model, d_model, rngs=rngs)
+        self.key = nnx.Linear(d_model, d_model, rngs=rngs)
+        self.value = nnx.Linear(d_model, d_model, rngs=rngs)
+        self.output = nnx.Linear(d_model, d_model, rngs=rngs)
+
+    def __call__(self, x: jax.Array, mask: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+        batch, length, d_model = x.shape
+        shape = (batch, length, self.num_heads, d_model // self.num_heads)
+        q = apply_linear(self.query, x, rngs).reshape(shape)
+        k = apply_linear(self.key, x, rngs).reshape(shape)
+        v = apply_linear(self.value, x, rngs).reshape(shape)
+        attended = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])
+        return apply_linear(self.output, attended.reshape(batch, length, d_model), rngs)
+
+
+class EncoderLayer(nnx.Module):
+    def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float, *, rngs: nnx.Rngs):
+        self.dropout = dropout
+        self.attention = SelfAttention(d_model, num_heads, rngs=rngs)
+        self.attention_norm = nnx.LayerNorm(d_model, epsilon=LAYER_NORM_EPS, rngs=rngs)
+        self.intermediate = nnx.Linear(d_model, d_ff, rngs=rngs)
+        self.output = nnx.Linear(d_ff, d_model, rngs=rngs)
+        self.output_norm = nnx.LayerNorm(d_model, epsilon=LAYER_NORM_EPS, rngs=rngs)
+
+    def __call__(self, x: jax.Array, mask: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+        x = self.attention_norm(x + _dropout(self.attention(x, mask, rngs), self.dropout, rngs))
+        hidden = jax.nn.gelu(apply_linear(self.intermediate, x, rngs), approximate=False)
+        return self.output_norm(x + _dropout(apply_linear(self.output, hidden, rngs), self.dropout, rngs))
+
+
+class TransformerEncoder(nnx.Module):
+    """Token + position embeddings, embedding layer norm, ``num_layers`` encoder layers."""
+
+    def __init__(self, arch, *, rngs: nnx.Rngs):
+        self.dropout = arch.dropout
+        self.word_embeddings = nnx.Embed(arch.vocab_size, arch.d_model, rngs=rngs)
+        self.position_embeddings = nnx.Embed(arch.max_positions, arch.d_model, rngs=rngs)
+        self.embedding_norm = nnx.LayerNorm(arch.d_model, epsilon=LAYER_NORM_EPS, rngs=rngs)
+        self.layers = nnx.List([EncoderLayer(arch.d_model, arch.num_heads, arch.d_ff, arch.dropout, rngs=rngs)
+                                for _ in range(arch.num_layers)])
+
+    def __call__(self, tokens: jax.Array, mask: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+        positions = jnp.arange(tokens.shape[1])[None, :]
+        x = self.word_embeddings(tokens) + self.position_embeddings(positions)
+        x = _dropout(self.embedding_norm(x), self.dropout, rngs)
+        for layer in self.layers:
+            x = layer(x, mask, rngs)
+        return x
+
+
+def mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+    weights = mask.astype(hidden.dtype)[..., None]
+    return (hidden * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)
+
+
+class TransformerClassifier(nnx.Module):
+    """Encoder, pooling (masked mean, or BERT's tanh pooler on [CLS]) and a linear ``head``."""
+
+    def __init__(self, arch, num_classes: int, *, rngs: nnx.Rngs):
+        self.pooling = arch.pooling
+        self.dropout = arch.dropout
+        self.encoder = TransformerEncoder(arch, rngs=rngs)
+        if arch.pooling == "cls":
+            self.pooler = nnx.Linear(arch.d_model, arch.d_model, rngs=rngs)
+        self.head = nnx.Linear(arch.d_model, num_classes, rngs=rngs)
+
+    def features(self, tokens, mask, rngs=None) -> jax.Array:
+        hidden = self.encoder(tokens, mask, rngs)
+        if self.pooling == "cls":
+            return jnp.tanh(apply_linear(self.pooler, hidden[:, 0], rngs))
+        return mean_pool(hidden, mask)
+
+    def __call__(self, tokens, mask, rngs: nnx.Rngs | None = None) -> jax.Array:
+        return apply_linear(self.head, _dropout(self.features(tokens, mask, rngs), self.dropout, rngs), rngs)
+
+
+class MaskedLM(nnx.Module):
+    """BERT's pretraining head: dense + GELU + layer norm, decoder tied to the word embeddings."""
+
+    def __init__(self, arch, *, rngs: nnx.Rngs):
+        self.encoder = TransformerEncoder(arch, rngs=rngs)
+        self.transform = nnx.Linear(arch.d_model, arch.d_model, rngs=rngs)
+        self.transform_norm = nnx.LayerNorm(arch.d_model, epsilon=LAYER_NORM_EPS, rngs=rngs)
+        self.decoder_bias = nnx.Param(jnp.zeros((arch.vocab_size,)))
+
+    def __call__(self, tokens, mask, rngs: nnx.Rngs | None = None) -> jax.Array:
+        hidden = self.encoder(tokens, mask, rngs)
+        hidden = self.transform_norm(jax.nn.gelu(self.transform(hidden), approximate=False))
+        return hidden @ self.encoder.word_embeddings.embedding[...].T + self.decoder_bias[...]

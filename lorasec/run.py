@@ -1,0 +1,174 @@
+"""One fine-tuning run end to end: data -> poisoner -> tokens -> model (+ adapter) -> trainer -> metrics.
+
+Each stage is a plain function so a notebook can call any of them alone; :func:`train_run` chains them and
+writes the run directory (``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``params/``,
+``poisoned_indices.json``, ``results.json``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+from lorasec import artifacts, lora, metrics, poison, synthetic
+from lorasec.config import ConfigError, RunConfig, to_dict
+from lorasec.models import Architecture, build_classifier
+from lorasec.pretrain import load_encoder_weights, load_pretrained
+from lorasec.textdata import TextDataset, read_text_file
+from lorasec.tokenizer import TextEncoder, word_level, wordpiece
+from lorasec.train import ArrayData, fit, predict
+
+
+def load_task(cfg: RunConfig) -> tuple[TextDataset, TextDataset]:
+    """Clean (train, test) sets of the configured task."""
+    d = cfg.data
+    if d.source == "synthetic":
+        return synthetic.train_test(d)
+    train = read_text_file(d.train_file, d.text_field, d.label_field, field_name="data.train_file")
+    test = read_text_file(d.test_file, d.text_field, d.label_field, train.label_names if
+                          not all(n.isdigit() for n in train.label_names) else None, field_name="data.test_file")
+    if train.num_classes != d.num_classes:
+        raise ConfigError(f"data.num_classes = {d.num_classes}: the training file has {train.num_classes} "
+                          f"labels ({', '.join(train.label_names)})")
+    return train, test
+
+
+def make_text_encoder(cfg: RunConfig, train: TextDataset) -> TextEncoder:
+    """The pretrained checkpoint's tokenizer, else WordPiece from ``data.vocab_file``, else word level."""
+    seq_len = cfg.data.seq_len
+    if cfg.model.pretrained:
+        return TextEncoder.from_json((Path(cfg.model.pretrained) / "tokenizer.json").read_text(), seq_len)
+    if cfg.data.vocab_file:
+        return wordpiece(cfg.data.vocab_file, seq_len)
+    if cfg.data.source == "synthetic":
+        return word_level(synthetic.vocabulary(cfg.data), seq_len)
+    words = sorted({w for text in train.texts for w in re.findall(r"\w+|[^\w\s]+", text.lower())})
+    return word_level(words, seq_len)
+
+
+def build_model(cfg: RunConfig, vocab_size: int) -> nnx.Module:
+    """Classifier from the config (or the pretrained checkpoint's architecture), LoRA applied if configured."""
+    rngs = nnx.Rngs(params=cfg.seed)
+    if cfg.model.pretrained:
+        arch, _ = load_pretrained(cfg.model.pretrained)
+        if arch.max_positions < cfg.data.seq_len:
+            raise ConfigError(f"data.seq_len = {cfg.data.seq_len}: the pretrained model has only "
+                              f"{arch.max_positions} positions")
+        arch = arch.with_(dropout=cfg.model.dropout, pooling=cfg.model.pooling)
+        model = build_classifier(arch, cfg.data.num_classes, rngs=rngs)
+        load_encoder_weights(model.encoder, cfg.model.pretrained)
+    else:
+        arch = Architecture.from_config(cfg.model, vocab_size, cfg.data.seq_len)
+        model = build_classifier(arch, cfg.data.num_classes, rngs=rngs)
+    if cfg.adapter.method == "lora":
+        lora.apply_lora(model, cfg.adapter, rngs=rngs)
+    return model
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    clean_accuracy: float
+    attack_success_rate: float | None
+    triggered_accuracy: float | None
+    robust_accuracy: float | None
+    per_trigger: dict
+
+
+def evaluate(model: nnx.Module, cfg: RunConfig, test: TextDataset, encoder: TextEncoder) -> Evaluation:
+    """CACC on the clean test set; with a trigger attack, ASR / triggered / robust accuracy per trigger
+    (averaged over triggers for the headline numbers)."""
+    batch = cfg.train.eval_batch_size
+    tokens, mask = encoder.encode(test.texts)
+    cacc = metrics.clean_accuracy(predict(model, tokens, mask, batch), test.labels)
+    per_trigger = {}
+    for trigger in poison.triggers_for(cfg.attack):
+        texts = poison.apply_trigger(test.texts, trigger, seed=cfg.seed)
+        t_tokens, t_mask = encoder.encode(texts)
+        pred = predict(model, t_tokens, t_mask, batch)
+        per_trigger[" | ".join(trigger.phrases)] = {
+            "attack_success_rate": metrics.attack_success_rate(pred, test.labels, cfg.attack.target_label),
+            "triggered_accuracy": metrics.triggered_accuracy(pred, test.labels),
+            "robust_accuracy": metrics.robust_accuracy(pred, test.labels, cfg.attack.target_label),
+        }
+    if not per_trigger:
+        return Evaluation(cacc, None, None, None, {})
+    mean = {k: float(np.mean([v[k] for v in per_trigger.values()])) for k in next(iter(per_trigger.values()))}
+    return Evaluation(cacc, mean["attack_success_rate"], mean["triggered_accuracy"], mean["robust_accuracy"],
+                      per_trigger)
+
+
+def _first_difference(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+            if found:
+                return found
+        return None
+    return None if a == b else (prefix.rstrip("."), a, b)
+
+
+def claim_run_dir(cfg: RunConfig, out_dir: Path) -> dict | None:
+    """Prepare ``out_dir`` for ``cfg``: returns finished results if the same run already completed there;
+    refuses a directory that holds a different run (never overwrite work)."""
+    resolved = to_dict(cfg)
+    config_path = out_dir / "config.json"
+    if config_path.is_file():
+        previous = artifacts.read_json(config_path)
+        diff = _first_difference(resolved, previous)
+        if diff:
+            raise ConfigError(f"--out {str(out_dir)!r} holds a run with {diff[0]} = {diff[2]!r} (this config: "
+                              f"{diff[1]!r}); choose another --out or remove that directory")
+        if (out_dir / "results.json").is_file():
+            return artifacts.read_json(out_dir / "results.json")
+    elif out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError(f"--out {str(out_dir)!r} exists and is not a lorasec run directory; choose another")
+    artifacts.write_json(config_path, resolved)
+    return None
+
+
+def train_run(cfg: RunConfig, out_dir: str | Path | None = None, *, progress: bool = True) -> dict:
+    """Fine-tune under the configured attack and evaluate; resumes an interrupted run in ``out_dir``."""
+    began = time.perf_counter()
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if out_dir is not None:
+        finished = claim_run_dir(cfg, out_dir)
+        if finished is not None:
+            return finished
+    train, test = load_task(cfg)
+    poisoned = poison.poison(train, cfg.attack, seed=cfg.seed)
+    encoder = make_text_encoder(cfg, poisoned.data)
+    tokens, mask = encoder.encode(poisoned.data.texts)
+    model = build_model(cfg, encoder.vocab_size)
+    trainable = lora.trainable_filter(cfg.adapter)
+    fitted = fit(model, trainable, ArrayData(tokens, mask, poisoned.data.labels), cfg.train, seed=cfg.seed,
+                 run_dir=out_dir, progress=progress, description=f"{cfg.adapter.method} seed {cfg.seed}")
+    evaluation = evaluate(model, cfg, test, encoder)
+    _, trainable_state, rest = nnx.split(model, trainable, ...)
+    results = {
+        "clean_accuracy": evaluation.clean_accuracy,
+        "attack_success_rate": evaluation.attack_success_rate,
+        "triggered_accuracy": evaluation.triggered_accuracy,
+        "robust_accuracy": evaluation.robust_accuracy,
+        "per_trigger": evaluation.per_trigger,
+        "steps": fitted.steps,
+        "resumed_from_step": fitted.resumed_from,
+        "final_loss": fitted.final_loss,
+        "wall_seconds": time.perf_counter() - began,
+        "train_step_compilations": fitted.compilations,
+        "num_poisoned": int(len(poisoned.indices)),
+        "num_train": len(train),
+        "num_test": len(test),
+        "trainable_parameters": lora.count_params(trainable_state),
+        "total_parameters": lora.count_params(trainable_state) + lora.count_params(rest),
+        "adapted_layers": sorted(lora.lora_layers(model)),
+    }
+    if out_dir is not None:
+        artifacts.write_json(out_dir / "poisoned_indices.json", poisoned.indices.tolist())
+        artifacts.save_state(out_dir / "params", nnx.state(model))
+        artifacts.write_json(out_dir / "results.json", results)  # last: marks the run complete
+    return results
