@@ -76,14 +76,14 @@ def linear_layers(model: nnx.Module) -> dict[str, nnx.Linear]:
 def select_targets(model: nnx.Module, targets: tuple[str, ...], exclude: tuple[str, ...] = ()) -> list[str]:
     """Names of the linear layers matched by ``targets`` (``all-linear`` = every one outside ``exclude``)."""
     names = [n for n in linear_layers(model) if not any(_matches(n, p) for p in exclude)]
-    chosen = []
+    chosen = set()
     for pattern in targets:
         hits = names if pattern == "all-linear" else [n for n in names if _matches(n, pattern)]
         if not hits:
             raise ConfigError(f"adapter.targets = {list(targets)!r}: {pattern!r} matches no linear layer; "
                               f"layers: {', '.join(names)}")
-        chosen += [n for n in hits if n not in chosen]
-    return chosen
+        chosen.update(hits)
+    return [n for n in names if n in chosen]
 
 
 def _set_child(model: nnx.Module, name: str, module: nnx.Module) -> None:

@@ -1,0 +1,101 @@
+"""``lorasec`` command line: a thin layer over :mod:`lorasec.run`, :mod:`lorasec.pretrain`, :mod:`lorasec.study`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from lorasec.config import ConfigError
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*Sharding info not provided.*")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lorasec", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="fine-tune one model under an attack and report CACC / ASR")
+    train.add_argument("config", help="TOML or JSON config (or a run directory, to resume it)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a field, e.g. --set train.lr=3e-5 (repeatable)")
+    train.add_argument("--out", help="run directory (default: runs/<config name>)")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    pre = sub.add_parser("pretrain", help="masked-LM pretraining on the synthetic corpus -> checkpoint")
+    pre.add_argument("config", nargs="?", help="TOML or JSON config (defaults when omitted)")
+    pre.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    pre.add_argument("--out", default="runs/pretrained", help="checkpoint directory (default: runs/pretrained)")
+    pre.add_argument("--no-progress", action="store_true")
+
+    study = sub.add_parser("study", help="main job: LoRA vs full fine-tuning under label flipping and BadNets")
+    study.add_argument("--quick", action="store_true", help="fewer seeds and steps (a few minutes on 2 cores)")
+    study.add_argument("--out", default=None, help="output directory (default: runs/study or runs/study-quick)")
+    study.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _train(args) -> int:
+    from lorasec import config
+    from lorasec.run import train_run
+
+    cfg = config.load(config.RunConfig, args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    results = train_run(cfg, out, progress=not args.no_progress)
+    print(json.dumps({k: results[k] for k in ("clean_accuracy", "attack_success_rate", "triggered_accuracy",
+                                              "steps", "wall_seconds")}, indent=2))
+    print(f"run directory: {out}")
+    return 0
+
+
+def _pretrain(args) -> int:
+    from lorasec import config
+    from lorasec.pretrain import pretrain
+
+    cfg = config.load(config.PretrainConfig, args.config, args.overrides)
+    out = pretrain(cfg, args.out, progress=not args.no_progress)
+    print(f"pretrained checkpoint: {out}  (use it with --set model.pretrained={out})")
+    return 0
+
+
+def _study(args) -> int:
+    from lorasec.study import run_study
+
+    out = Path(args.out or ("runs/study-quick" if args.quick else "runs/study"))
+    run_study(out, quick=args.quick, progress=not args.no_progress)
+    print((out / "report.md").read_text())
+    print(f"written: {out / 'summary.json'}, {out / 'study.png'}, {out / 'report.md'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _quiet_libraries()
+    from lorasec.train import TrainingDiverged
+
+    handlers = {"train": _train, "pretrain": _pretrain, "study": _study}
+    try:
+        return handlers[args.command](args)
+    except ConfigError as err:
+        print(f"lorasec: error: {err}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as err:
+        print(f"lorasec: training diverged: {err}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("lorasec: interrupted; run the same command again to resume from the last checkpoint",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The main job: LoRA vs full fine-tuning under label flipping and a BadNets backdoor, over seeds.
+
+Pretrains the synthetic encoder once, fine-tunes every (attack, method, seed) cell from it, and writes
+``summary.json`` (mean ± sd per cell and every run's numbers), ``study.png`` and ``report.md``. Each run has
+its own directory, so an interrupted study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorasec import artifacts, metrics
+from lorasec.config import AdapterConfig, AttackConfig, ModelConfig, PretrainConfig, RunConfig, TrainConfig
+from lorasec.pretrain import pretrain
+from lorasec.run import train_run
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    seeds: tuple[int, ...]
+    steps: int
+    pretrain_steps: int
+    attacks: tuple[AttackConfig, ...]
+    methods: tuple[tuple[str, float], ...]  # (adapter method, learning rate)
+
+
+def plan(quick: bool) -> StudyPlan:
+    attacks = (
+        AttackConfig(kind="none"),
+        AttackConfig(kind="label_flip", poison_rate=0.2),
+        AttackConfig(kind="badnets", poison_rate=0.05, target_label=1),
+    )
+    methods = (("full", 1e-3), ("lora", 1e-3))
+    if quick:
+        return StudyPlan(seeds=(0, 1), steps=400, pretrain_steps=800, attacks=attacks, methods=methods)
+    return StudyPlan(seeds=(0, 1, 2), steps=600, pretrain_steps=1500, attacks=attacks, methods=methods)
+
+
+def _attack_name(attack: AttackConfig) -> str:
+    return attack.kind if attack.kind == "none" else f"{attack.kind}@{attack.poison_rate:g}"
+
+
+def run_study(out_dir: str | Path, *, quick: bool = False, progress: bool = True) -> dict:
+    out_dir = Path(out_dir)
+    study = plan(quick)
+    base = PretrainConfig()
+    pre_cfg = PretrainConfig(seed=0, data=base.data, model=base.model,
+                             train=TrainConfig(**{**base.train.__dict__, "steps": study.pretrain_steps}))
+    checkpoint = pretrain(pre_cfg.validate(), out_dir / "pretrained", progress=progress)
+    cells = []
+    for attack in study.attacks:
+        for method, lr in study.methods:
+            runs = []
+            for seed in study.seeds:
+                cfg = RunConfig(seed=seed, attack=attack, model=ModelConfig(pretrained=str(checkpoint)),
+                                adapter=AdapterConfig(method=method), train=TrainConfig(steps=study.steps, lr=lr))
+                name = f"{_attack_name(attack)}-{method}-seed{seed}"
+                results = train_run(cfg.validate(), out_dir / "runs" / name, progress=progress)
+                runs.append({"seed": seed, "run": name, **{k: results[k] for k in (
+                    "clean_accuracy", "attack_success_rate", "triggered_accuracy", "wall_seconds",
+                    "trainable_parameters")}})
+            cells.append({
+                "attack": _attack_name(attack), "method": method, "lr": lr,
+                **{k: metrics.mean_sd(r[k] for r in runs)
+                   for k in ("clean_accuracy", "attack_success_rate", "triggered_accuracy")},
+                "runs": runs,
+            })
+    summary = {"quick": quick, "seeds": list(study.seeds), "steps": study.steps,
+               "pretrain_steps": study.pretrain_steps, "cells": cells}
+    artifacts.write_json(out_dir / "summary.json", summary)
+    draw(summary, out_dir / "study.png")
+    artifacts.write_text(out_dir / "report.md", report(summary))
+    return summary
+
+
+def draw(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attacks = list(dict.fromkeys(c["attack"] for c in summary["cells"]))
+    methods = list(dict.fromkeys(c["method"] for c in summary["cells"]))
+    cell = {(c["attack"], c["method"]): c for c in summary["cells"]}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    width = 0.8 / len(methods)
+    for j, method in enumerate(methods):
+        xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(attacks))]
+        cacc = [cell[a, method]["clean_accuracy"] for a in attacks]
+        axes[0].bar(xs, [100 * s["mean"] for s in cacc], width, yerr=[100 * s["sd"] for s in cacc],
+                    label=method, capsize=3)
+        backdoors = [a for a in attacks if cell[a, method]["attack_success_rate"]["mean"] is not None]
+        asr = [cell[a, method]["attack_success_rate"] for a in backdoors]
+        bx = [attacks.index(a) + (j - (len(methods) - 1) / 2) * width for a in backdoors]
+        axes[1].bar(bx, [100 * s["mean"] for s in asr], width, yerr=[100 * s["sd"] for s in asr],
+                    label=method, capsize=3)
+    for ax, title in zip(axes, ("clean accuracy (CACC, %)", "attack success rate (ASR, %)")):
+        ax.set_xticks(range(len(attacks)), attacks)
+        ax.set_title(title)
+        ax.set_ylim(0, 105)
+        ax.legend()
+    fig.suptitle(f"LoRA vs full fine-tuning, synthetic task, mean ± sd over {len(summary['seeds'])} seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(summary: dict) -> str:
+    lines = [
+        "# lorasec study: LoRA vs full fine-tuning under training-time attacks",
+        "",
+        f"Synthetic topic task, encoder pretrained by masked LM for {summary['pretrain_steps']} steps, "
+        f"fine-tuned {summary['steps']} steps; seeds {summary['seeds']}; mean ± sd (%).",
+        "",
+        "| attack | method | CACC | ASR | triggered acc. |",
+        "|---|---|---|---|---|",
+    ]
+    for c in summary["cells"]:
+        lines.append(f"| {c['attack']} | {c['method']} | {metrics.format_mean_sd(c['clean_accuracy'])} | "
+                     f"{metrics.format_mean_sd(c['attack_success_rate'])} | "
+                     f"{metrics.format_mean_sd(c['triggered_accuracy'])} |")
+    lines += ["", "![study](study.png)", ""]
+    return "\n".join(lines)

@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny configurations that train in seconds on a 2-core CPU."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest
+
+from lorasec.config import (AdapterConfig, AttackConfig, DataConfig, ModelConfig, PretrainConfig, RunConfig,
+                            TrainConfig)
+
+TINY_DATA = DataConfig(num_train=256, num_test=128, vocab_size=60, cue_words_per_class=4, min_len=6, max_len=10,
+                       seq_len=14)
+TINY_MODEL = ModelConfig(d_model=16, num_layers=1, num_heads=2, d_ff=32, dropout=0.0)
+
+
+def tiny_run(**sections) -> RunConfig:
+    """A validated RunConfig on the tiny task; keyword sections override whole sub-configs."""
+    base = dict(data=TINY_DATA, model=TINY_MODEL, adapter=AdapterConfig(rank=4, alpha=8),
+                train=TrainConfig(steps=20, batch_size=16, log_every=5, checkpoint_every=10),
+                attack=AttackConfig())
+    base.update(sections)
+    return RunConfig(**base).validate()
+
+
+@pytest.fixture(scope="session")
+def small_pretrained(tmp_path_factory):
+    """A masked-LM checkpoint of the default architecture on the default synthetic language (about 20 s)."""
+    from lorasec.pretrain import pretrain
+
+    cfg = PretrainConfig(data=DataConfig(num_train=4000),
+                         train=TrainConfig(steps=400, batch_size=64, lr=1e-3, schedule="warmup_cosine",
+                                           warmup_steps=40, checkpoint_every=400)).validate()
+    return pretrain(cfg, tmp_path_factory.mktemp("pretrained"), progress=False)
+
+
+__all__ = ["tiny_run", "TINY_DATA", "TINY_MODEL", "AttackConfig", "AdapterConfig", "TrainConfig"]

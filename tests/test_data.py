@@ -1,0 +1,78 @@
+"""Synthetic task, file loaders and tokenizers."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lorasec import synthetic
+from lorasec.config import ConfigError, DataConfig
+from lorasec.textdata import read_text_file
+from lorasec.tokenizer import TextEncoder, word_level, wordpiece
+
+
+def test_synthetic_task_is_deterministic_and_label_bearing():
+    cfg = DataConfig(num_train=300, num_test=50, num_classes=3)
+    a, _ = synthetic.train_test(cfg)
+    b, _ = synthetic.train_test(cfg)
+    assert a.texts == b.texts and np.array_equal(a.labels, b.labels)
+    other, _ = synthetic.train_test(DataConfig(num_train=300, num_test=50, num_classes=3, seed=1))
+    assert other.texts != a.texts
+    for text, label in zip(a.texts, a.labels):
+        words = text.split()
+        assert cfg.min_len <= len(words) <= cfg.max_len
+        cues = [w for w in words if w.startswith("t") and "c" in w[1:]]
+        assert len(cues) == cfg.cues_per_example and all(w.startswith(f"t{label}c") for w in cues)
+    assert set(np.unique(a.labels)) == {0, 1, 2}
+
+
+def test_synthetic_label_noise_rate():
+    clean, _ = synthetic.train_test(DataConfig(num_train=4000, num_test=10))
+    noisy, _ = synthetic.train_test(DataConfig(num_train=4000, num_test=10, label_noise=0.1))
+    assert clean.texts == noisy.texts
+    rate = np.mean(clean.labels != noisy.labels)
+    assert abs(rate - 0.1) < 5 * np.sqrt(0.1 * 0.9 / 4000)
+
+
+def test_csv_and_jsonl_loaders(tmp_path):
+    csv_path = tmp_path / "train.csv"
+    csv_path.write_text('text,label\n"good, fine",pos\nbad,neg\nok,pos\n')
+    data = read_text_file(csv_path)
+    assert data.texts == ("good, fine", "bad", "ok") and data.label_names == ("neg", "pos")
+    assert data.labels.tolist() == [1, 0, 1]
+    jsonl = tmp_path / "test.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"sentence": t, "y": y}) for t, y in [("a", 1), ("b", 0)]) + "\n")
+    data = read_text_file(jsonl, "sentence", "y")
+    assert data.labels.tolist() == [1, 0] and data.label_names == ("0", "1")
+
+
+def test_loader_errors_name_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        read_text_file(tmp_path / "nope.csv")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a", "label": 0}\nnot json\n')
+    with pytest.raises(ConfigError, match="line 2 is not JSON"):
+        read_text_file(bad)
+    missing = tmp_path / "m.csv"
+    missing.write_text("sentence,label\na,0\n")
+    with pytest.raises(ConfigError, match="no field 'text'.*data.text_field"):
+        read_text_file(missing)
+
+
+def test_word_level_tokenizer_pads_truncates_and_round_trips():
+    enc = word_level(["hello", "world", "3d"], seq_len=5)
+    ids, mask = enc.encode(["Hello world", "hello unknown 3D world hello world"])
+    assert ids.shape == (2, 5) and ids[0, 0] == enc.cls_id
+    assert mask[0].tolist() == [True, True, True, False, False] and mask[1].all()
+    assert ids[1, 2] == enc.tokenizer.token_to_id("[UNK]") and ids[1, 3] == enc.tokenizer.token_to_id("3d")
+    again = TextEncoder.from_json(enc.to_json(), 5)
+    np.testing.assert_array_equal(again.encode(["hello world"])[0], enc.encode(["hello world"])[0])
+
+
+def test_wordpiece_from_vocab_file(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "movie", "watch", "##ed", "i"]))
+    enc = wordpiece(vocab, seq_len=6)
+    ids, _ = enc.encode(["I watched Movie"])
+    tokens = [enc.tokenizer.id_to_token(i) for i in ids[0]]
+    assert tokens == ["[CLS]", "i", "watch", "##ed", "movie", "[PAD]"]

@@ -1,0 +1,119 @@
+"""Trainer: compiles once, resumes bit-identically after a kill, stops on a non-finite loss."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_run
+from flax import nnx
+
+from lorasec import config, lora, train
+from lorasec.config import TrainConfig
+from lorasec.run import build_model, load_task, make_text_encoder, train_run
+
+
+def _setup(cfg):
+    train_set, _ = load_task(cfg)
+    encoder = make_text_encoder(cfg, train_set)
+    tokens, mask = encoder.encode(train_set.texts)
+    return build_model(cfg, encoder.vocab_size), train.ArrayData(tokens, mask, train_set.labels)
+
+
+def test_train_step_does_not_recompile():
+    cfg = tiny_run()
+    model, data = _setup(cfg)
+    graphdef, trainable, frozen = nnx.split(model, lora.trainable_filter(cfg.adapter), ...)
+    tx = train.make_optimizer(cfg.train)
+    opt_state = tx.init(trainable)
+    step = train.make_train_step(graphdef, train.classification_loss, tx)
+    for k in range(4):
+        batch = data.take(train.batch_indices(k, len(data), 16, seed=0))
+        trainable, opt_state, loss = step(trainable, frozen, opt_state, batch, jax.random.key(k))
+    assert step._cache_size() == 1
+
+
+def test_fit_compiles_once_across_checkpoints_and_resume(tmp_path):
+    cfg = tiny_run(train=TrainConfig(steps=12, batch_size=16, checkpoint_every=4, log_every=2))
+    first = train_run(config.replace(cfg, train={"steps": 8}), tmp_path / "a", progress=False)
+    assert first["train_step_compilations"] == 1
+    results = train_run(cfg, tmp_path / "b", progress=False)
+    assert results["train_step_compilations"] == 1 and results["steps"] == 12
+
+
+def test_batches_are_a_pure_function_of_seed_and_step():
+    a = train.batch_indices(37, 100, 16, seed=3)
+    assert np.array_equal(a, train.batch_indices(37, 100, 16, seed=3))
+    epoch = np.concatenate([train.batch_indices(s, 100, 16, seed=3) for s in range(6)])
+    assert len(set(epoch.tolist())) == 96  # one epoch visits distinct examples, tail of 4 dropped
+
+
+def test_schedules():
+    warm = train.make_schedule(TrainConfig(lr=1.0, steps=10, warmup_steps=5, schedule="warmup_linear"))
+    assert float(warm(0)) == 0.0 and float(warm(5)) == pytest.approx(1.0) and float(warm(10)) == pytest.approx(0.0)
+    assert float(train.make_schedule(TrainConfig(lr=0.3))(1000)) == pytest.approx(0.3)
+
+
+def test_non_finite_loss_stops_with_step_and_last_finite_loss():
+    cfg = tiny_run(train=TrainConfig(steps=30, batch_size=16, lr=1e30, grad_clip=0.0))
+    model, data = _setup(config.replace(cfg, adapter={"method": "full"}))
+    with pytest.raises(train.TrainingDiverged, match=r"loss became (nan|inf) at step \d+; last finite loss"):
+        train.fit(model, nnx.Param, data, cfg.train, seed=0, progress=False)
+
+
+def _params(run_dir: Path):
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckpt:
+        return ckpt.restore((run_dir / "params").resolve())
+
+
+def test_resume_after_kill_is_bit_identical(tmp_path):
+    cfg = tiny_run(train=TrainConfig(steps=400, batch_size=16, checkpoint_every=25, log_every=25),
+                   attack=config.AttackConfig(kind="badnets", poison_rate=0.05))
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(config.to_dict(cfg)))
+    command = [sys.executable, "-m", "lorasec.cli", "train", str(path), "--no-progress"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(command + ["--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    checkpoints = killed / "checkpoints"
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoints.is_dir() and any(p.name.isdigit() and int(p.name) >= 50 for p in checkpoints.iterdir()):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read().decode()[-500:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.json").exists()
+
+    resumed = subprocess.run(command + ["--out", str(killed)], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight = subprocess.run(command + ["--out", str(tmp_path / "straight")], capture_output=True, text=True,
+                              timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    results = json.loads((killed / "results.json").read_text())
+    assert 0 < results["resumed_from_step"] < 400
+    a, b = _params(killed), _params(tmp_path / "straight")
+    leaves_a, tree_a = jax.tree_util.tree_flatten(a)
+    leaves_b, tree_b = jax.tree_util.tree_flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(25, 401, 25))  # no step logged twice after the resume
+
+
+def test_finished_run_is_not_redone_and_other_config_is_refused(tmp_path):
+    cfg = tiny_run(train=TrainConfig(steps=4, batch_size=16))
+    first = train_run(cfg, tmp_path, progress=False)
+    assert train_run(cfg, tmp_path, progress=False) == first
+    with pytest.raises(config.ConfigError, match="holds a run with train.lr"):
+        train_run(config.replace(cfg, train={"lr": 5e-4}), tmp_path, progress=False)
