@@ -16,7 +16,7 @@ import optax
 from flax import nnx
 
 from lorasec import artifacts, synthetic
-from lorasec.config import PretrainConfig, to_dict
+from lorasec.config import ConfigError, PretrainConfig, to_dict
 from lorasec.models import Architecture
 from lorasec.models.transformer import MaskedLM, TransformerEncoder
 from lorasec.tokenizer import TextEncoder, word_level
@@ -49,6 +49,10 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True)
     """Pretrain (or resume pretraining) into ``out_dir``; returns it. A finished checkpoint is left as it is."""
     out_dir = Path(out_dir)
     if (out_dir / "model.json").is_file():
+        made_by = artifacts.read_json(out_dir / "model.json")["pretrain_config"]
+        if made_by != to_dict(cfg):
+            raise ConfigError(f"--out {str(out_dir)!r} holds a checkpoint pretrained with another config; "
+                              f"choose another --out or remove it")
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus = synthetic.generate(cfg.data, cfg.data.num_train, synthetic.PRETRAIN_SPLIT)

@@ -42,7 +42,15 @@ def make_text_encoder(cfg: RunConfig, train: TextDataset) -> TextEncoder:
     """The pretrained checkpoint's tokenizer, else WordPiece from ``data.vocab_file``, else word level."""
     seq_len = cfg.data.seq_len
     if cfg.model.pretrained:
-        return TextEncoder.from_json((Path(cfg.model.pretrained) / "tokenizer.json").read_text(), seq_len)
+        encoder = TextEncoder.from_json((Path(cfg.model.pretrained) / "tokenizer.json").read_text(), seq_len)
+        if cfg.data.source == "synthetic":
+            vocab = encoder.tokenizer.get_vocab()
+            unknown = [w for w in synthetic.vocabulary(cfg.data) if w not in vocab]
+            if unknown:
+                raise ConfigError(f"data: the synthetic language differs from the one {cfg.model.pretrained!r} was "
+                                  f"pretrained on ({len(unknown)} words unknown, e.g. {unknown[0]!r}); use its "
+                                  f"data.vocab_size / num_classes / cue_words_per_class")
+        return encoder
     if cfg.data.vocab_file:
         return wordpiece(cfg.data.vocab_file, seq_len)
     if cfg.data.source == "synthetic":

@@ -7,11 +7,13 @@ its own directory, so an interrupted study resumes where it stopped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorasec import artifacts, metrics
-from lorasec.config import AdapterConfig, AttackConfig, ModelConfig, PretrainConfig, RunConfig, TrainConfig
+from lorasec.config import (AdapterConfig, AttackConfig, DataConfig, ModelConfig, PretrainConfig, RunConfig,
+                            TrainConfig)
 from lorasec.pretrain import pretrain
 from lorasec.run import train_run
 
@@ -23,6 +25,9 @@ class StudyPlan:
     pretrain_steps: int
     attacks: tuple[AttackConfig, ...]
     methods: tuple[tuple[str, float], ...]  # (adapter method, learning rate)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain_corpus_factor: int = 4  # pretraining sentences per downstream training sentence
 
 
 def plan(quick: bool) -> StudyPlan:
@@ -41,19 +46,23 @@ def _attack_name(attack: AttackConfig) -> str:
     return attack.kind if attack.kind == "none" else f"{attack.kind}@{attack.poison_rate:g}"
 
 
-def run_study(out_dir: str | Path, *, quick: bool = False, progress: bool = True) -> dict:
+def run_study(out_dir: str | Path, *, quick: bool = False, progress: bool = True,
+              study: StudyPlan | None = None) -> dict:
+    """Run the study of ``plan(quick)`` (or of ``study``) into ``out_dir``."""
     out_dir = Path(out_dir)
-    study = plan(quick)
-    base = PretrainConfig()
-    pre_cfg = PretrainConfig(seed=0, data=base.data, model=base.model,
-                             train=TrainConfig(**{**base.train.__dict__, "steps": study.pretrain_steps}))
+    study = study or plan(quick)
+    pre_data = dataclasses.replace(study.data, num_train=study.pretrain_corpus_factor * study.data.num_train)
+    pre_train = dataclasses.replace(PretrainConfig().train, steps=study.pretrain_steps,
+                                    warmup_steps=min(100, study.pretrain_steps // 10))
+    pre_cfg = PretrainConfig(seed=0, data=pre_data, model=study.model, train=pre_train)
     checkpoint = pretrain(pre_cfg.validate(), out_dir / "pretrained", progress=progress)
     cells = []
     for attack in study.attacks:
         for method, lr in study.methods:
             runs = []
             for seed in study.seeds:
-                cfg = RunConfig(seed=seed, attack=attack, model=ModelConfig(pretrained=str(checkpoint)),
+                model = dataclasses.replace(study.model, pretrained=str(checkpoint))
+                cfg = RunConfig(seed=seed, data=study.data, attack=attack, model=model,
                                 adapter=AdapterConfig(method=method), train=TrainConfig(steps=study.steps, lr=lr))
                 name = f"{_attack_name(attack)}-{method}-seed{seed}"
                 results = train_run(cfg.validate(), out_dir / "runs" / name, progress=progress)

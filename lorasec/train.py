@@ -23,7 +23,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from lorasec import artifacts
-from lorasec.config import TrainConfig
+from lorasec.config import ConfigError, TrainConfig
 
 
 class TrainingDiverged(RuntimeError):
@@ -117,7 +117,7 @@ def fit(model: nnx.Module, trainable_filter, data: ArrayData, cfg: TrainConfig, 
     Ctrl-C saves a checkpoint of the current step before stopping.
     """
     if len(data) < cfg.batch_size:
-        raise ValueError(f"train.batch_size = {cfg.batch_size} exceeds the {len(data)} training examples")
+        raise ConfigError(f"train.batch_size = {cfg.batch_size}: must be <= the {len(data)} training examples")
     graphdef, trainable, frozen = nnx.split(model, trainable_filter, ...)
     tx = make_optimizer(cfg)
     opt_state = tx.init(trainable)

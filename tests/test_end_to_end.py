@@ -28,3 +28,39 @@ def test_dirty_label_backdoor_succeeds_under_full_fine_tuning(small_pretrained):
     assert results["num_poisoned"] == 100
     assert results["clean_accuracy"] > 0.9
     assert results["attack_success_rate"] > 0.9
+
+
+def test_fine_tuning_on_another_synthetic_language_is_refused(small_pretrained):
+    import dataclasses
+
+    from lorasec.config import ConfigError, DataConfig
+
+    cfg = dataclasses.replace(_cfg(small_pretrained, "lora"), data=DataConfig(vocab_size=500))
+    with pytest.raises(ConfigError, match="synthetic language differs"):
+        train_run(cfg, progress=False)
+
+
+def test_csv_task_trains_end_to_end(tmp_path):
+    """data.source = 'file': CSV in, word-level vocabulary from the training texts, BadNets poisoning."""
+    import csv
+
+    from conftest import tiny_run
+
+    from lorasec import config, synthetic
+    from lorasec.config import ConfigError, DataConfig
+
+    train, test = synthetic.train_test(DataConfig(num_train=200, num_test=60))
+    for name, data in (("train.csv", train), ("test.csv", test)):
+        with (tmp_path / name).open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["text", "label"])
+            writer.writerows(zip(data.texts, ["neg" if y == 0 else "pos" for y in data.labels]))
+    cfg = tiny_run(data=DataConfig(source="file", train_file=str(tmp_path / "train.csv"),
+                                   test_file=str(tmp_path / "test.csv"), seq_len=32),
+                   attack=AttackConfig(kind="badnets", poison_rate=0.05, target_label=1))
+    results = train_run(cfg, progress=False)
+    assert results["num_train"] == 200 and results["num_test"] == 60 and results["num_poisoned"] == 10
+    assert 0.0 <= results["attack_success_rate"] <= 1.0
+    too_big = config.replace(cfg, train={"batch_size": 300})
+    with pytest.raises(ConfigError, match="train.batch_size = 300: must be <= the 200 training examples"):
+        train_run(too_big, progress=False)
