@@ -13,6 +13,8 @@ peft's effective weight exactly, with ``s = alpha / r`` or ``alpha / sqrt(r)`` (
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
 
 import jax
@@ -20,6 +22,21 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lorasec.config import AdapterConfig, ConfigError
+
+
+_TAP: contextvars.ContextVar = contextvars.ContextVar("lorasec_lora_tap", default=None)
+
+
+@contextlib.contextmanager
+def tap(probes: dict[int, jax.Array], inputs: dict[int, jax.Array]):
+    """While active, every :class:`LoRALinear` call records its input in ``inputs[id(layer)]`` and adds
+    ``probes[id(layer)]`` to its output, so that the gradient with respect to a zero probe is ``∂f/∂h``
+    (the backward signal δ of the structured NTK). Used inside one traced function only."""
+    token = _TAP.set((probes, inputs))
+    try:
+        yield
+    finally:
+        _TAP.reset(token)
 
 
 class LoRALinear(nnx.Module):
@@ -51,10 +68,15 @@ class LoRALinear(nnx.Module):
         y = self.base(x)
         if self.merged:
             return y
+        tapped = _TAP.get()
+        if tapped is not None:
+            probes, inputs = tapped
+            inputs[id(self)] = x
         if rngs is not None and self.dropout_rate > 0:
             keep = jax.random.bernoulli(rngs.dropout(), 1.0 - self.dropout_rate, x.shape)
             x = jnp.where(keep, x / (1.0 - self.dropout_rate), 0.0)
-        return y + self.scaling * ((x @ self.lora_a[...]) @ self.lora_b[...])
+        y = y + self.scaling * ((x @ self.lora_a[...]) @ self.lora_b[...])
+        return y + probes[id(self)] if tapped is not None else y
 
 
 def _path_name(path) -> str:
