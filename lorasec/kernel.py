@@ -19,6 +19,8 @@ kernel follows neural-tangents' convention: the MEAN over the C diagonal entries
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,9 +53,25 @@ def model_function(model: nnx.Module, subset="lora"):
     graphdef, params, rest = nnx.split(model, subset_filter(subset), ...)
 
     def f(p, packed):
-        return nnx.merge(graphdef, p, rest)(packed[:, 0], packed[:, 1].astype(bool))
+        return _apply(graphdef, p, packed, rest)
 
     return f, params
+
+
+def _apply(graphdef, params, packed, rest):
+    return nnx.merge(graphdef, params, rest)(packed[:, 0], packed[:, 1].astype(bool))
+
+
+@functools.lru_cache(maxsize=32)
+def _nt_kernel_fn(graphdef, trace_axes: tuple, implementation: int):
+    """One jitted neural-tangents kernel function per model structure: repeated calls do not recompile.
+    The frozen variables travel as a keyword argument, which neural-tangents does not differentiate."""
+    nt = import_neural_tangents()
+
+    def f(p, packed, rest):
+        return _apply(graphdef, p, packed, rest)
+
+    return jax.jit(nt.empirical_ntk_fn(f, trace_axes=trace_axes, vmap_axes=0, implementation=implementation))
 
 
 def empirical_ntk(model: nnx.Module, tokens1, mask1, tokens2=None, mask2=None, *, subset="lora",
@@ -63,51 +81,57 @@ def empirical_ntk(model: nnx.Module, tokens1, mask1, tokens2=None, mask2=None, *
     if implementation not in SUPPORTED_IMPLEMENTATIONS:
         raise ValueError(f"implementation = {implementation}: must be one of {SUPPORTED_IMPLEMENTATIONS} "
                          f"(see lorasec.nt_compat)")
-    nt = import_neural_tangents()
-    f, params = model_function(model, subset)
+    graphdef, params, rest = nnx.split(model, subset_filter(subset), ...)
+    kernel_fn = _nt_kernel_fn(graphdef, tuple(trace_axes), implementation)
     x1 = pack_inputs(tokens1, mask1)
     x2 = None if tokens2 is None else pack_inputs(tokens2, mask2)
-    kernel_fn = jax.jit(nt.empirical_ntk_fn(f, trace_axes=tuple(trace_axes), vmap_axes=0,
-                                            implementation=implementation))
     if not block_size:
-        return kernel_fn(x1, x2, params)
-    # nt.batch cannot take the parameters as an argument (it splits every array keyword), hence our own loop.
+        return kernel_fn(x1, x2, params, rest=rest)
     x2 = x1 if x2 is None else x2
     rows = []
     for i in range(0, len(x1), block_size):
-        row = [np.asarray(kernel_fn(x1[i:i + block_size], x2[j:j + block_size], params))
+        row = [np.asarray(kernel_fn(x1[i:i + block_size], x2[j:j + block_size], params, rest=rest))
                for j in range(0, len(x2), block_size)]
         rows.append(np.concatenate(row, axis=1))
     return jnp.asarray(np.concatenate(rows, axis=0))
 
 
 def _signals(graphdef, state, tokens, mask):
-    """Per adapted layer: its inputs x (T, n) and the backward signals δ (C, T, m) for ONE example."""
+    """Per adapted layer: inputs x (N, T, n) and backward signals δ (N, C, T, m) for a batch.
+
+    Examples do not interact in lorasec's models (no batch statistics; attention stays within an example),
+    so ``∂(Σ_i f_c(x_i))/∂h_j = ∂f_c(x_j)/∂h_j``: one batched forward and C vector-Jacobian products give
+    every example's signals, instead of N·C backward passes."""
     model = nnx.merge(graphdef, state)
     layers = lora.lora_layers(model)
     if any(layer.merged for layer in layers.values()):
         raise ValueError("structured_lora_ntk needs unmerged adapters; call lora.unmerge(model) first")
 
-    def forward(probes):
+    def run(probes_by_id):
         inputs: dict[int, jax.Array] = {}
-        by_id = {id(layer): probes[name] for name, layer in layers.items()}
-        with lora.tap(by_id, inputs):
-            logits = model(tokens[None], mask[None])[0]
+        with lora.tap(probes_by_id, inputs):
+            logits = model(tokens, mask)
         return logits, {name: inputs[id(layer)] for name, layer in layers.items()}
 
-    def probe_shapes():
-        inputs: dict[int, jax.Array] = {}
-        zeros = {id(layer): 0.0 for layer in layers.values()}
-        with lora.tap(zeros, inputs):
-            model(tokens[None], mask[None])
-        return {name: inputs[id(layer)].shape[:-1] + (layer.base.out_features,) for name, layer in layers.items()}
+    shapes = jax.eval_shape(lambda: run({id(layer): 0.0 for layer in layers.values()}))[1]
+    dtype = state_dtype(state)
+    probes = {name: jnp.zeros(shapes[name].shape[:-1] + (layer.base.out_features,), dtype)
+              for name, layer in layers.items()}
 
-    probes = {name: jnp.zeros(shape, state_dtype(state)) for name, shape in probe_shapes().items()}
-    deltas, inputs = jax.jacrev(forward, has_aux=True)(probes)
+    def forward(p):
+        return run({id(layer): p[name] for name, layer in layers.items()})
+
+    logits, pullback, inputs = jax.vjp(forward, probes, has_aux=True)
+    num_classes = logits.shape[-1]
+    cotangents = jnp.broadcast_to(jnp.eye(num_classes, dtype=logits.dtype)[:, None, :],
+                                  (num_classes, *logits.shape))
+    (deltas,) = jax.vmap(pullback)(cotangents)  # per layer (C, N, *positions, m)
     out = {}
     for name in layers:
         x, d = inputs[name], deltas[name]
-        out[name] = (x.reshape(-1, x.shape[-1]), d.reshape(d.shape[0], -1, d.shape[-1]))
+        n = x.shape[0]
+        out[name] = (x.reshape(n, -1, x.shape[-1]),
+                     jnp.moveaxis(d, 0, 1).reshape(n, num_classes, -1, d.shape[-1]))
     return out
 
 
@@ -125,27 +149,45 @@ def structured_lora_ntk(model: nnx.Module, tokens1, mask1, tokens2=None, mask2=N
                for name, layer in lora.lora_layers(model).items()}
     if not factors:
         raise ValueError("the model has no LoRA layers: apply_lora first")
-    per_example = jax.vmap(_signals, in_axes=(None, None, 0, 0))
-    tokens1, mask1 = jnp.asarray(tokens1), jnp.asarray(mask1, bool)
-    first = jax.jit(per_example, static_argnums=0)(graphdef, state, tokens1, mask1)
+    first = _all_signals(graphdef, state, jnp.asarray(tokens1), jnp.asarray(mask1, bool))
     if tokens2 is None:
         second = first
     else:
-        second = jax.jit(per_example, static_argnums=0)(graphdef, state, jnp.asarray(tokens2),
-                                                         jnp.asarray(mask2, bool))
+        second = _all_signals(graphdef, state, jnp.asarray(tokens2), jnp.asarray(mask2, bool))
     return _contract(factors, first, second, tuple(trace_axes))
+
+
+_all_signals = jax.jit(_signals, static_argnums=0)
+
+
+def _pair_term(u1, u2, v1, v2):
+    """Σ_{t,t'} ⟨u_{i,t}, u_{j,t'}⟩ ⟨v_{i,c,t}, v_{j,d,t'}⟩ for u (N, T, p) and v (N, C, T, q).
+
+    With T = 1 (MLPs) the two Gram matrices are multiplied: no gradient is formed. With positions it is
+    cheaper to sum each example's outer products first, Σ_t u_t ⊗ v_{c,t}, the (p × q) gradient block of
+    that layer's factor, and take their inner products; the cheaper order is chosen by operation count."""
+    n1, t, p = u1.shape
+    n2, c, q = u2.shape[0], v1.shape[1], v1.shape[-1]
+    gram_cost = n1 * n2 * t * t * (p + c * c * q)
+    block_cost = (n1 + n2) * c * t * p * q + n1 * n2 * c * c * p * q
+    if gram_cost <= block_cost:
+        return jnp.einsum("itjs,icjdts->ijcd", jnp.einsum("itp,jsp->itjs", u1, u2),
+                          jnp.einsum("ictq,jdsq->icjdts", v1, v2))
+    g1 = jnp.einsum("itp,ictq->icpq", u1, v1)
+    g2 = jnp.einsum("itp,ictq->icpq", u2, v2)
+    return jnp.einsum("icpq,jdpq->ijcd", g1, g2)
 
 
 @jax.jit(static_argnums=3)
 def _contract(factors, first, second, trace_axes):
     total = 0.0
     for name, (a, b, scale) in factors.items():
-        x1, d1 = first[name]   # x: (N, T, n), δ: (N, C, T, m)
-        x2, d2 = second[name]
-        a1, a2 = x1 @ a, x2 @ a                      # A x, (N, T, r)
-        g1, g2 = d1 @ b.T, d2 @ b.T                  # Bᵀ δ, (N, C, T, r)
-        b_term = jnp.einsum("itr,jsr,icto,jdso->ijcd", a1, a2, d1, d2, optimize="optimal")
-        a_term = jnp.einsum("itn,jsn,ictr,jdsr->ijcd", x1, x2, g1, g2, optimize="optimal")
+        # x: (N, T, n), δ: (N, C, T, m); inputs may arrive in a lower precision than the factors.
+        dtype = jnp.result_type(a, b, first[name][1])
+        x1, d1 = (v.astype(dtype) for v in first[name])
+        x2, d2 = (v.astype(dtype) for v in second[name])
+        b_term = _pair_term(x1 @ a, x2 @ a, d1, d2)            # ⟨A x, A x'⟩⟨δ, δ'⟩
+        a_term = _pair_term(x1, x2, d1 @ b.T, d2 @ b.T)        # ⟨x, x'⟩⟨Bᵀδ, Bᵀδ'⟩
         total = total + scale**2 * (b_term + a_term)
     if trace_axes == ():
         return total

@@ -1,5 +1,5 @@
 """NTKs: our structured LoRA kernel agrees with every working neural-tangents implementation (x64: 1e-5),
-at init and after training, on the MLP and the transformer; blocked kernels equal unblocked ones."""
+at init and after training, on the MLP and the transformer (1e-10 against implementation 1); blocked kernels equal unblocked ones."""
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +14,15 @@ from lorasec.models import Architecture, build_classifier
 from lorasec.nt_compat import SUPPORTED_IMPLEMENTATIONS
 from lorasec.run import build_model, load_task, make_text_encoder
 from lorasec.train import ArrayData, fit
+
+
+@pytest.fixture
+def x64():
+    """Double precision for one test, restored afterwards."""
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
 
 
 def _model(kind, dtype):
@@ -34,20 +43,21 @@ def _inputs():
 
 @pytest.mark.parametrize("kind", ["mlp", "transformer"])
 @pytest.mark.parametrize("stage", ["init", "trained"])
-def test_structured_lora_ntk_matches_neural_tangents_in_x64(kind, stage):
-    with jax.enable_x64(True):
-        model = _model(kind, jnp.float64)
-        if stage == "trained":  # B ≠ 0 switches on the A-gradient term
-            for layer in lora.lora_layers(model).values():
-                layer.lora_b[...] = 0.3 * jax.random.normal(jax.random.key(5), layer.lora_b[...].shape, jnp.float64)
-        t1, m1, t2, m2 = _inputs()
-        ours = kernel.structured_lora_ntk(model, t1, m1, t2, m2, trace_axes=())
-        assert ours.dtype == jnp.float64 and ours.shape == (4, 2, 3, 3)
-        for implementation in SUPPORTED_IMPLEMENTATIONS:
-            ref = kernel.empirical_ntk(model, t1, m1, t2, m2, trace_axes=(), implementation=implementation)
-            np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-10 * float(jnp.abs(ref).max()))
-        traced = kernel.structured_lora_ntk(model, t1, m1, t2, m2)
-        np.testing.assert_allclose(traced, kernel.empirical_ntk(model, t1, m1, t2, m2), rtol=1e-5)
+def test_structured_lora_ntk_matches_neural_tangents_in_x64(kind, stage, x64):
+    model = _model(kind, jnp.float64)
+    if stage == "trained":  # B ≠ 0 switches on the A-gradient term
+        for layer in lora.lora_layers(model).values():
+            layer.lora_b[...] = 0.3 * jax.random.normal(jax.random.key(5), layer.lora_b[...].shape, jnp.float64)
+    t1, m1, t2, m2 = _inputs()
+    ours = kernel.structured_lora_ntk(model, t1, m1, t2, m2, trace_axes=())
+    assert ours.dtype == jnp.float64 and ours.shape == (4, 2, 3, 3)
+    # Implementation 1 (Jacobian contraction) agrees to rounding; implementation 2 (NTK-vector products) carries
+    # its own ~2e-8 error on the transformer in float64, inside the issue's 1e-5.
+    for implementation, rtol in zip(SUPPORTED_IMPLEMENTATIONS, (1e-10, 1e-5)):
+        ref = kernel.empirical_ntk(model, t1, m1, t2, m2, trace_axes=(), implementation=implementation)
+        np.testing.assert_allclose(ours, ref, rtol=rtol, atol=rtol * 1e-2 * float(jnp.abs(ref).max()))
+    traced = kernel.structured_lora_ntk(model, t1, m1, t2, m2)
+    np.testing.assert_allclose(traced, kernel.empirical_ntk(model, t1, m1, t2, m2), rtol=1e-10)
 
 
 def test_structured_kernel_after_real_training_float32():
