@@ -25,6 +25,17 @@ def tiny_run(**sections) -> RunConfig:
     return RunConfig(**base).validate()
 
 
+@pytest.fixture
+def x64():
+    """Double precision for one test, restored afterwards."""
+    import jax
+
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
 @pytest.fixture(scope="session")
 def small_pretrained(tmp_path_factory):
     """A masked-LM checkpoint of the default architecture on the default synthetic language (about 20 s)."""

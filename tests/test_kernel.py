@@ -16,15 +16,6 @@ from lorasec.run import build_model, load_task, make_text_encoder
 from lorasec.train import ArrayData, fit
 
 
-@pytest.fixture
-def x64():
-    """Double precision for one test, restored afterwards."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
-
 def _model(kind, dtype):
     arch = Architecture.from_config(ModelConfig(kind=kind, d_model=8, num_layers=2, num_heads=2, d_ff=16,
                                                 dropout=0.0, mlp_hidden=(12,)), 20, 6)

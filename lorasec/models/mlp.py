@@ -6,15 +6,16 @@ import jax
 from flax import nnx
 
 from lorasec.lora import apply_linear
-from lorasec.models.transformer import mean_pool
+from lorasec.models.transformer import default_float, mean_pool
 
 
 class MLPClassifier(nnx.Module):
     def __init__(self, arch, num_classes: int, *, rngs: nnx.Rngs):
-        self.embeddings = nnx.Embed(arch.vocab_size, arch.d_model, rngs=rngs)
+        dt = default_float()
+        self.embeddings = nnx.Embed(arch.vocab_size, arch.d_model, param_dtype=dt, rngs=rngs)
         widths = (arch.d_model, *arch.mlp_hidden)
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
-        self.head = nnx.Linear(widths[-1], num_classes, rngs=rngs)
+        self.layers = nnx.List([nnx.Linear(a, b, param_dtype=dt, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+        self.head = nnx.Linear(widths[-1], num_classes, param_dtype=dt, rngs=rngs)
 
     def __call__(self, tokens, mask, rngs: nnx.Rngs | None = None) -> jax.Array:
         x = mean_pool(self.embeddings(tokens), mask)

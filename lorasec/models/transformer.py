@@ -15,6 +15,11 @@ from lorasec.lora import apply_linear
 LAYER_NORM_EPS = 1e-12  # BERT's
 
 
+def default_float():
+    """float32, or float64 when JAX_ENABLE_X64 is on (then the whole model computes in double precision)."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
 def _dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
     if rngs is None or rate == 0.0:
         return x
@@ -24,11 +29,12 @@ def _dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
 
 class SelfAttention(nnx.Module):
     def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs):
+        dt = default_float()
         self.num_heads = num_heads
-        self.query = nnx.Linear(d_model, d_model, rngs=rngs)
-        self.key = nnx.Linear(d_model, d_model, rngs=rngs)
-        self.value = nnx.Linear(d_model, d_model, rngs=rngs)
-        self.output = nnx.Linear(d_model, d_model, rngs=rngs)
+        self.query = nnx.Linear(d_model, d_model, param_dtype=dt, rngs=rngs)
+        self.key = nnx.Linear(d_model, d_model, param_dtype=dt, rngs=rngs)
+        self.value = nnx.Linear(d_model, d_model, param_dtype=dt, rngs=rngs)
+        self.output = nnx.Linear(d_model, d_model, param_dtype=dt, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
         batch, length, d_model = x.shape
@@ -42,12 +48,13 @@ class SelfAttention(nnx.Module):
 
 class EncoderLayer(nnx.Module):
     def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float, *, rngs: nnx.Rngs):
+        dt = default_float()
         self.dropout = dropout
         self.attention = SelfAttention(d_model, num_heads, rngs=rngs)
-        self.attention_norm = nnx.LayerNorm(d_model, epsilon=LAYER_NORM_EPS, rngs=rngs)
-        self.intermediate = nnx.Linear(d_model, d_ff, rngs=rngs)
-        self.output = nnx.Linear(d_ff, d_model, rngs=rngs)
-        self.output_norm = nnx.LayerNorm(d_model, epsilon=LAYER_NORM_EPS, rngs=rngs)
+        self.attention_norm = nnx.LayerNorm(d_model, epsilon=LAYER_NORM_EPS, param_dtype=dt, rngs=rngs)
+        self.intermediate = nnx.Linear(d_model, d_ff, param_dtype=dt, rngs=rngs)
+        self.output = nnx.Linear(d_ff, d_model, param_dtype=dt, rngs=rngs)
+        self.output_norm = nnx.LayerNorm(d_model, epsilon=LAYER_NORM_EPS, param_dtype=dt, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
         x = self.attention_norm(x + _dropout(self.attention(x, mask, rngs), self.dropout, rngs))
@@ -59,10 +66,11 @@ class TransformerEncoder(nnx.Module):
     """Token + position embeddings, embedding layer norm, ``num_layers`` encoder layers."""
 
     def __init__(self, arch, *, rngs: nnx.Rngs):
+        dt = default_float()
         self.dropout = arch.dropout
-        self.word_embeddings = nnx.Embed(arch.vocab_size, arch.d_model, rngs=rngs)
-        self.position_embeddings = nnx.Embed(arch.max_positions, arch.d_model, rngs=rngs)
-        self.embedding_norm = nnx.LayerNorm(arch.d_model, epsilon=LAYER_NORM_EPS, rngs=rngs)
+        self.word_embeddings = nnx.Embed(arch.vocab_size, arch.d_model, param_dtype=dt, rngs=rngs)
+        self.position_embeddings = nnx.Embed(arch.max_positions, arch.d_model, param_dtype=dt, rngs=rngs)
+        self.embedding_norm = nnx.LayerNorm(arch.d_model, epsilon=LAYER_NORM_EPS, param_dtype=dt, rngs=rngs)
         self.layers = nnx.List([EncoderLayer(arch.d_model, arch.num_heads, arch.d_ff, arch.dropout, rngs=rngs)
                                 for _ in range(arch.num_layers)])
 
@@ -84,12 +92,13 @@ class TransformerClassifier(nnx.Module):
     """Encoder, pooling (masked mean, or BERT's tanh pooler on [CLS]) and a linear ``head``."""
 
     def __init__(self, arch, num_classes: int, *, rngs: nnx.Rngs):
+        dt = default_float()
         self.pooling = arch.pooling
         self.dropout = arch.dropout
         self.encoder = TransformerEncoder(arch, rngs=rngs)
         if arch.pooling == "cls":
-            self.pooler = nnx.Linear(arch.d_model, arch.d_model, rngs=rngs)
-        self.head = nnx.Linear(arch.d_model, num_classes, rngs=rngs)
+            self.pooler = nnx.Linear(arch.d_model, arch.d_model, param_dtype=dt, rngs=rngs)
+        self.head = nnx.Linear(arch.d_model, num_classes, param_dtype=dt, rngs=rngs)
 
     def features(self, tokens, mask, rngs=None) -> jax.Array:
         hidden = self.encoder(tokens, mask, rngs)
@@ -105,10 +114,11 @@ class MaskedLM(nnx.Module):
     """BERT's pretraining head: dense + GELU + layer norm, decoder tied to the word embeddings."""
 
     def __init__(self, arch, *, rngs: nnx.Rngs):
+        dt = default_float()
         self.encoder = TransformerEncoder(arch, rngs=rngs)
-        self.transform = nnx.Linear(arch.d_model, arch.d_model, rngs=rngs)
-        self.transform_norm = nnx.LayerNorm(arch.d_model, epsilon=LAYER_NORM_EPS, rngs=rngs)
-        self.decoder_bias = nnx.Param(jnp.zeros((arch.vocab_size,)))
+        self.transform = nnx.Linear(arch.d_model, arch.d_model, param_dtype=dt, rngs=rngs)
+        self.transform_norm = nnx.LayerNorm(arch.d_model, epsilon=LAYER_NORM_EPS, param_dtype=dt, rngs=rngs)
+        self.decoder_bias = nnx.Param(jnp.zeros((arch.vocab_size,), dt))
 
     def __call__(self, tokens, mask, rngs: nnx.Rngs | None = None) -> jax.Array:
         hidden = self.encoder(tokens, mask, rngs)

@@ -1,0 +1,91 @@
+"""Summaries of a kernel or Fisher spectrum: Rényi entropies, information bits, effective rank, condition number,
+and kernel-target alignment. Inputs are eigenvalues (any order); tiny negative round-off is clipped to 0.
+
+Definitions lorasec uses (paper 1's exact ones were not recoverable; see shared THEORY.md):
+
+- normalised Rényi entropy of order α of ``p = λ/Σλ``: ``H_α = log(Σ p^α)/(1−α)``, Shannon's at α = 1;
+- the authors' unnormalised form ``H'_α = log Σ λ^α`` (their code, without the 1/(1−α) prefactor that it
+  mishandles at α → 1). Loewner order ``K_LoRA ⪯ K_FF`` implies ``H'_α,LoRA ≤ H'_α,FF`` by Weyl's inequality;
+  the normalised entropy has no such guarantee;
+- information bits ``IB = ½ Σ log2(1 + λ)``, the capacity of parallel Gaussian channels with gains λ
+  (monotone in each eigenvalue, so also ordered by Loewner order);
+- effective rank ``exp(H_1)`` (Roy & Vetterli), condition number ``λ_max/λ_min`` over the non-zero part.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ZERO_TOLERANCE = 1e-12  # relative to λ_max: below it an eigenvalue counts as zero
+
+
+def _clean(eigenvalues) -> np.ndarray:
+    lam = np.asarray(eigenvalues, np.float64).ravel()
+    if lam.size == 0:
+        raise ValueError("empty spectrum")
+    top = max(float(lam.max()), 0.0)
+    if lam.min() < -1e-6 * max(top, 1e-300):
+        raise ValueError(f"spectrum has a negative eigenvalue {lam.min():.3g} (λ_max {top:.3g}): not PSD")
+    return np.clip(lam, 0.0, None)
+
+
+def nonzero(eigenvalues) -> np.ndarray:
+    lam = _clean(eigenvalues)
+    return lam[lam > ZERO_TOLERANCE * lam.max()] if lam.max() > 0 else lam[:0]
+
+
+def renyi_entropy(eigenvalues, alpha: float) -> float:
+    """Normalised Rényi entropy (nats) of the spectrum's distribution ``p = λ/Σλ``."""
+    p = nonzero(eigenvalues)
+    p = p / p.sum()
+    if np.isclose(alpha, 1.0):
+        return float(-(p * np.log(p)).sum())
+    if np.isinf(alpha):
+        return float(-np.log(p.max()))
+    return float(np.log((p**alpha).sum()) / (1.0 - alpha))
+
+
+def log_power_sum(eigenvalues, alpha: float) -> float:
+    """The authors' unnormalised ``H'_α = log Σ λ^α`` over the non-zero eigenvalues."""
+    return float(np.log((nonzero(eigenvalues) ** alpha).sum()))
+
+
+def information_bits(eigenvalues) -> float:
+    """``½ Σ log2(1 + λ)`` (lorasec's definition, module docstring)."""
+    return float(0.5 * np.log2(1.0 + _clean(eigenvalues)).sum())
+
+
+def effective_rank(eigenvalues) -> float:
+    return float(np.exp(renyi_entropy(eigenvalues, 1.0)))
+
+
+def condition_number(eigenvalues) -> float:
+    lam = nonzero(eigenvalues)
+    return float(lam.max() / lam.min())
+
+
+def kernel_target_alignment(kernel: np.ndarray, targets: np.ndarray, *, centred: bool = False) -> float:
+    """``⟨K, Y Yᵀ⟩_F / (‖K‖_F ‖Y Yᵀ‖_F)`` (Cristianini et al.); ``centred=True`` first centres both Gram
+    matrices with ``I − 11ᵀ/n`` (Cortes et al.; CKA). ``targets`` are labels (one-hot encoded here) or a matrix."""
+    k = np.asarray(kernel, np.float64)
+    y = np.asarray(targets)
+    if y.ndim == 1:
+        y = np.eye(int(y.max()) + 1)[y]
+    target_gram = y @ y.T
+    if centred:
+        n = k.shape[0]
+        c = np.eye(n) - np.ones((n, n)) / n
+        k, target_gram = c @ k @ c, c @ target_gram @ c
+    return float((k * target_gram).sum() / (np.linalg.norm(k) * np.linalg.norm(target_gram)))
+
+
+def summary(eigenvalues, alphas=(0.5, 1.0, 2.0)) -> dict:
+    """All scalar summaries of one spectrum, as a JSON-ready dict."""
+    lam = _clean(eigenvalues)
+    out = {"trace": float(lam.sum()), "lambda_max": float(lam.max()), "rank": int(nonzero(lam).size),
+           "effective_rank": effective_rank(lam), "condition_number": condition_number(lam),
+           "information_bits": information_bits(lam)}
+    for alpha in alphas:
+        out[f"renyi_{alpha:g}"] = renyi_entropy(lam, alpha)
+        out[f"log_power_sum_{alpha:g}"] = log_power_sum(lam, alpha)
+    return out
