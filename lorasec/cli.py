@@ -41,7 +41,34 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--quick", action="store_true", help="fewer seeds and steps (a few minutes on 2 cores)")
     study.add_argument("--out", default=None, help="output directory (default: runs/study or runs/study-quick)")
     study.add_argument("--no-progress", action="store_true")
+    verify = sub.add_parser("verify", help="check the papers' claims: prediction vs measurement, with a verdict")
+    verify.add_argument("names", nargs="*", help="claims to run (default: all); see --list")
+    verify.add_argument("--list", action="store_true", help="list the registered claims and stop")
+    verify.add_argument("--json", help="also write the checks to this JSON file")
     return parser
+
+
+def _verify(args) -> int:
+    from lorasec import artifacts, claims
+
+    registry = claims.discover()
+    if args.list:
+        for item in registry.values():
+            print(f"{item.name:16s} {item.paper}: {item.statement}")
+        return 0
+    unknown = [n for n in args.names if n not in registry]
+    if unknown:
+        raise ConfigError(f"verify {unknown[0]!r}: no such claim; registered: {', '.join(registry)}")
+    checks = []
+    for name in args.names or list(registry):
+        checks += registry[name].run()
+    print(claims.table(checks))
+    if args.json:
+        artifacts.write_json(args.json, [c.as_dict() for c in checks])
+    violated = sum(c.verdict == "violated" for c in checks)
+    print(f"\n{len(checks)} checks: {len(checks) - violated} hold or make no claim, {violated} violated "
+          f"(a violated claim is a finding about the paper, not an error of lorasec)")
+    return 0
 
 
 def _train(args) -> int:
@@ -82,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     from lorasec.train import TrainingDiverged
 
-    handlers = {"train": _train, "pretrain": _pretrain, "study": _study}
+    handlers = {"train": _train, "pretrain": _pretrain, "study": _study, "verify": _verify}
     try:
         return handlers[args.command](args)
     except ConfigError as err:

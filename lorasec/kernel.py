@@ -194,3 +194,25 @@ def _contract(factors, first, second, trace_axes):
     if trace_axes in ((-1,), (2, 3)):
         return jnp.einsum("ijcc->ij", total) / total.shape[-1]
     raise ValueError(f"trace_axes = {trace_axes}: structured kernels support () or (-1,)")
+
+
+def path_is(name: str):
+    """NNX filter for the one variable at dotted path ``name``."""
+    return lambda path, _value: ".".join(str(p) for p in path) == name
+
+
+def path_under(prefix: str):
+    """NNX filter for every variable whose dotted path starts with ``prefix``."""
+    return lambda path, _value: ".".join(str(p) for p in path).startswith(prefix)
+
+
+def layer_kernels(model: nnx.Module, layer: str, tokens1, mask1, tokens2=None, mask2=None, *,
+                  trace_axes=(-1,)) -> tuple[jax.Array, jax.Array]:
+    """Per-layer kernels of paper 1's Lemma 3.1 for the adapted layer ``layer``: ``K_FF^(l)`` w.r.t. its weight
+    matrix W0 (bias excluded) and ``K_LoRA^(l)`` w.r.t. its factors A and B."""
+    if layer not in lora.lora_layers(model):
+        raise ValueError(f"layer {layer!r} carries no LoRA adapter; adapted: {sorted(lora.lora_layers(model))}")
+    args = (tokens1, mask1, tokens2, mask2)
+    full = empirical_ntk(model, *args, subset=path_is(f"{layer}.base.kernel"), trace_axes=trace_axes)
+    factors = empirical_ntk(model, *args, subset=path_under(f"{layer}.lora_"), trace_axes=trace_axes)
+    return full, factors
