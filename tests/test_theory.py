@@ -65,3 +65,14 @@ def test_verify_cli_prints_table_and_writes_json(tmp_path, capsys):
 def test_registry_lists_every_paper_1_claim():
     names = set(claims.discover())
     assert {"lemma_3_1", "lemma_3_1_edge", "corollary_3_5", "theorem_2_2", "theorem_3_6"} <= names
+
+
+def test_ttr_metric_on_poisoned_pairs():
+    from theory import ttr_direction
+
+    m_lora, m_ff = ttr_direction.measure(4, 1.0, pairs=8)
+    assert 0 < m_lora < m_ff
+    # At init K_LoRA is proportional to σ_a² for the same draws of A (the kernel law): tripling c triples M'.
+    assert ttr_direction.measure(4, 1.0 / 3.0, pairs=8)[0] == pytest.approx(m_lora / 3, rel=1e-4)
+    checks = ttr_direction.direction(ranks=(2, 8), variances=(1.0,))
+    assert all(c.verdict == "holds" for c in checks) and len(checks) == 2 + 1 + 2
