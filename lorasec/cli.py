@@ -41,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--quick", action="store_true", help="fewer seeds and steps (a few minutes on 2 cores)")
     study.add_argument("--out", default=None, help="output directory (default: runs/study or runs/study-quick)")
     study.add_argument("--no-progress", action="store_true")
+    ntk = sub.add_parser("ntk", help="NTKs of LoRA and full fine-tuning side by side: kernels, spectra, summaries")
+    ntk.add_argument("source", help="TOML/JSON config (model as training would start) or a finished run directory")
+    ntk.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ntk.add_argument("--out", help="output directory (default: <run dir>/ntk or runs/ntk-<config name>)")
+    ntk.add_argument("--n", type=int, default=64, help="test examples in the kernel (default 64)")
+    ntk.add_argument("--block-size", type=int, default=0, help="compute the full kernel in blocks of this size")
+
     verify = sub.add_parser("verify", help="check the papers' claims: prediction vs measurement, with a verdict")
     verify.add_argument("names", nargs="*", help="claims to run (default: all); see --list")
     verify.add_argument("--list", action="store_true", help="list the registered claims and stop")
@@ -68,6 +75,27 @@ def _verify(args) -> int:
     violated = sum(c.verdict == "violated" for c in checks)
     print(f"\n{len(checks)} checks: {len(checks) - violated} hold or make no claim, {violated} violated "
           f"(a violated claim is a finding about the paper, not an error of lorasec)")
+    return 0
+
+
+def _ntk(args) -> int:
+    from lorasec import config
+    from lorasec.kernel_report import kernel_report
+
+    source = Path(args.source)
+    is_run = source.is_dir() and (source / "results.json").is_file()
+    if source.is_dir() and not is_run:
+        raise ConfigError(f"ntk {args.source!r}: a directory must be a finished run (results.json missing)")
+    cfg = config.load(config.RunConfig, source, args.overrides)
+    out = Path(args.out) if args.out else (source / "ntk" if is_run else Path("runs") / f"ntk-{source.stem}")
+    summary = kernel_report(cfg, out, run_dir=source if is_run else None, num_examples=args.n,
+                            block_size=args.block_size)
+    for name in ("full", "lora"):
+        k = summary[name]["kernel"]
+        print(f"{name:5s} params {summary[name]['parameters']:>8d}  trace {k['trace']:.4g}  "
+              f"effective rank {k['effective_rank']:.3g}  H'_2 {k['log_power_sum_2']:.4g}  "
+              f"IB {k['information_bits']:.4g}  centred alignment {summary[name]['centred_alignment']}")
+    print(f"written: {out / 'kernels.npz'}, {out / 'summary.json'}, {out / 'spectrum.png'}")
     return 0
 
 
@@ -109,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     from lorasec.train import TrainingDiverged
 
-    handlers = {"train": _train, "pretrain": _pretrain, "study": _study, "verify": _verify}
+    handlers = {"train": _train, "pretrain": _pretrain, "study": _study, "verify": _verify,
+                "ntk": _ntk}
     try:
         return handlers[args.command](args)
     except ConfigError as err:

@@ -66,17 +66,20 @@ def condition_number(eigenvalues) -> float:
 
 def kernel_target_alignment(kernel: np.ndarray, targets: np.ndarray, *, centred: bool = False) -> float:
     """``⟨K, Y Yᵀ⟩_F / (‖K‖_F ‖Y Yᵀ‖_F)`` (Cristianini et al.); ``centred=True`` first centres both Gram
-    matrices with ``I − 11ᵀ/n`` (Cortes et al.; CKA). ``targets`` are labels (one-hot encoded here) or a matrix."""
+    matrices with ``I − 11ᵀ/n`` (Cortes et al.; CKA). ``targets`` are labels (one-hot encoded here) or a matrix.
+    NaN when undefined (a zero Gram matrix, e.g. centred targets of a single class)."""
     k = np.asarray(kernel, np.float64)
     y = np.asarray(targets)
     if y.ndim == 1:
         y = np.eye(int(y.max()) + 1)[y]
     target_gram = y @ y.T
+    scale = np.linalg.norm(k) * np.linalg.norm(target_gram)
     if centred:
         n = k.shape[0]
         c = np.eye(n) - np.ones((n, n)) / n
         k, target_gram = c @ k @ c, c @ target_gram @ c
-    return float((k * target_gram).sum() / (np.linalg.norm(k) * np.linalg.norm(target_gram)))
+    norms = np.linalg.norm(k) * np.linalg.norm(target_gram)
+    return float((k * target_gram).sum() / norms) if norms > 1e-12 * scale else float("nan")
 
 
 def summary(eigenvalues, alphas=(0.5, 1.0, 2.0)) -> dict:

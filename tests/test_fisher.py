@@ -99,3 +99,7 @@ def test_kernel_target_alignment():
     rng = np.random.default_rng(0)
     z = rng.normal(size=(4, 3))
     assert abs(information.kernel_target_alignment(z @ z.T, labels, centred=True)) <= 1.0
+
+
+def test_alignment_undefined_for_one_class_is_nan():
+    assert np.isnan(information.kernel_target_alignment(np.eye(3), np.array([1, 1, 1]), centred=True))
