@@ -64,7 +64,8 @@ def test_verify_cli_prints_table_and_writes_json(tmp_path, capsys):
 
 def test_registry_lists_every_paper_1_claim():
     names = set(claims.discover())
-    assert {"lemma_3_1", "lemma_3_1_edge", "corollary_3_5", "theorem_2_2", "theorem_3_6"} <= names
+    assert {"lemma_3_1", "lemma_3_1_edge", "corollary_3_5", "lora_kernel_fluctuation", "theorem_2_2",
+            "theorem_3_6", "ttr_direction"} <= names
 
 
 def test_ttr_metric_on_poisoned_pairs():
@@ -76,3 +77,9 @@ def test_ttr_metric_on_poisoned_pairs():
     assert ttr_direction.measure(4, 1.0 / 3.0, pairs=8)[0] == pytest.approx(m_lora / 3, rel=1e-4)
     checks = ttr_direction.direction(ranks=(2, 8), variances=(1.0,))
     assert all(c.verdict == "holds" for c in checks) and len(checks) == 2 + 1 + 2
+
+
+def test_lora_kernel_fluctuation_scales_as_inverse_sqrt_rank():
+    (check,) = corollary_3_5.fluctuation()
+    assert check.verdict == "holds"
+    assert corollary_3_5.relative_spread(16, 2) > 1.5 * corollary_3_5.relative_spread(16, 8)

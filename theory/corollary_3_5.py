@@ -49,6 +49,26 @@ def monte_carlo(n: int, r: int, c: float, alpha: float, draws: int, *, num_examp
     return mean, standard_error, k_ff, cfg.scaling**2 * r * c / n
 
 
+def relative_spread(n: int, r: int, draws: int = 80) -> float:
+    """Per-draw Frobenius standard deviation of K_LoRA relative to its mean's norm (σ_a² = 1/n, s = 1)."""
+    mean, standard_error, _, _ = monte_carlo(n, r, 1.0, float(r), draws)
+    return float(standard_error * np.sqrt(draws) / np.linalg.norm(mean))
+
+
+@claim("lora_kernel_fluctuation", "derived (THEORY.md notation)",
+       "K_LoRA fluctuates around its mean with relative spread ∝ 1/√r (Gaussian A: Var ∝ r σ⁴, mean ∝ r σ²)")
+def fluctuation(n: int = 16, ranks=(2, 8)) -> list[Check]:
+    low, high = ranks
+    spreads = {r: relative_spread(n, r) for r in ranks}
+    predicted = np.sqrt(high / low)
+    measured = spreads[low] / spreads[high]
+    ok = abs(measured / predicted - 1.0) <= 0.25
+    return [Check("lora_kernel_fluctuation", f"n={n}, r={low} vs r={high}, σ²=1/n s=1, 80 draws each",
+                  f"spread ratio √({high}/{low}) = {predicted:.3g}", f"{measured:.3g} "
+                  f"({spreads[low]:.3g} vs {spreads[high]:.3g})", "±25% (sampling error of 80 draws)",
+                  verdict(ok))]
+
+
 @claim("corollary_3_5", "Liang et al. 2025",
        "E[K_LoRA^(l)] = s²·r·σ_a²·K_FF^(l) at init; = K_FF^(l) for r = n, σ_a² = 1/n, s = 1")
 def kernel_law(settings=SETTINGS) -> list[Check]:
