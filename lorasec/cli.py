@@ -48,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     ntk.add_argument("--n", type=int, default=64, help="test examples in the kernel (default 64)")
     ntk.add_argument("--block-size", type=int, default=0, help="compute the full kernel in blocks of this size")
 
+    spec = sub.add_parser("spectral", help="spectral diagnostics of a run's updates: strength, ranks, intruders")
+    spec.add_argument("run_dir", help="a finished run directory")
+    spec.add_argument("--base", help="pretrained checkpoint to compare a full fine-tuning run with")
+    spec.add_argument("--out", help="output directory (default: <run dir>/spectral)")
+    spec.add_argument("--k", type=int, default=10, help="top-k tuned directions checked for intruders")
+    spec.add_argument("--epsilon", type=float, default=0.5, help="intruder threshold on the best |cos|")
+
     verify = sub.add_parser("verify", help="check the papers' claims: prediction vs measurement, with a verdict")
     verify.add_argument("names", nargs="*", help="claims to run (default: all); see --list")
     verify.add_argument("--list", action="store_true", help="list the registered claims and stop")
@@ -99,6 +106,19 @@ def _ntk(args) -> int:
     return 0
 
 
+def _spectral(args) -> int:
+    from lorasec.spectral import run_report
+
+    out = Path(args.out) if args.out else Path(args.run_dir) / "spectral"
+    report = run_report(args.run_dir, out, base=args.base, k=args.k, epsilon=args.epsilon)
+    print(f"{'matrix':45s} {'strength':>9s} {'σmax(ΔW)':>9s} {'srank ΔW':>9s} {'intruders':>9s}")
+    for name, row in report.items():
+        print(f"{name:45s} {row['spectral_strength']:9.3g} {row['sigma_max_delta']:9.3g} "
+              f"{row['stable_rank_delta']:9.3g} {row['intruders']['count']:9d}")
+    print(f"written: {out / 'spectral.json'}, {out / 'spectra.png'}")
+    return 0
+
+
 def _train(args) -> int:
     from lorasec import config
     from lorasec.run import train_run
@@ -138,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     from lorasec.train import TrainingDiverged
 
     handlers = {"train": _train, "pretrain": _pretrain, "study": _study, "verify": _verify,
-                "ntk": _ntk}
+                "ntk": _ntk, "spectral": _spectral}
     try:
         return handlers[args.command](args)
     except ConfigError as err:

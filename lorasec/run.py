@@ -55,6 +55,8 @@ def make_text_encoder(cfg: RunConfig, train: TextDataset) -> TextEncoder:
         return wordpiece(cfg.data.vocab_file, seq_len)
     if cfg.data.source == "synthetic":
         return word_level(synthetic.vocabulary(cfg.data), seq_len)
+    if train is None:
+        raise ConfigError("data: a word-level vocabulary for file data needs the training texts")
     words = sorted({w for text in train.texts for w in re.findall(r"\w+|[^\w\s]+", text.lower())})
     return word_level(words, seq_len)
 

@@ -1,0 +1,71 @@
+"""Spectral diagnostics: intruder dimensions on a hand-computed case, strength, stable and effective ranks."""
+
+import numpy as np
+import pytest
+
+from lorasec import spectral
+
+
+def test_intruder_dimensions_hand_computed():
+    # Pretrained (out=3, in=3): left singular vectors e1, e2, e3 (σ = 3, 2, 1).
+    w_pre = np.diag([3.0, 2.0, 1.0])
+    # Adding 10·vvᵀ with v = (1, 1, 1)/√3 makes a new top direction close to v.
+    v = np.ones(3) / np.sqrt(3)
+    w_tuned = w_pre + 10.0 * np.outer(v, v)
+    out = spectral.intruder_dimensions(w_pre, w_tuned, k=1, epsilon=0.6)
+    u = np.linalg.svd(w_tuned)[0][:, 0]
+    assert out["max_cosine"][0] == pytest.approx(np.abs(u).max())
+    assert out["count"] == int(np.abs(u).max() < 0.6)
+    # A tuned matrix that only rescales the pretrained directions has no intruders at all.
+    none = spectral.intruder_dimensions(w_pre, 2 * w_pre, k=3, epsilon=0.9)
+    assert none["count"] == 0 and none["energy_share"] == 0.0 and none["max_cosine"] == pytest.approx([1, 1, 1])
+    # (out=4, in=3): the pretrained column space is span(e1, e2, e3). Tuning adds 5 to entry (4, 1): the first
+    # column becomes (3, 0, 0, 5), the top tuned direction (3, 0, 0, 5)/√34 with σ² = 34, whose best |cos|
+    # with the pretrained directions is 3/√34 = 0.514: an intruder at ε = 0.6, not at ε = 0.5.
+    tall_pre = np.vstack([np.diag([3.0, 2.0, 1.0]), np.zeros((1, 3))])
+    tall_tuned = tall_pre.copy()
+    tall_tuned[3, 0] = 5.0
+    at_06 = spectral.intruder_dimensions(tall_pre, tall_tuned, k=1, epsilon=0.6)
+    assert at_06["max_cosine"][0] == pytest.approx(3 / np.sqrt(34))
+    assert at_06["count"] == 1 and at_06["energy_share"] == pytest.approx(34 / 39)
+    assert spectral.intruder_dimensions(tall_pre, tall_tuned, k=1, epsilon=0.5)["count"] == 0
+    assert at_06["epsilon_sweep"] == {"0.3": 0, "0.4": 0, "0.5": 0, "0.6": 1, "0.7": 1, "0.8": 1, "0.9": 1}
+
+
+def test_strength_and_ranks():
+    w_pre = np.diag([4.0, 1.0])
+    delta = np.diag([0.5, 0.0])
+    assert spectral.spectral_strength(w_pre, delta) == pytest.approx(8.0)
+    assert spectral.spectral_strength(w_pre, np.zeros((2, 2))) == float("inf")
+    assert spectral.stable_rank(w_pre) == pytest.approx(17 / 16)
+    assert spectral.effective_rank(np.eye(4)) == pytest.approx(4.0)
+
+
+def test_pair_report_converts_flax_layout():
+    rng = np.random.default_rng(0)
+    kernel_pre = rng.normal(size=(5, 3))            # lorasec (in=5, out=3)
+    kernel_tuned = kernel_pre + 0.1 * rng.normal(size=(5, 3))
+    report = spectral.pair_report(kernel_pre, kernel_tuned, k=3)
+    assert report["shape_out_in"] == [3, 5]
+    assert report["sigma_max_pre"] == pytest.approx(np.linalg.norm(kernel_pre, 2))
+
+
+def test_spectral_cli_on_runs(tmp_path, capsys):
+    import json
+
+    from conftest import tiny_run
+
+    from lorasec import cli
+    from lorasec.config import AdapterConfig, TrainConfig
+    from lorasec.run import train_run
+
+    steps = TrainConfig(steps=6, batch_size=16, lr=1e-2)
+    train_run(tiny_run(train=steps), tmp_path / "lora", progress=False)
+    assert cli.main(["spectral", str(tmp_path / "lora")]) == 0
+    report = json.loads((tmp_path / "lora" / "spectral" / "spectral.json").read_text())
+    assert len(report) == 6 and all(np.isfinite(r["spectral_strength"]) for r in report.values())
+    assert all(r["stable_rank_delta"] <= 4 + 1e-6 for r in report.values())  # rank-4 updates
+    train_run(tiny_run(train=steps, adapter=AdapterConfig(method="full")), tmp_path / "full", progress=False)
+    capsys.readouterr()
+    assert cli.main(["spectral", str(tmp_path / "full")]) == 2
+    assert "needs --base" in capsys.readouterr().err
