@@ -160,7 +160,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    """Full fine-tuning or LoRA ``W = W0 + s·B·A`` with s = alpha/r (or alpha/sqrt(r) with rsLoRA)."""
+    """Full fine-tuning or LoRA ``W = W0 + s·B·A`` with s = alpha/r (or alpha/sqrt(r) with rsLoRA).
+
+    RoRA's parts (Luong & Chen 2026), each switchable: ``rora_cl`` dropout p on the frozen path, ``rora_tr`` the
+    weight λ of ``‖U_kᵀB‖²_F + ‖A V_k‖²_F`` with ``rora_tr_k`` = k, ``rora_pt_layers`` = how many top encoder
+    layers get the post-training rescale (0 = off)."""
 
     method: str = "lora"
     rank: int = 8
@@ -172,6 +176,10 @@ class AdapterConfig:
     dropout: float = 0.0
     targets: tuple[str, ...] = ("all-linear",)
     modules_to_save: tuple[str, ...] = ("head",)
+    rora_cl: float = 0.0
+    rora_tr: float = 0.0
+    rora_tr_k: int = 32
+    rora_pt_layers: int = 0
 
     def validate(self, p: str = "adapter") -> None:
         _one_of(f"{p}.method", self.method, ADAPTERS)
@@ -182,6 +190,12 @@ class AdapterConfig:
         _rate(f"{p}.dropout", self.dropout, upper_open=True)
         if self.method == "lora" and not self.targets:
             _fail(f"{p}.targets", [], "must name at least one layer pattern (or 'all-linear')")
+        _rate(f"{p}.rora_cl", self.rora_cl, upper_open=True)
+        _at_least(f"{p}.rora_tr", self.rora_tr, 0.0)
+        _at_least(f"{p}.rora_tr_k", self.rora_tr_k, 1)
+        _at_least(f"{p}.rora_pt_layers", self.rora_pt_layers, 0)
+        if self.method == "full" and (self.rora_cl or self.rora_tr or self.rora_pt_layers):
+            _fail(f"{p}.method", "full", "RoRA parts (rora_cl, rora_tr, rora_pt_layers) need method = 'lora'")
 
     @property
     def scaling(self) -> float:

@@ -40,15 +40,20 @@ def tap(probes: dict[int, jax.Array], inputs: dict[int, jax.Array]):
 
 
 class LoRALinear(nnx.Module):
-    """``y = base(x) + s · dropout(x) @ lora_a @ lora_b`` around a frozen ``nnx.Linear`` (LoRA, eq. 3 of Hu et al.)."""
+    """``y = base(x) + s · dropout(x) @ lora_a @ lora_b`` around a frozen ``nnx.Linear`` (LoRA, eq. 3 of Hu et al.).
+
+    ``frozen_dropout = p > 0`` is RoRA's Cl part (Luong & Chen 2026): in training the frozen path's output
+    ``W_pre x + b`` goes through dropout p, ``h = Dropout_p(W_pre x + b) + s·B A x``; evaluation is unchanged."""
 
     def __init__(self, base: nnx.Linear, rank: int, scaling: float, *, init: str = "kaiming_uniform",
-                 init_scale: float = 1.0 / 3.0, dropout: float = 0.0, rngs: nnx.Rngs):
+                 init_scale: float = 1.0 / 3.0, dropout: float = 0.0, frozen_dropout: float = 0.0,
+                 rngs: nnx.Rngs):
         fan_in, fan_out = base.in_features, base.out_features
         self.base = base
         self.rank = rank
         self.scaling = scaling
         self.dropout_rate = dropout
+        self.frozen_dropout = frozen_dropout
         self.merged = False
         dtype = base.kernel[...].dtype
         key = rngs.params()
@@ -68,6 +73,9 @@ class LoRALinear(nnx.Module):
         y = self.base(x)
         if self.merged:
             return y
+        if rngs is not None and self.frozen_dropout > 0:
+            keep = jax.random.bernoulli(rngs.dropout(), 1.0 - self.frozen_dropout, y.shape)
+            y = jnp.where(keep, y / (1.0 - self.frozen_dropout), 0.0)
         tapped = _TAP.get()
         if tapped is not None:
             probes, inputs = tapped
@@ -129,7 +137,7 @@ def apply_lora(model: nnx.Module, cfg: AdapterConfig, *, rngs: nnx.Rngs) -> list
         if cfg.rank > limit:
             raise ConfigError(f"adapter.rank = {cfg.rank}: above min(in, out) = {limit} of layer {name}")
         _set_child(model, name, LoRALinear(base, cfg.rank, cfg.scaling, init=cfg.init, init_scale=cfg.init_scale,
-                                           dropout=cfg.dropout, rngs=rngs))
+                                           dropout=cfg.dropout, frozen_dropout=cfg.rora_cl, rngs=rngs))
     return names
 
 

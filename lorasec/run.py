@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from lorasec import artifacts, lora, metrics, poison, synthetic
+from lorasec import artifacts, lora, metrics, poison, rora, synthetic
 from lorasec.config import ConfigError, RunConfig, to_dict
 from lorasec.models import Architecture, build_classifier
 from lorasec.pretrain import load_encoder_weights, load_pretrained
 from lorasec.textdata import TextDataset, read_text_file
 from lorasec.tokenizer import TextEncoder, word_level, wordpiece
-from lorasec.train import ArrayData, fit, predict
+from lorasec.train import ArrayData, classification_loss, fit, predict
 
 
 def load_task(cfg: RunConfig) -> tuple[TextDataset, TextDataset]:
@@ -155,8 +155,14 @@ def train_run(cfg: RunConfig, out_dir: str | Path | None = None, *, progress: bo
     tokens, mask = encoder.encode(poisoned.data.texts)
     model = build_model(cfg, encoder.vocab_size)
     trainable = lora.trainable_filter(cfg.adapter)
+    loss_fn = classification_loss
+    if cfg.adapter.rora_tr > 0:
+        loss_fn = rora.penalised_loss(classification_loss, cfg.adapter.rora_tr, cfg.adapter.rora_tr_k, model)
     fitted = fit(model, trainable, ArrayData(tokens, mask, poisoned.data.labels), cfg.train, seed=cfg.seed,
-                 run_dir=out_dir, progress=progress, description=f"{cfg.adapter.method} seed {cfg.seed}")
+                 loss_fn=loss_fn, run_dir=out_dir, progress=progress,
+                 description=f"{cfg.adapter.method} seed {cfg.seed}")
+    # Pt changes only the evaluated model's scales; params/ keeps the trained factors, results the new scales.
+    pt_scales = rora.post_training_rescale(model, cfg.adapter.rora_pt_layers) if cfg.adapter.rora_pt_layers else {}
     evaluation = evaluate(model, cfg, test, encoder)
     _, trainable_state, rest = nnx.split(model, trainable, ...)
     results = {
@@ -176,6 +182,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path | None = None, *, progress: bo
         "trainable_parameters": lora.count_params(trainable_state),
         "total_parameters": lora.count_params(trainable_state) + lora.count_params(rest),
         "adapted_layers": sorted(lora.lora_layers(model)),
+        "rora_pt_scales": pt_scales,
     }
     if out_dir is not None:
         artifacts.write_json(out_dir / "poisoned_indices.json", poisoned.indices.tolist())
