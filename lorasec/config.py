@@ -162,7 +162,7 @@ class ModelConfig:
 class AdapterConfig:
     """Full fine-tuning or LoRA ``W = W0 + s·B·A`` with s = alpha/r (or alpha/sqrt(r) with rsLoRA).
 
-    RoRA's parts (Luong & Chen 2026), each switchable: ``rora_cl`` dropout p on the frozen path, ``rora_tr`` the
+    ``dora`` makes each adapter DoRA (magnitude and direction). RoRA's parts (Luong & Chen 2026), each switchable: ``rora_cl`` dropout p on the frozen path, ``rora_tr`` the
     weight λ of ``‖U_kᵀB‖²_F + ‖A V_k‖²_F`` with ``rora_tr_k`` = k, ``rora_pt_layers`` = how many top encoder
     layers get the post-training rescale (0 = off)."""
 
@@ -176,6 +176,7 @@ class AdapterConfig:
     dropout: float = 0.0
     targets: tuple[str, ...] = ("all-linear",)
     modules_to_save: tuple[str, ...] = ("head",)
+    dora: bool = False
     rora_cl: float = 0.0
     rora_tr: float = 0.0
     rora_tr_k: int = 32
@@ -194,8 +195,9 @@ class AdapterConfig:
         _at_least(f"{p}.rora_tr", self.rora_tr, 0.0)
         _at_least(f"{p}.rora_tr_k", self.rora_tr_k, 1)
         _at_least(f"{p}.rora_pt_layers", self.rora_pt_layers, 0)
-        if self.method == "full" and (self.rora_cl or self.rora_tr or self.rora_pt_layers):
-            _fail(f"{p}.method", "full", "RoRA parts (rora_cl, rora_tr, rora_pt_layers) need method = 'lora'")
+        if self.method == "full" and (self.rora_cl or self.rora_tr or self.rora_pt_layers or self.dora):
+            _fail(f"{p}.method", "full", "dora and the RoRA parts (rora_cl, rora_tr, rora_pt_layers) need "
+                                         "method = 'lora'")
 
     @property
     def scaling(self) -> float:

@@ -106,6 +106,8 @@ def _signals(graphdef, state, tokens, mask):
     layers = lora.lora_layers(model)
     if any(layer.merged for layer in layers.values()):
         raise ValueError("structured_lora_ntk needs unmerged adapters; call lora.unmerge(model) first")
+    if any(layer.dora for layer in layers.values()):
+        raise ValueError("structured_lora_ntk covers plain LoRA; use empirical_ntk for DoRA adapters")
 
     def run(probes_by_id):
         inputs: dict[int, jax.Array] = {}

@@ -43,11 +43,16 @@ class LoRALinear(nnx.Module):
     """``y = base(x) + s · dropout(x) @ lora_a @ lora_b`` around a frozen ``nnx.Linear`` (LoRA, eq. 3 of Hu et al.).
 
     ``frozen_dropout = p > 0`` is RoRA's Cl part (Luong & Chen 2026): in training the frozen path's output
-    ``W_pre x + b`` goes through dropout p, ``h = Dropout_p(W_pre x + b) + s·B A x``; evaluation is unchanged."""
+    ``W_pre x + b`` goes through dropout p, ``h = Dropout_p(W_pre x + b) + s·B A x``; evaluation is unchanged.
+
+    ``dora=True`` is DoRA (Liu et al. 2024, eq. 5): ``W' = m ⊙ (W0 + s·B A) / ‖W0 + s·B A‖`` with the norm taken per
+    output unit (peft's per-row norm of the (out, in) matrix) and treated as a constant in the gradient, and a
+    trainable magnitude ``m`` initialised to ``‖W0‖``. As in peft the output is
+    ``base(x) + (m/‖W'‖ − 1)·W0 x + (m/‖W'‖)·s·B A dropout(x)``, equal to ``W' x + b`` without dropout."""
 
     def __init__(self, base: nnx.Linear, rank: int, scaling: float, *, init: str = "kaiming_uniform",
                  init_scale: float = 1.0 / 3.0, dropout: float = 0.0, frozen_dropout: float = 0.0,
-                 rngs: nnx.Rngs):
+                 dora: bool = False, rngs: nnx.Rngs):
         fan_in, fan_out = base.in_features, base.out_features
         self.base = base
         self.rank = rank
@@ -64,6 +69,19 @@ class LoRALinear(nnx.Module):
             a = jax.random.uniform(key, (fan_in, rank), dtype, -bound, bound)
         self.lora_a = nnx.LoRAParam(a)
         self.lora_b = nnx.LoRAParam(jnp.zeros((rank, fan_out), dtype))
+        self.dora = dora
+        if dora:
+            self.magnitude = nnx.LoRAParam(jnp.linalg.norm(base.kernel[...], axis=0))
+
+    def dora_scale(self) -> jax.Array:
+        """``m / ‖W0 + s·B A‖`` per output unit (gradient stopped through the norm, as DoRA prescribes)."""
+        norm = jnp.linalg.norm(self.base.kernel[...] + self.delta(), axis=0)
+        return self.magnitude[...] / jax.lax.stop_gradient(norm)
+
+    def effective_kernel(self) -> jax.Array:
+        """The adapted layer's kernel in lorasec's (in, out) layout: ``W0 + s·A B`` or DoRA's ``W'``."""
+        kernel = self.base.kernel[...] + self.delta()
+        return kernel * self.dora_scale()[None, :] if self.dora else kernel
 
     def delta(self) -> jax.Array:
         """``s · lora_a @ lora_b``, the update in kernel layout (``(s·B A)ᵀ`` in peft's)."""
@@ -73,6 +91,9 @@ class LoRALinear(nnx.Module):
         y = self.base(x)
         if self.merged:
             return y
+        if self.dora:
+            scale = self.dora_scale()
+            y = y + (scale - 1.0) * (x @ self.base.kernel[...])
         if rngs is not None and self.frozen_dropout > 0:
             keep = jax.random.bernoulli(rngs.dropout(), 1.0 - self.frozen_dropout, y.shape)
             y = jnp.where(keep, y / (1.0 - self.frozen_dropout), 0.0)
@@ -83,7 +104,8 @@ class LoRALinear(nnx.Module):
         if rngs is not None and self.dropout_rate > 0:
             keep = jax.random.bernoulli(rngs.dropout(), 1.0 - self.dropout_rate, x.shape)
             x = jnp.where(keep, x / (1.0 - self.dropout_rate), 0.0)
-        y = y + self.scaling * ((x @ self.lora_a[...]) @ self.lora_b[...])
+        update = self.scaling * ((x @ self.lora_a[...]) @ self.lora_b[...])
+        y = y + (scale * update if self.dora else update)
         return y + probes[id(self)] if tapped is not None else y
 
 
@@ -137,7 +159,8 @@ def apply_lora(model: nnx.Module, cfg: AdapterConfig, *, rngs: nnx.Rngs) -> list
         if cfg.rank > limit:
             raise ConfigError(f"adapter.rank = {cfg.rank}: above min(in, out) = {limit} of layer {name}")
         _set_child(model, name, LoRALinear(base, cfg.rank, cfg.scaling, init=cfg.init, init_scale=cfg.init_scale,
-                                           dropout=cfg.dropout, frozen_dropout=cfg.rora_cl, rngs=rngs))
+                                           dropout=cfg.dropout, frozen_dropout=cfg.rora_cl, dora=cfg.dora,
+                                           rngs=rngs))
     return names
 
 
@@ -147,7 +170,10 @@ def lora_layers(model: nnx.Module) -> dict[str, LoRALinear]:
 
 def merge(model: nnx.Module) -> None:
     """Fold every LoRA update into its base kernel (inference speed; the factors are kept for unmerge)."""
-    for layer in lora_layers(model).values():
+    for name, layer in lora_layers(model).items():
+        if layer.dora:
+            raise ValueError(f"layer {name} uses DoRA, whose merge rescales W0 and cannot be undone exactly; "
+                             f"evaluate it unmerged or read layer.effective_kernel()")
         if not layer.merged:
             layer.base.kernel[...] = layer.base.kernel[...] + layer.delta()
             layer.merged = True

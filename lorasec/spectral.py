@@ -91,7 +91,7 @@ def run_pairs(run_dir, base: str | None = None) -> dict[str, tuple[np.ndarray, n
     model = build_model(cfg, encoder.vocab_size)
     nnx.update(model, artifacts.load_state(run_dir / "params", nnx.state(model)))
     if cfg.adapter.method == "lora":
-        return {name: (np.asarray(layer.base.kernel[...]), np.asarray(layer.base.kernel[...] + layer.delta()))
+        return {name: (np.asarray(layer.base.kernel[...]), np.asarray(layer.effective_kernel()))
                 for name, layer in lora.lora_layers(model).items()}
     checkpoint = base or cfg.model.pretrained
     if not checkpoint:

@@ -147,3 +147,30 @@ def test_lora_dropout_only_in_training():
     # Expected value over dropout masks equals the no-dropout adapter output.
     draws = jnp.stack([layer(x, rngs=nnx.Rngs(dropout=k)) for k in range(200)]).mean(0)
     np.testing.assert_allclose(np.asarray(draws - base).mean(), np.asarray(evaluation - base).mean(), rtol=0.05)
+
+
+def test_dora_effective_weight_matches_its_formula():
+    layer, W, b, A, B = _hand_built(scaling=2.0)
+    base = layer.base
+    dora = lora.LoRALinear(base, 2, 2.0, dora=True, rngs=nnx.Rngs(1))
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 3)))
+    # At init B = 0 and m = ‖W0‖ per output unit: DoRA is the base layer.
+    np.testing.assert_allclose(np.asarray(dora(x)), np.asarray(base(x)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(dora.magnitude[...]), np.linalg.norm(W, axis=1), rtol=1e-6)
+    dora.lora_a[...] = jnp.asarray(A.T)
+    dora.lora_b[...] = jnp.asarray(B.T)
+    m = np.array([2.0, 0.5])
+    dora.magnitude[...] = jnp.asarray(m)
+    direction = W + 2.0 * B @ A                                 # (out, in), peft layout
+    W_dora = m[:, None] * direction / np.linalg.norm(direction, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(dora(x)), np.asarray(x) @ W_dora.T + b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(dora.effective_kernel()), W_dora.T, rtol=1e-5)
+    with pytest.raises(ValueError, match="DoRA"):
+        lora.merge(dora)
+
+
+def test_dora_magnitude_trains_with_the_lora_subset():
+    model, cfg = _model(dora=True)
+    lora.apply_lora(model, cfg, rngs=nnx.Rngs(1))
+    paths = _trainable_paths(model, cfg)
+    assert sum(p.endswith(".magnitude") for p in paths) == 12

@@ -1,5 +1,5 @@
 """RoRA's parts: Pt sets the spectral-norm ratio exactly, Tr is plain L2 with full bases and differs when
-truncated, Cl's dropout touches the frozen path only; the three switch on in a training run."""
+truncated, Cl's dropout touches the frozen path only; all three compose with DoRA in a training run."""
 
 import jax
 import jax.numpy as jnp
@@ -66,8 +66,8 @@ def test_cl_dropout_acts_on_the_frozen_path_only():
     assert np.all(kept | dropped) and 0.3 < dropped.mean() < 0.7
 
 
-def test_rora_switches_in_a_run_and_validation():
-    adapter = AdapterConfig(rank=4, alpha=8, rora_cl=0.1, rora_tr=5.0, rora_tr_k=4, rora_pt_layers=1)
+def test_dora_plus_rora_trains_and_validation():
+    adapter = AdapterConfig(rank=4, alpha=8, dora=True, rora_cl=0.1, rora_tr=5.0, rora_tr_k=4, rora_pt_layers=1)
     results = train_run(tiny_run(adapter=adapter, train=TrainConfig(steps=8, batch_size=16)), progress=False)
     assert results["rora_pt_scales"] and all(s > 0 for s in results["rora_pt_scales"].values())
     with pytest.raises(ConfigError, match="need method = 'lora'"):
