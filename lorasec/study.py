@@ -36,10 +36,16 @@ def plan(quick: bool) -> StudyPlan:
         AttackConfig(kind="label_flip", poison_rate=0.2),
         AttackConfig(kind="badnets", poison_rate=0.05, target_label=1),
     )
-    methods = (("full", 1e-3), ("lora", 1e-3))
+    # Full fine-tuning at two learning rates: paper 1 gave it a 10× smaller one than LoRA, and label flipping
+    # is sensitive to it, so one rate alone would confound method with step size.
+    methods = (("full", 1e-3), ("full", 1e-4), ("lora", 1e-3))
     if quick:
         return StudyPlan(seeds=(0, 1), steps=400, pretrain_steps=800, attacks=attacks, methods=methods)
     return StudyPlan(seeds=(0, 1, 2), steps=600, pretrain_steps=1500, attacks=attacks, methods=methods)
+
+
+def _arm(method: str, lr: float) -> str:
+    return f"{method} lr {lr:g}"
 
 
 def _attack_name(attack: AttackConfig) -> str:
@@ -64,13 +70,13 @@ def run_study(out_dir: str | Path, *, quick: bool = False, progress: bool = True
                 model = dataclasses.replace(study.model, pretrained=str(checkpoint))
                 cfg = RunConfig(seed=seed, data=study.data, attack=attack, model=model,
                                 adapter=AdapterConfig(method=method), train=TrainConfig(steps=study.steps, lr=lr))
-                name = f"{_attack_name(attack)}-{method}-seed{seed}"
+                name = f"{_attack_name(attack)}-{method}-lr{lr:g}-seed{seed}"
                 results = train_run(cfg.validate(), out_dir / "runs" / name, progress=progress)
                 runs.append({"seed": seed, "run": name, **{k: results[k] for k in (
                     "clean_accuracy", "attack_success_rate", "triggered_accuracy", "wall_seconds",
                     "trainable_parameters")}})
             cells.append({
-                "attack": _attack_name(attack), "method": method, "lr": lr,
+                "attack": _attack_name(attack), "arm": _arm(method, lr), "method": method, "lr": lr,
                 **{k: metrics.mean_sd(r[k] for r in runs)
                    for k in ("clean_accuracy", "attack_success_rate", "triggered_accuracy")},
                 "runs": runs,
@@ -90,8 +96,8 @@ def draw(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     attacks = list(dict.fromkeys(c["attack"] for c in summary["cells"]))
-    methods = list(dict.fromkeys(c["method"] for c in summary["cells"]))
-    cell = {(c["attack"], c["method"]): c for c in summary["cells"]}
+    methods = list(dict.fromkeys(c["arm"] for c in summary["cells"]))
+    cell = {(c["attack"], c["arm"]): c for c in summary["cells"]}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     width = 0.8 / len(methods)
     for j, method in enumerate(methods):
@@ -104,6 +110,9 @@ def draw(summary: dict, path: Path) -> None:
         bx = [attacks.index(a) + (j - (len(methods) - 1) / 2) * width for a in backdoors]
         axes[1].bar(bx, [100 * s["mean"] for s in asr], width, yerr=[100 * s["sd"] for s in asr],
                     label=method, capsize=3)
+    for i, a in enumerate(attacks):
+        if cell[a, methods[0]]["attack_success_rate"]["mean"] is None:
+            axes[1].text(i, 2, "no trigger", ha="center", fontsize=8, color="gray")
     for ax, title in zip(axes, ("clean accuracy (CACC, %)", "attack success rate (ASR, %)")):
         ax.set_xticks(range(len(attacks)), attacks)
         ax.set_title(title)
@@ -122,11 +131,11 @@ def report(summary: dict) -> str:
         f"Synthetic topic task, encoder pretrained by masked LM for {summary['pretrain_steps']} steps, "
         f"fine-tuned {summary['steps']} steps; seeds {summary['seeds']}; mean ± sd (%).",
         "",
-        "| attack | method | CACC | ASR | triggered acc. |",
+        "| attack | method, lr | CACC | ASR | triggered acc. |",
         "|---|---|---|---|---|",
     ]
     for c in summary["cells"]:
-        lines.append(f"| {c['attack']} | {c['method']} | {metrics.format_mean_sd(c['clean_accuracy'])} | "
+        lines.append(f"| {c['attack']} | {c['arm']} | {metrics.format_mean_sd(c['clean_accuracy'])} | "
                      f"{metrics.format_mean_sd(c['attack_success_rate'])} | "
                      f"{metrics.format_mean_sd(c['triggered_accuracy'])} |")
     lines += ["", "![study](study.png)", ""]
