@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--quick", action="store_true", help="fewer seeds and steps (a few minutes on 2 cores)")
     study.add_argument("--out", default=None, help="output directory (default: runs/study or runs/study-quick)")
     study.add_argument("--no-progress", action="store_true")
+
     ntk = sub.add_parser("ntk", help="NTKs of LoRA and full fine-tuning side by side: kernels, spectra, summaries")
     ntk.add_argument("source", help="TOML/JSON config (model as training would start) or a finished run directory")
     ntk.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -124,7 +125,8 @@ def _train(args) -> int:
     from lorasec.run import train_run
 
     cfg = config.load(config.RunConfig, args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    source = Path(args.config)
+    out = Path(args.out) if args.out else (source if source.is_dir() else Path("runs") / source.stem)
     results = train_run(cfg, out, progress=not args.no_progress)
     print(json.dumps({k: results[k] for k in ("clean_accuracy", "attack_success_rate", "triggered_accuracy",
                                               "steps", "wall_seconds")}, indent=2))
