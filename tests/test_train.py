@@ -117,3 +117,14 @@ def test_finished_run_is_not_redone_and_other_config_is_refused(tmp_path):
     assert train_run(cfg, tmp_path, progress=False) == first
     with pytest.raises(config.ConfigError, match="holds a run with train.lr"):
         train_run(config.replace(cfg, train={"lr": 5e-4}), tmp_path, progress=False)
+
+
+def test_train_on_a_run_directory_uses_it(tmp_path, capsys, monkeypatch):
+    from lorasec import cli
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "elsewhere" / "myrun"
+    first = train_run(tiny_run(train=TrainConfig(steps=3, batch_size=16)), run, progress=False)
+    assert cli.main(["train", str(run), "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out.split("run directory")[0])["clean_accuracy"] == first["clean_accuracy"]
+    assert not (tmp_path / "runs").exists()
