@@ -17,7 +17,7 @@ from flax import nnx
 
 from lorasec import artifacts, fisher, information, kernel, lora
 from lorasec.config import ConfigError, RunConfig
-from lorasec.run import build_model, load_task, make_text_encoder
+from lorasec.run import build_model, prepare_data
 
 
 def _model_at(cfg: RunConfig, vocab_size: int, run_dir: Path | None) -> nnx.Module:
@@ -37,10 +37,9 @@ def kernel_report(cfg: RunConfig, out_dir: str | Path, *, run_dir: str | Path | 
     """Compute, save and return the side-by-side kernel summary (module docstring)."""
     out_dir = Path(out_dir)
     run_dir = Path(run_dir) if run_dir is not None else None
-    _, test = load_task(cfg)
+    _, test, encoder = prepare_data(cfg)
     if num_examples < 2 or num_examples > len(test):
         raise ConfigError(f"--n {num_examples}: must lie in [2, {len(test)}] (the test set's size)")
-    encoder = make_text_encoder(cfg, test)
     model = _model_at(cfg, encoder.vocab_size, run_dir)
     subset = test.subset(np.arange(num_examples))
     tokens, mask = encoder.encode(subset.texts)

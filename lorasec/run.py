@@ -55,10 +55,16 @@ def make_text_encoder(cfg: RunConfig, train: TextDataset) -> TextEncoder:
         return wordpiece(cfg.data.vocab_file, seq_len)
     if cfg.data.source == "synthetic":
         return word_level(synthetic.vocabulary(cfg.data), seq_len)
-    if train is None:
-        raise ConfigError("data: a word-level vocabulary for file data needs the training texts")
     words = sorted({w for text in train.texts for w in re.findall(r"\w+|[^\w\s]+", text.lower())})
     return word_level(words, seq_len)
+
+
+def prepare_data(cfg: RunConfig) -> tuple[poison.Poisoned, TextDataset, TextEncoder]:
+    """(poisoned training set, clean test set, tokenizer) exactly as a run of ``cfg`` builds them; a word-level
+    vocabulary of file data comes from the poisoned training texts, so every consumer must start here."""
+    train, test = load_task(cfg)
+    poisoned = poison.poison(train, cfg.attack, seed=cfg.seed)
+    return poisoned, test, make_text_encoder(cfg, poisoned.data)
 
 
 def build_model(cfg: RunConfig, vocab_size: int) -> nnx.Module:
@@ -149,9 +155,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path | None = None, *, progress: bo
         finished = claim_run_dir(cfg, out_dir)
         if finished is not None:
             return finished
-    train, test = load_task(cfg)
-    poisoned = poison.poison(train, cfg.attack, seed=cfg.seed)
-    encoder = make_text_encoder(cfg, poisoned.data)
+    poisoned, test, encoder = prepare_data(cfg)
     tokens, mask = encoder.encode(poisoned.data.texts)
     model = build_model(cfg, encoder.vocab_size)
     trainable = lora.trainable_filter(cfg.adapter)
@@ -177,7 +181,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path | None = None, *, progress: bo
         "wall_seconds": time.perf_counter() - began,
         "train_step_compilations": fitted.compilations,
         "num_poisoned": int(len(poisoned.indices)),
-        "num_train": len(train),
+        "num_train": len(poisoned.data),
         "num_test": len(test),
         "trainable_parameters": lora.count_params(trainable_state),
         "total_parameters": lora.count_params(trainable_state) + lora.count_params(rest),

@@ -79,15 +79,13 @@ def run_pairs(run_dir, base: str | None = None) -> dict[str, tuple[np.ndarray, n
 
     from lorasec import artifacts, config, lora
     from lorasec.pretrain import load_encoder_weights
-    from lorasec.run import build_model, make_text_encoder
+    from lorasec.run import build_model, prepare_data
 
     run_dir = Path(run_dir)
     if not (run_dir / "params").is_dir():
         raise config.ConfigError(f"spectral {str(run_dir)!r}: not a finished lorasec run (params/ missing)")
     cfg = config.load(config.RunConfig, run_dir)
-    encoder = make_text_encoder(cfg, None) if cfg.model.pretrained or cfg.data.source == "synthetic" else None
-    if encoder is None:
-        raise config.ConfigError("spectral: file-data runs without a pretrained checkpoint have no base to compare")
+    _, _, encoder = prepare_data(cfg)
     model = build_model(cfg, encoder.vocab_size)
     nnx.update(model, artifacts.load_state(run_dir / "params", nnx.state(model)))
     if cfg.adapter.method == "lora":

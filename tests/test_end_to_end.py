@@ -58,9 +58,15 @@ def test_csv_task_trains_end_to_end(tmp_path):
     cfg = tiny_run(data=DataConfig(source="file", train_file=str(tmp_path / "train.csv"),
                                    test_file=str(tmp_path / "test.csv"), seq_len=32),
                    attack=AttackConfig(kind="badnets", poison_rate=0.05, target_label=1))
-    results = train_run(cfg, progress=False)
+    results = train_run(cfg, tmp_path / "run", progress=False)
     assert results["num_train"] == 200 and results["num_test"] == 60 and results["num_poisoned"] == 10
     assert 0.0 <= results["attack_success_rate"] <= 1.0
+    # The diagnostics rebuild the run's vocabulary (from the POISONED training texts) and load its weights.
+    from lorasec.kernel_report import kernel_report
+    from lorasec.spectral import run_report
+
+    assert kernel_report(cfg, tmp_path / "ntk", run_dir=tmp_path / "run", num_examples=4)["lora"]["parameters"] > 0
+    assert len(run_report(tmp_path / "run", tmp_path / "spectral")) == 6
     too_big = config.replace(cfg, train={"batch_size": 300})
     with pytest.raises(ConfigError, match="train.batch_size = 300: must be <= the 200 training examples"):
         train_run(too_big, progress=False)

@@ -38,8 +38,12 @@ def monte_carlo(n: int, r: int, c: float, alpha: float, draws: int, *, num_examp
     for draw in range(draws):
         model = build_classifier(arch, 2, rngs=nnx.Rngs(seed))  # same W0 every draw, fresh A
         lora.apply_lora(model, cfg, rngs=nnx.Rngs(10_000 + draw))
-        full, factors = kernel.layer_kernels(model, LAYER, tokens, mask, trace_axes=())
-        k_ff = np.asarray(full, np.float64)
+        if k_ff is None:  # K_FF^(l) depends on W0 only: build it once
+            full, factors = kernel.layer_kernels(model, LAYER, tokens, mask, trace_axes=())
+            k_ff = np.asarray(full, np.float64)
+        else:
+            factors = kernel.empirical_ntk(model, tokens, mask, subset=kernel.path_under(f"{LAYER}.lora_"),
+                                           trace_axes=())
         samples.append(np.asarray(factors, np.float64))
     samples = np.stack(samples)
     mean = samples.mean(0)
