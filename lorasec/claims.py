@@ -38,19 +38,20 @@ class Claim:
     name: str
     paper: str
     statement: str
-    run: Callable[[], list[Check]]
+    run: Callable[..., list[Check]]
+    trains: bool = False  # run(work_dir=...) trains models and keeps them in work_dir
 
 
 REGISTRY: dict[str, Claim] = {}
 
 
-def claim(name: str, paper: str, statement: str):
-    """Register ``fn() -> list[Check]`` under ``name``."""
+def claim(name: str, paper: str, statement: str, *, trains: bool = False):
+    """Register ``fn() -> list[Check]`` under ``name`` (``fn(work_dir=...)`` when it ``trains`` models)."""
 
     def register(fn):
         if name in REGISTRY:
             raise ValueError(f"claim {name!r} registered twice")
-        REGISTRY[name] = Claim(name, paper, statement, fn)
+        REGISTRY[name] = Claim(name, paper, statement, fn, trains)
         return fn
 
     return register

@@ -55,11 +55,23 @@ def _parser() -> argparse.ArgumentParser:
     spec.add_argument("--out", help="output directory (default: <run dir>/spectral)")
     spec.add_argument("--k", type=int, default=10, help="top-k tuned directions checked for intruders")
     spec.add_argument("--epsilon", type=float, default=0.5, help="intruder threshold on the best |cos|")
+    spec.add_argument("--no-alignment", action="store_true",
+                      help="skip the alignment / critical-scale table and the scale sweep (trigger runs only)")
+
+    purify = sub.add_parser("purify", help="plant a backdoor by full fine-tuning, then fine-tune clean with "
+                                           "defences (full, LoRA, DoRA, PiSSA, RoRA) and diagnose them")
+    purify.add_argument("config", nargs="?", help="TOML or JSON purify config (defaults when omitted)")
+    purify.add_argument("--defences", help="comma-separated subset, e.g. full,lora,rora (overrides the config)")
+    purify.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    purify.add_argument("--out", help="output directory (default: runs/purify-<config name>)")
+    purify.add_argument("--no-progress", action="store_true")
 
     verify = sub.add_parser("verify", help="check the papers' claims: prediction vs measurement, with a verdict")
     verify.add_argument("names", nargs="*", help="claims to run (default: all); see --list")
     verify.add_argument("--list", action="store_true", help="list the registered claims and stop")
     verify.add_argument("--json", help="also write the checks to this JSON file")
+    verify.add_argument("--work", default="runs/verify",
+                        help="where claims that train models keep their runs (reused when run again)")
     return parser
 
 
@@ -76,7 +88,8 @@ def _verify(args) -> int:
         raise ConfigError(f"verify {unknown[0]!r}: no such claim; registered: {', '.join(registry)}")
     checks = []
     for name in args.names or list(registry):
-        checks += registry[name].run()
+        item = registry[name]
+        checks += item.run(work_dir=Path(args.work)) if item.trains else item.run()
     print(claims.table(checks))
     if args.json:
         artifacts.write_json(args.json, [c.as_dict() for c in checks])
@@ -114,9 +127,51 @@ def _spectral(args) -> int:
     report = run_report(args.run_dir, out, base=args.base, k=args.k, epsilon=args.epsilon)
     print(f"{'matrix':45s} {'strength':>9s} {'σmax(ΔW)':>9s} {'srank ΔW':>9s} {'intruders':>9s}")
     for name, row in report.items():
-        print(f"{name:45s} {row['spectral_strength']:9.3g} {row['sigma_max_delta']:9.3g} "
+        print(f"{name:45s} {_scale(row['spectral_strength'])} {row['sigma_max_delta']:9.3g} "
               f"{row['stable_rank_delta']:9.3g} {row['intruders']['count']:9d}")
-    print(f"written: {out / 'spectral.json'}, {out / 'spectra.png'}")
+    written = [out / "spectral.json", out / "spectra.png"]
+    if not args.no_alignment:
+        from lorasec import alignment, artifacts, poison, scale_sweep
+        from lorasec.run import load_run
+
+        run = load_run(args.run_dir)
+        if poison.triggers_for(run.cfg.attack):
+            layers = alignment.run_alignment(run)
+            artifacts.write_json(out / "alignment.json", layers)
+            written.append(out / "alignment.json")
+            print(f"\n{'matrix':45s} {'ρ_bd':>7s} {'ρ_eff':>7s} {'ρ̄_cl':>7s} {'ρ̄_tr':>7s} {'s*':>9s} "
+                  f"{'crossing':>9s} {'s_Pt':>9s}")
+            for name, r in layers.items():
+                print(f"{name:45s} {r['rho_bd']:7.3f} {r['rho_eff']:7.3f} {r['mean']['rho_cl']:7.3f} "
+                      f"{r['mean']['rho_tr']:7.3f} {_scale(r['s_star'])} {_scale(r['crossing'])} {_scale(r['s_pt'])}")
+            a = run.cfg.adapter
+            if a.method == "lora" and not a.dora and a.init != "pissa":
+                curve = scale_sweep.sweep(run)
+                artifacts.write_json(out / "sweep.json", curve)
+                scale_sweep.draw({"this run": curve}, out / "sweep.png", marks={"trained s": curve["s_train"]})
+                written += [out / "sweep.json", out / "sweep.png"]
+                print(f"\nscale sweep: ASR below 50% from s = {curve['asr_crossing']} (trained s = {curve['s_train']:g})")
+    print("written: " + ", ".join(map(str, written)))
+    return 0
+
+
+def _scale(value) -> str:
+    return f"{value:9.3g}" if value is not None else f"{'∞':>9s}"
+
+
+def _purify(args) -> int:
+    from lorasec import config
+    from lorasec.purify import run_purify
+
+    overrides = list(args.overrides)
+    if args.defences:
+        overrides.append("defences=" + json.dumps([d.strip() for d in args.defences.split(",") if d.strip()]))
+    cfg = config.load(config.PurifyConfig, args.config, overrides)
+    name = Path(args.config).stem if args.config else "default"
+    out = Path(args.out) if args.out else Path("runs") / f"purify-{name}"
+    run_purify(cfg, out, progress=not args.no_progress)
+    print((out / "report.md").read_text())
+    print(f"written: {out / 'summary.json'}, {out / 'report.md'}, {out / 'purify.png'}")
     return 0
 
 
@@ -160,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     from lorasec.train import TrainingDiverged
 
     handlers = {"train": _train, "pretrain": _pretrain, "study": _study, "verify": _verify,
-                "ntk": _ntk, "spectral": _spectral}
+                "ntk": _ntk, "spectral": _spectral, "purify": _purify}
     try:
         return handlers[args.command](args)
     except ConfigError as err:

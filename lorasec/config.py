@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 ATTACKS = ("none", "label_flip", "badnets", "prefix", "sentence", "multi_trigger")
 ADAPTERS = ("full", "lora")
 SCHEDULES = ("constant", "warmup_linear", "warmup_cosine")
-LORA_INITS = ("kaiming_uniform", "gaussian")
+LORA_INITS = ("kaiming_uniform", "gaussian", "pissa")
 SELECTIONS = ("count", "bernoulli")
 MODEL_KINDS = ("transformer", "mlp")
 POOLINGS = ("mean", "cls")
@@ -129,10 +129,12 @@ class AttackConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture; with ``pretrained`` set, the sizes are read from that checkpoint instead."""
+    """Architecture; with ``pretrained`` set, the sizes are read from that checkpoint instead. ``init_from`` starts
+    from a finished full fine-tuning run's whole classifier (encoder and head), e.g. a backdoored model."""
 
     kind: str = "transformer"
     pretrained: str = ""
+    init_from: str = ""
     d_model: int = 64
     num_layers: int = 2
     num_heads: int = 4
@@ -148,6 +150,11 @@ class ModelConfig:
         if self.pretrained and not (Path(self.pretrained) / "model.json").is_file():
             _fail(f"{p}.pretrained", self.pretrained, "no lorasec checkpoint there (model.json missing); "
                   "make one with `lorasec pretrain`")
+        if self.init_from:
+            if self.pretrained:
+                _fail(f"{p}.init_from", self.init_from, "set either model.pretrained or model.init_from, not both")
+            if not (Path(self.init_from) / "results.json").is_file():
+                _fail(f"{p}.init_from", self.init_from, "not a finished lorasec run directory (results.json missing)")
         _at_least(f"{p}.d_model", self.d_model, 1)
         _at_least(f"{p}.num_layers", self.num_layers, 1)
         _at_least(f"{p}.num_heads", self.num_heads, 1)
@@ -162,7 +169,7 @@ class ModelConfig:
 class AdapterConfig:
     """Full fine-tuning or LoRA ``W = W0 + s·B·A`` with s = alpha/r (or alpha/sqrt(r) with rsLoRA).
 
-    ``dora`` makes each adapter DoRA (magnitude and direction). RoRA's parts (Luong & Chen 2026), each switchable: ``rora_cl`` dropout p on the frozen path, ``rora_tr`` the
+    ``init = 'pissa'`` starts the factors at the top-r singular part of W0 (PiSSA). ``dora`` makes each adapter DoRA (magnitude and direction). RoRA's parts (Luong & Chen 2026), each switchable: ``rora_cl`` dropout p on the frozen path, ``rora_tr`` the
     weight λ of ``‖U_kᵀB‖²_F + ‖A V_k‖²_F`` with ``rora_tr_k`` = k, ``rora_pt_layers`` = how many top encoder
     layers get the post-training rescale (0 = off)."""
 
@@ -195,6 +202,10 @@ class AdapterConfig:
         _at_least(f"{p}.rora_tr", self.rora_tr, 0.0)
         _at_least(f"{p}.rora_tr_k", self.rora_tr_k, 1)
         _at_least(f"{p}.rora_pt_layers", self.rora_pt_layers, 0)
+        if self.init == "pissa" and (self.dora or self.rora_tr or self.rora_pt_layers):
+            _fail(f"{p}.init", "pissa", "PiSSA moves the principal part of W_pre into the factors, so DoRA's "
+                                       "magnitude, RoRA Tr's bases and Pt's σ_max(W_pre) lose their meaning; "
+                                       "use init = 'kaiming_uniform' with those")
         if self.method == "full" and (self.rora_cl or self.rora_tr or self.rora_pt_layers or self.dora):
             _fail(f"{p}.method", "full", "dora and the RoRA parts (rora_cl, rora_tr, rora_pt_layers) need "
                                          "method = 'lora'")
@@ -294,6 +305,94 @@ class PretrainConfig:
             _fail("model.kind", self.model.kind, "pretraining builds a 'transformer' encoder")
         if self.model.pretrained:
             _fail("model.pretrained", self.model.pretrained, "must be empty when pretraining")
+        return self
+
+
+DEFENCES = ("full", "lora", "dora", "pissa", "rora", "rora_cl", "rora_tr", "rora_pt", "dora_rora")
+TRIGGER_ATTACKS = ("badnets", "prefix", "sentence", "multi_trigger")
+
+
+@dataclass(frozen=True)
+class BackdoorConfig:
+    """How the backdoored pretrained model is made (paper 2's threat model): full fine-tuning of the clean
+    pretrained encoder on a poisoned proxy set of the same task (other draws, ``data_seed``). Refused below
+    ``min_asr`` on the proxy test set. Paper 2 inserts the trigger into target-label samples with labels kept
+    (``attack.label_consistent = true``); on the synthetic task, whose labels are carried by unambiguous cue words,
+    that never teaches the trigger (ASR 0), so the default is dirty-label BadNets (relabelled to the target)."""
+
+    data_seed: int = 1
+    num_train: int = 2000
+    attack: AttackConfig = field(default_factory=lambda: AttackConfig(kind="badnets", poison_rate=0.1))
+    min_asr: float = 0.95
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, lr=1e-3))
+
+    def validate(self, p: str = "backdoor") -> None:
+        _at_least(f"{p}.data_seed", self.data_seed, 0)
+        _at_least(f"{p}.num_train", self.num_train, 1)
+        self.attack.validate(f"{p}.attack")
+        _one_of(f"{p}.attack.kind", self.attack.kind, TRIGGER_ATTACKS)
+        _rate(f"{p}.min_asr", self.min_asr)
+        self.train.validate(f"{p}.train")
+
+
+@dataclass(frozen=True)
+class RoRAConfig:
+    """The RoRA settings the ``rora*`` defences use (paper 2's defaults: p = 0.1, top 3 layers; λ from 1–20)."""
+
+    cl: float = 0.1
+    tr: float = 1.0
+    tr_k: int = 32
+    pt_layers: int = 3
+
+    def validate(self, p: str = "rora") -> None:
+        _rate(f"{p}.cl", self.cl, upper_open=True)
+        _at_least(f"{p}.tr", self.tr, 0.0)
+        _at_least(f"{p}.tr_k", self.tr_k, 1)
+        _at_least(f"{p}.pt_layers", self.pt_layers, 1)
+
+
+@dataclass(frozen=True)
+class PurifyConfig:
+    """Weight poisoning then clean fine-tuning with each defence, over seeds: ``lorasec purify``.
+
+    ``model.pretrained`` is the clean pretrained checkpoint (empty: pretrain the synthetic encoder for
+    ``pretrain_steps``); ``adapter`` holds the LoRA settings every LoRA-family defence shares; ``train`` the clean
+    fine-tuning, with full fine-tuning at ``full_lr`` (0 = ``train.lr``)."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    defences: tuple[str, ...] = ("full", "lora", "dora", "pissa", "rora")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain_steps: int = 1500
+    backdoor: BackdoorConfig = field(default_factory=BackdoorConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    rora: RoRAConfig = field(default_factory=RoRAConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, lr=1e-3))
+    full_lr: float = 0.0
+
+    def validate(self) -> PurifyConfig:
+        if not self.seeds or any(s < 0 for s in self.seeds):
+            _fail("seeds", list(self.seeds), "must list at least one seed, each >= 0")
+        if not self.defences:
+            _fail("defences", [], "must name at least one of " + ", ".join(DEFENCES))
+        for name in self.defences:
+            _one_of("defences", name, DEFENCES)
+        for section in ("data", "model", "backdoor", "adapter", "rora", "train"):
+            getattr(self, section).validate(section)
+        _at_least("pretrain_steps", self.pretrain_steps, 1)
+        _at_least("full_lr", self.full_lr, 0.0)
+        if self.model.init_from:
+            _fail("model.init_from", self.model.init_from, "purify makes the starting model itself; leave it empty")
+        if not self.model.pretrained and (self.data.source != "synthetic" or self.model.kind != "transformer"):
+            _fail("model.pretrained", "", "is required unless data.source = 'synthetic' and model.kind = "
+                                          "'transformer' (then purify pretrains one)")
+        if self.adapter.method != "lora" or self.adapter.dora or self.adapter.init == "pissa" or any(
+                (self.adapter.rora_cl, self.adapter.rora_tr, self.adapter.rora_pt_layers)):
+            _fail("adapter", "…", "holds the plain LoRA settings shared by the defences (method = 'lora'); "
+                                  "choose DoRA, PiSSA and RoRA through `defences` and the [rora] section")
+        if self.backdoor.attack.target_label >= self.data.num_classes:
+            _fail("backdoor.attack.target_label", self.backdoor.attack.target_label,
+                  f"must be < data.num_classes = {self.data.num_classes}")
         return self
 
 
@@ -408,5 +507,5 @@ def replace(cfg: Any, **sections: dict[str, Any]) -> Any:
 
 __all__ = [
     "ConfigError", "DataConfig", "AttackConfig", "ModelConfig", "AdapterConfig", "TrainConfig", "RunConfig",
-    "PretrainConfig", "load", "from_dict", "to_dict", "parse_override", "read_file", "replace",
+    "PretrainConfig", "BackdoorConfig", "RoRAConfig", "PurifyConfig", "load", "from_dict", "to_dict", "parse_override", "read_file", "replace",
 ]

@@ -137,6 +137,12 @@ def _signals(graphdef, state, tokens, mask):
     return out
 
 
+def layer_signals(model: nnx.Module, tokens, mask) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """Per LoRA layer of ``model``: its inputs x (N, T, n) and the logits' backward signals δ (N, C, T, m)."""
+    graphdef, state = nnx.split(model)
+    return _all_signals(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask, bool))
+
+
 def state_dtype(state) -> jnp.dtype:
     leaves = [x for x in jax.tree_util.tree_leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
     return leaves[0].dtype

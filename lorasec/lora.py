@@ -8,7 +8,9 @@ Weight layout: lorasec keeps Flax's ``(in, out)`` kernels, ``y = x @ kernel + bi
 
 peft's effective weight exactly, with ``s = alpha / r`` or ``alpha / sqrt(r)`` (rsLoRA). ``B = 0`` at init;
 ``A`` is drawn with variance ``init_scale / fan_in`` (peft's default, kaiming-uniform with a = sqrt(5), is
-``init_scale = 1/3``).
+``init_scale = 1/3``). ``init='pissa'`` is PiSSA (Meng et al. 2024, eq. 2-3, peft's scaling convention): with
+``W0 = U S Vᵀ``, ``B = U_r √(S_r/s)``, ``A = √(S_r/s) V_rᵀ`` and the frozen weight becomes the residual
+``W0 − s·B A``, so the effective weight at init is W0 exactly.
 """
 
 from __future__ import annotations
@@ -62,13 +64,19 @@ class LoRALinear(nnx.Module):
         self.merged = False
         dtype = base.kernel[...].dtype
         key = rngs.params()
-        if init == "gaussian":
+        b = jnp.zeros((rank, fan_out), dtype)
+        if init == "pissa":
+            u, s, vt = jnp.linalg.svd(base.kernel[...].T, full_matrices=False)  # W0 = kernelᵀ, (out, in)
+            root = jnp.sqrt(s[:rank] / scaling)
+            a, b = (root[:, None] * vt[:rank]).T, (u[:, :rank] * root[None, :]).T
+            base.kernel[...] = base.kernel[...] - scaling * (a @ b)
+        elif init == "gaussian":
             a = jax.random.normal(key, (fan_in, rank), dtype) * jnp.sqrt(init_scale / fan_in)
         else:
             bound = jnp.sqrt(3.0 * init_scale / fan_in)
             a = jax.random.uniform(key, (fan_in, rank), dtype, -bound, bound)
-        self.lora_a = nnx.LoRAParam(a)
-        self.lora_b = nnx.LoRAParam(jnp.zeros((rank, fan_out), dtype))
+        self.lora_a = nnx.LoRAParam(a.astype(dtype))
+        self.lora_b = nnx.LoRAParam(b.astype(dtype))
         self.dora = dora
         if dora:
             self.magnitude = nnx.LoRAParam(jnp.linalg.norm(base.kernel[...], axis=0))

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from lorasec import artifacts, lora, metrics, poison, rora, synthetic
-from lorasec.config import ConfigError, RunConfig, to_dict
+from lorasec.config import ConfigError, RunConfig, load, replace, to_dict
 from lorasec.models import Architecture, build_classifier
 from lorasec.pretrain import load_encoder_weights, load_pretrained
 from lorasec.textdata import TextDataset, read_text_file
@@ -39,16 +39,22 @@ def load_task(cfg: RunConfig) -> tuple[TextDataset, TextDataset]:
 
 
 def make_text_encoder(cfg: RunConfig, train: TextDataset) -> TextEncoder:
-    """The pretrained checkpoint's tokenizer, else WordPiece from ``data.vocab_file``, else word level."""
+    """The starting run's tokenizer (``model.init_from``), else the pretrained checkpoint's, else WordPiece from
+    ``data.vocab_file``, else word level."""
     seq_len = cfg.data.seq_len
-    if cfg.model.pretrained:
-        encoder = TextEncoder.from_json((Path(cfg.model.pretrained) / "tokenizer.json").read_text(), seq_len)
+    if cfg.model.init_from or cfg.model.pretrained:
+        if cfg.model.init_from:
+            source = cfg.model.init_from
+            encoder = TextEncoder.from_json(prepare_data(starting_config(cfg))[2].to_json(), seq_len)
+        else:
+            source = cfg.model.pretrained
+            encoder = TextEncoder.from_json((Path(source) / "tokenizer.json").read_text(), seq_len)
         if cfg.data.source == "synthetic":
             vocab = encoder.tokenizer.get_vocab()
             unknown = [w for w in synthetic.vocabulary(cfg.data) if w not in vocab]
             if unknown:
-                raise ConfigError(f"data: the synthetic language differs from the one {cfg.model.pretrained!r} was "
-                                  f"pretrained on ({len(unknown)} words unknown, e.g. {unknown[0]!r}); use its "
+                raise ConfigError(f"data: the synthetic language differs from the one {source!r} was trained "
+                                  f"on ({len(unknown)} words unknown, e.g. {unknown[0]!r}); use its "
                                   f"data.vocab_size / num_classes / cue_words_per_class")
         return encoder
     if cfg.data.vocab_file:
@@ -67,10 +73,32 @@ def prepare_data(cfg: RunConfig) -> tuple[poison.Poisoned, TextDataset, TextEnco
     return poisoned, test, make_text_encoder(cfg, poisoned.data)
 
 
+def starting_config(cfg: RunConfig) -> RunConfig:
+    """The config of the run ``model.init_from`` names, checked to fit ``cfg`` (a full FT classifier, same
+    classes, room for ``data.seq_len``)."""
+    source = cfg.model.init_from
+    start = load(RunConfig, source)
+    if start.adapter.method != "full":
+        raise ConfigError(f"model.init_from = {source!r}: a {start.adapter.method} run; start from a full "
+                          f"fine-tuning run (its weights are one plain classifier)")
+    if start.data.num_classes != cfg.data.num_classes:
+        raise ConfigError(f"model.init_from = {source!r}: has {start.data.num_classes} classes, data.num_classes "
+                          f"= {cfg.data.num_classes}")
+    if start.data.seq_len < cfg.data.seq_len:
+        raise ConfigError(f"data.seq_len = {cfg.data.seq_len}: the starting run {source!r} was built for "
+                          f"{start.data.seq_len} positions")
+    return start
+
+
 def build_model(cfg: RunConfig, vocab_size: int) -> nnx.Module:
-    """Classifier from the config (or the pretrained checkpoint's architecture), LoRA applied if configured."""
+    """Classifier from the config (or the pretrained checkpoint's architecture, or the starting run's whole
+    classifier), LoRA applied if configured."""
     rngs = nnx.Rngs(params=cfg.seed)
-    if cfg.model.pretrained:
+    if cfg.model.init_from:
+        start = replace(starting_config(cfg), model={"dropout": cfg.model.dropout})
+        model = build_model(start, vocab_size)
+        nnx.update(model, artifacts.load_state(Path(cfg.model.init_from) / "params", nnx.state(model)))
+    elif cfg.model.pretrained:
         arch, _ = load_pretrained(cfg.model.pretrained)
         if arch.max_positions < cfg.data.seq_len:
             raise ConfigError(f"data.seq_len = {cfg.data.seq_len}: the pretrained model has only "
@@ -193,3 +221,40 @@ def train_run(cfg: RunConfig, out_dir: str | Path | None = None, *, progress: bo
         artifacts.save_state(out_dir / "params", nnx.state(model))
         artifacts.write_json(out_dir / "results.json", results)  # last: marks the run complete
     return results
+
+
+@dataclass
+class FinishedRun:
+    """A finished run reloaded: its config, the classifier as training started (plain, no adapters: LoRA's
+    B = 0, PiSSA's and DoRA's initial effective weights equal W0), the trained classifier (adapter scales as
+    configured, before any Pt rescale), the tokenizer and the clean test set."""
+
+    cfg: RunConfig
+    start: nnx.Module
+    tuned: nnx.Module
+    encoder: TextEncoder
+    test: TextDataset
+
+
+def load_run(run_dir: str | Path) -> FinishedRun:
+    run_dir = Path(run_dir)
+    if not (run_dir / "params").is_dir() or not (run_dir / "results.json").is_file():
+        raise ConfigError(f"{str(run_dir)!r}: not a finished lorasec run (params/ or results.json missing)")
+    cfg = load(RunConfig, run_dir)
+    _, test, encoder = prepare_data(cfg)
+    tuned = build_model(cfg, encoder.vocab_size)
+    nnx.update(tuned, artifacts.load_state(run_dir / "params", nnx.state(tuned)))
+    start = build_model(replace(cfg, adapter={"method": "full"}), encoder.vocab_size)
+    return FinishedRun(cfg, start, tuned, encoder, test)
+
+
+def adapted_kernels(run: FinishedRun) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(starting kernel, tuned effective kernel) per adapted matrix in lorasec's (in, out) layout: the LoRA
+    layers of a LoRA run, every encoder linear layer of a full fine-tuning run (the new head is left out)."""
+    start = lora.linear_layers(run.start)
+    if run.cfg.adapter.method == "lora":
+        return {name: (np.asarray(start[name].kernel[...]), np.asarray(layer.effective_kernel()))
+                for name, layer in lora.lora_layers(run.tuned).items()}
+    tuned = lora.linear_layers(run.tuned)
+    return {name: (np.asarray(start[name].kernel[...]), np.asarray(tuned[name].kernel[...]))
+            for name in tuned if name.startswith("encoder.")}

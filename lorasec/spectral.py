@@ -51,13 +51,18 @@ def intruder_dimensions(w_pre: np.ndarray, w_tuned: np.ndarray, *, k: int = 10, 
             "energy_share": energy, "max_cosine": similarity.tolist(), "epsilon_sweep": sweep}
 
 
+def _finite(value: float) -> float | None:
+    return value if np.isfinite(value) else None  # JSON has no infinity: a zero update's strength is None
+
+
 def pair_report(kernel_pre: np.ndarray, kernel_tuned: np.ndarray, *, k: int = 10, epsilon: float = 0.5) -> dict:
-    """All measures for one matrix given lorasec ``(in, out)`` kernels before and after tuning."""
+    """All measures for one matrix given lorasec ``(in, out)`` kernels before and after tuning (strength None
+    for a zero update)."""
     w_pre, w_tuned = np.asarray(kernel_pre, np.float64).T, np.asarray(kernel_tuned, np.float64).T
     delta = w_tuned - w_pre
     return {
         "shape_out_in": list(w_pre.shape),
-        "spectral_strength": spectral_strength(w_pre, delta),
+        "spectral_strength": _finite(spectral_strength(w_pre, delta)),
         "sigma_max_pre": float(singular_values(w_pre)[0]),
         "sigma_max_delta": float(singular_values(delta)[0]),
         "stable_rank_pre": stable_rank(w_pre), "stable_rank_tuned": stable_rank(w_tuned),
@@ -69,37 +74,25 @@ def pair_report(kernel_pre: np.ndarray, kernel_tuned: np.ndarray, *, k: int = 10
 
 
 def run_pairs(run_dir, base: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(pretrained kernel, tuned kernel) per adapted matrix of a finished run, in lorasec's (in, out) layout.
-
-    LoRA runs pair each base kernel with base + s·B·A. Full fine-tuning runs pair every linear kernel of the
-    encoder with the pretrained checkpoint's (``base``, default the run's ``model.pretrained``)."""
-    from pathlib import Path
-
-    from flax import nnx
-
-    from lorasec import artifacts, config, lora
+    """(starting kernel, tuned kernel) per adapted matrix of a finished run, in lorasec's (in, out) layout
+    (:func:`lorasec.run.adapted_kernels`). ``base`` compares a full fine-tuning run with another pretrained
+    checkpoint instead of its own starting point."""
+    from lorasec import config, lora
     from lorasec.pretrain import load_encoder_weights
-    from lorasec.run import build_model, prepare_data
+    from lorasec.run import adapted_kernels, build_model, load_run
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "params").is_dir():
-        raise config.ConfigError(f"spectral {str(run_dir)!r}: not a finished lorasec run (params/ missing)")
-    cfg = config.load(config.RunConfig, run_dir)
-    _, _, encoder = prepare_data(cfg)
-    model = build_model(cfg, encoder.vocab_size)
-    nnx.update(model, artifacts.load_state(run_dir / "params", nnx.state(model)))
-    if cfg.adapter.method == "lora":
-        return {name: (np.asarray(layer.base.kernel[...]), np.asarray(layer.effective_kernel()))
-                for name, layer in lora.lora_layers(model).items()}
-    checkpoint = base or cfg.model.pretrained
-    if not checkpoint:
-        raise config.ConfigError("spectral: a full fine-tuning run needs --base CKPT (it had no model.pretrained)")
-    reference = build_model(config.replace(cfg, model={"pretrained": checkpoint}), encoder.vocab_size)
-    load_encoder_weights(reference.encoder, checkpoint)
-    tuned = lora.linear_layers(model.encoder)
-    before = lora.linear_layers(reference.encoder)
-    return {f"encoder.{name}": (np.asarray(before[name].kernel[...]), np.asarray(layer.kernel[...]))
-            for name, layer in tuned.items()}
+    run = load_run(run_dir)
+    pairs = adapted_kernels(run)
+    if base:
+        if run.cfg.adapter.method != "full":
+            raise config.ConfigError("spectral --base: only for full fine-tuning runs (a LoRA run's W_pre is its "
+                                     "frozen weight)")
+        reference = build_model(config.replace(run.cfg, model={"pretrained": base, "init_from": ""},
+                                               adapter={"method": "full"}), run.encoder.vocab_size)
+        load_encoder_weights(reference.encoder, base)
+        before = lora.linear_layers(reference)
+        pairs = {name: (np.asarray(before[name].kernel[...]), tuned) for name, (_, tuned) in pairs.items()}
+    return pairs
 
 
 def run_report(run_dir, out_dir, *, base: str | None = None, k: int = 10, epsilon: float = 0.5) -> dict:

@@ -1,0 +1,253 @@
+"""Weight poisoning, then clean fine-tuning with a defence (Luong & Chen 2026's threat model): ``lorasec purify``.
+
+1. A clean pretrained encoder (``model.pretrained``, or pretrained here on the synthetic corpus).
+2. The backdoored model: full fine-tuning on a poisoned proxy set; refused (:class:`BackdoorTooWeak`) unless its
+   proxy-test ASR reaches ``backdoor.min_asr``.
+3. Each defence × seed fine-tunes the backdoored classifier on the clean downstream set and is evaluated (CACC,
+   ASR with the backdoor's trigger), then diagnosed: spectral strength per adapted matrix, alignment and the
+   critical scale (:mod:`lorasec.alignment`), and for plain-LoRA defences the scale sweep.
+
+Every run has its own directory under ``out``, so an interrupted pipeline resumes where it stopped; the summary
+(mean ± sd over seeds, never best-of-runs) goes to ``summary.json``, ``report.md``, ``purify.png`` and
+``scale_sweep.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from lorasec import alignment, artifacts, metrics, scale_sweep, spectral
+from lorasec.config import (AdapterConfig, AttackConfig, ConfigError, ModelConfig, PretrainConfig, PurifyConfig,
+                            RunConfig, replace)
+from lorasec.pretrain import pretrain
+from lorasec.run import evaluate, load_run, prepare_data, build_model, train_run
+
+
+class BackdoorTooWeak(ConfigError):
+    """The backdoored model did not reach the required attack success rate."""
+
+
+def defence_adapter(cfg: PurifyConfig, name: str) -> AdapterConfig:
+    """The adapter a defence fine-tunes with: ``full``, or the shared LoRA settings with DoRA / PiSSA / RoRA parts."""
+    if name == "full":
+        return AdapterConfig(method="full")
+    r = cfg.rora
+    parts = {
+        "lora": {}, "dora": {"dora": True}, "pissa": {"init": "pissa"},
+        "rora": {"rora_cl": r.cl, "rora_tr": r.tr, "rora_tr_k": r.tr_k, "rora_pt_layers": r.pt_layers},
+        "rora_cl": {"rora_cl": r.cl}, "rora_tr": {"rora_tr": r.tr, "rora_tr_k": r.tr_k},
+        "rora_pt": {"rora_pt_layers": r.pt_layers},
+        "dora_rora": {"dora": True, "rora_cl": r.cl, "rora_tr": r.tr, "rora_tr_k": r.tr_k,
+                      "rora_pt_layers": r.pt_layers},
+    }[name]
+    return dataclasses.replace(cfg.adapter, **parts)
+
+
+def clean_attack(cfg: PurifyConfig) -> AttackConfig:
+    """The downstream set is clean (rate 0); the backdoor's trigger and target label define the ASR."""
+    return dataclasses.replace(cfg.backdoor.attack, poison_rate=0.0)
+
+
+def pretrained_checkpoint(cfg: PurifyConfig, out: Path, progress: bool) -> str:
+    if cfg.model.pretrained:
+        return cfg.model.pretrained
+    pre = PretrainConfig(seed=0, data=dataclasses.replace(cfg.data, num_train=4 * cfg.data.num_train),
+                         model=dataclasses.replace(cfg.model, pretrained=""),
+                         train=dataclasses.replace(PretrainConfig().train, steps=cfg.pretrain_steps,
+                                                   warmup_steps=min(100, cfg.pretrain_steps // 10)))
+    return str(pretrain(pre.validate(), out / "pretrained", progress=progress))
+
+
+def backdoor_config(cfg: PurifyConfig, checkpoint: str) -> RunConfig:
+    b = cfg.backdoor
+    return RunConfig(seed=0, data=dataclasses.replace(cfg.data, seed=b.data_seed, num_train=b.num_train),
+                     attack=b.attack, model=dataclasses.replace(cfg.model, pretrained=checkpoint),
+                     adapter=AdapterConfig(method="full"), train=b.train).validate()
+
+
+def make_backdoored(cfg: PurifyConfig, out: Path, *, progress: bool = True) -> Path:
+    """Steps 1–2; returns the backdoored run directory."""
+    checkpoint = pretrained_checkpoint(cfg, out, progress)
+    run_dir = out / "backdoored"
+    results = train_run(backdoor_config(cfg, checkpoint), run_dir, progress=progress)
+    asr = results["attack_success_rate"]
+    if asr < cfg.backdoor.min_asr:
+        dirty = ", or set backdoor.attack.label_consistent = false" if cfg.backdoor.attack.label_consistent else ""
+        raise BackdoorTooWeak(
+            f"backdoor: the backdoored model reached ASR {asr:.3f} < backdoor.min_asr = {cfg.backdoor.min_asr} on "
+            f"its proxy test set (run kept in {str(run_dir)!r}); raise backdoor.attack.poison_rate or "
+            f"backdoor.train.steps{dirty}, in a new --out")
+    return run_dir
+
+
+def defence_config(cfg: PurifyConfig, backdoored: Path, name: str, seed: int) -> RunConfig:
+    train = cfg.train
+    if name == "full" and cfg.full_lr:
+        train = dataclasses.replace(train, lr=cfg.full_lr)
+    model = ModelConfig(init_from=str(backdoored), dropout=cfg.model.dropout)
+    return RunConfig(seed=seed, data=cfg.data, attack=clean_attack(cfg), model=model,
+                     adapter=defence_adapter(cfg, name), train=train).validate()
+
+
+def diagnose(run_dir: Path) -> dict:
+    """Spectral strength and alignment per matrix (and the scale sweep for plain LoRA) of one defence run."""
+    run = load_run(run_dir)
+    pairs = {name: spectral.pair_report(pre, tuned) for name, (pre, tuned) in spectral.run_pairs(run_dir).items()}
+    report = {"spectral": pairs, "alignment": alignment.run_alignment(run)}
+    a = run.cfg.adapter
+    if a.method == "lora" and not a.dora and a.init != "pissa":
+        report["sweep"] = scale_sweep.sweep(run)
+    return report
+
+
+def _before(backdoored: Path, cfg: PurifyConfig) -> dict:
+    """The backdoored model on the downstream test set, before any clean fine-tuning."""
+    run_cfg = defence_config(cfg, backdoored, "full", cfg.seeds[0])
+    _, test, encoder = prepare_data(run_cfg)
+    model = build_model(run_cfg, encoder.vocab_size)
+    result = evaluate(model, run_cfg, test, encoder)
+    return {"clean_accuracy": result.clean_accuracy, "attack_success_rate": result.attack_success_rate}
+
+
+def _finite_median(values) -> float | None:
+    """Median of the finite values (None stands for infinity in the diagnoses); None if there are none."""
+    values = [v for v in values if v is not None]
+    return float(np.median(values)) if values else None
+
+
+def summarise_defence(name: str, runs: list[dict]) -> dict:
+    cell = {"defence": name, "runs": runs}
+    for key in ("clean_accuracy", "attack_success_rate", "spectral_strength", "pt_condition_share",
+                "s_star_median", "crossing_median"):
+        cell[key] = metrics.mean_sd(r[key] for r in runs)
+    return cell
+
+
+def run_purify(cfg: PurifyConfig, out: str | Path, *, progress: bool = True) -> dict:
+    """The whole pipeline into ``out`` (module docstring)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(out / "purify_config.json", dataclasses.asdict(cfg))
+    backdoored = make_backdoored(cfg, out, progress=progress)
+    cells, sweeps = [], {}
+    for name in cfg.defences:
+        runs = []
+        for seed in cfg.seeds:
+            run_dir = out / "runs" / f"{name}-seed{seed}"
+            results = train_run(defence_config(cfg, backdoored, name, seed), run_dir, progress=progress)
+            diagnosis_path = run_dir / "diagnosis.json"
+            if diagnosis_path.is_file():
+                diagnosis = artifacts.read_json(diagnosis_path)
+            else:
+                diagnosis = diagnose(run_dir)
+                artifacts.write_json(diagnosis_path, diagnosis)
+            layers = diagnosis["alignment"].values()
+            runs.append({
+                "seed": seed, "run": run_dir.name,
+                "clean_accuracy": results["clean_accuracy"], "attack_success_rate": results["attack_success_rate"],
+                "spectral_strength": _finite_median(r["spectral_strength"] for r in diagnosis["spectral"].values()),
+                "pt_condition_share": float(np.mean([r["pt_condition"] for r in layers])),
+                "s_star_median": _finite_median(r["s_star"] for r in layers),
+                "crossing_median": _finite_median(r["crossing"] for r in layers),
+                "crossing_within_s_star": all(r["crossing"] <= max(r["s_star"], 0.0) * (1 + 1e-6) + 1e-9
+                                              for r in layers if r["rho_eff"] > 0),
+                "layers_with_threshold": sum(r["rho_eff"] > 0 for r in layers), "layers": len(layers),
+                "rora_pt_scales": results["rora_pt_scales"],
+            })
+            if "sweep" in diagnosis:
+                sweeps.setdefault(name, []).append(diagnosis["sweep"])
+        cells.append(summarise_defence(name, runs))
+    summary = {"seeds": list(cfg.seeds), "backdoored": {
+        "proxy": {k: artifacts.read_json(backdoored / "results.json")[k] for k in ("clean_accuracy",
+                                                                                   "attack_success_rate")},
+        "downstream": _before(backdoored, cfg)}, "defences": cells,
+        "sweeps": {name: mean_curve(curves) for name, curves in sweeps.items()}}
+    artifacts.write_json(out / "summary.json", summary)
+    draw(summary, out / "purify.png")
+    if summary["sweeps"]:
+        marks = {"trained s": next(iter(summary["sweeps"].values()))["s_train"]}
+        lora_cell = next((c for c in cells if c["defence"] == "lora"), None)
+        if lora_cell is not None:
+            marks["median layer s*"] = lora_cell["s_star_median"]["mean"]
+            marks["median layer crossing"] = lora_cell["crossing_median"]["mean"]
+        scale_sweep.draw({n: {"scales": c["scales"], "clean_accuracy": c["clean_accuracy"]["mean"],
+                              "attack_success_rate": c["attack_success_rate"]["mean"]}
+                          for n, c in summary["sweeps"].items()}, out / "scale_sweep.png", marks=marks,
+                         title=f"adapter scale sweep after clean fine-tuning, mean over {len(cfg.seeds)} seeds")
+    artifacts.write_text(out / "report.md", report(summary))
+    return summary
+
+
+def mean_curve(curves: list[dict]) -> dict:
+    """Mean ± sd over seeds of sweeps taken on the same scale grid."""
+    scales = curves[0]["scales"]
+    if any(c["scales"] != scales for c in curves):
+        raise ValueError("scale sweeps of one defence must share their grid")
+    out = {"scales": scales, "s_train": curves[0]["s_train"],
+           "asr_crossing": metrics.mean_sd(c["asr_crossing"] for c in curves if c["asr_crossing"] is not None)}
+    for key in ("clean_accuracy", "attack_success_rate"):
+        values = np.asarray([c[key] for c in curves], float)
+        out[key] = {"mean": values.mean(0).tolist(), "sd": values.std(0, ddof=1 if len(curves) > 1 else 0).tolist()}
+    return out
+
+
+def draw(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = summary["defences"]
+    names = [c["defence"] for c in cells]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, title in zip(axes, ("clean_accuracy", "attack_success_rate"), ("CACC (%)", "ASR (%)")):
+        ax.bar(range(len(cells)), [100 * c[key]["mean"] for c in cells],
+               yerr=[100 * c[key]["sd"] for c in cells], capsize=3, color="tab:blue")
+        before = summary["backdoored"]["downstream"][key]
+        ax.axhline(100 * before, ls="--", color="tab:red", lw=1, label="backdoored, before fine-tuning")
+        ax.set_xticks(range(len(cells)), names)
+        ax.set_ylim(0, 105)
+        ax.set_title(title)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"clean fine-tuning of a backdoored model, mean ± sd over {len(summary['seeds'])} seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(summary: dict) -> str:
+    b = summary["backdoored"]
+    lines = [
+        "# lorasec purify: does clean fine-tuning remove a planted backdoor?",
+        "",
+        f"Backdoored model: proxy CACC {100 * b['proxy']['clean_accuracy']:.1f}%, ASR "
+        f"{100 * b['proxy']['attack_success_rate']:.1f}%; on the downstream test set before fine-tuning CACC "
+        f"{100 * b['downstream']['clean_accuracy']:.1f}%, ASR {100 * b['downstream']['attack_success_rate']:.1f}%.",
+        f"Seeds {summary['seeds']}; mean ± sd. Spectral strength σ_max(W_pre)/σ_max(ΔW): median over adapted "
+        "matrices (larger = spectrally weaker update). s*, crossing: medians over layers of the critical scale and "
+        "the true crossing, in each defence's own units (LoRA: its scale; others: multiples of the update).",
+        "",
+        "| defence | CACC % | ASR % | spectral strength | Pt condition share | s* | crossing |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in summary["defences"]:
+        lines.append(f"| {c['defence']} | {metrics.format_mean_sd(c['clean_accuracy'])} | "
+                     f"{metrics.format_mean_sd(c['attack_success_rate'])} | "
+                     f"{_fmt(c['spectral_strength'])} | {_fmt(c['pt_condition_share'])} | "
+                     f"{_fmt(c['s_star_median'])} | {_fmt(c['crossing_median'])} |")
+    for name, curve in summary["sweeps"].items():
+        cross = curve["asr_crossing"]
+        lines.append("")
+        lines.append(f"Scale sweep ({name}): trained s = {curve['s_train']:g}; ASR falls below 50% at s = "
+                     + (_fmt(cross) if cross["mean"] is not None else "never on the grid"))
+    lines += ["", "![purify](purify.png)", "", "![scale sweep](scale_sweep.png)", ""]
+    return "\n".join(lines)
+
+
+def _fmt(stat: dict) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    return f"{stat['mean']:.3g} ± {stat['sd']:.2g}"
