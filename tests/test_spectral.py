@@ -66,6 +66,35 @@ def test_spectral_cli_on_runs(tmp_path, capsys):
     assert len(report) == 6 and all(np.isfinite(r["spectral_strength"]) for r in report.values())
     assert all(r["stable_rank_delta"] <= 4 + 1e-6 for r in report.values())  # rank-4 updates
     train_run(tiny_run(train=steps, adapter=AdapterConfig(method="full")), tmp_path / "full", progress=False)
+    assert cli.main(["spectral", str(tmp_path / "full")]) == 0  # compared with its own (random) starting point
+    full = json.loads((tmp_path / "full" / "spectral" / "spectral.json").read_text())
+    assert set(full) == set(report)  # the same encoder matrices; the new head is left out
+    numerical_rank = [sum(v > 1e-4 * r["singular_values_delta"][0] for v in r["singular_values_delta"])
+                      for r in full.values()]
+    assert min(numerical_rank) > 4  # not confined to rank 4 like the adapters
     capsys.readouterr()
-    assert cli.main(["spectral", str(tmp_path / "full")]) == 2
-    assert "needs --base" in capsys.readouterr().err
+    assert cli.main(["spectral", str(tmp_path / "lora"), "--base", str(tmp_path)]) == 2
+    assert "only for full fine-tuning runs" in capsys.readouterr().err
+
+
+def test_spectral_cli_alignment_and_sweep_on_a_backdoor_run(tmp_path, capsys):
+    import json
+
+    from conftest import tiny_run
+
+    from lorasec import cli
+    from lorasec.config import AttackConfig, TrainConfig
+    from lorasec.run import train_run
+
+    cfg = tiny_run(train=TrainConfig(steps=10, batch_size=16, lr=1e-2), attack=AttackConfig(kind="badnets"))
+    train_run(cfg, tmp_path / "run", progress=False)
+    assert cli.main(["spectral", str(tmp_path / "run")]) == 0
+    printed = capsys.readouterr().out
+    assert "ρ_bd" in printed and "scale sweep" in printed
+    out = tmp_path / "run" / "spectral"
+    layers = json.loads((out / "alignment.json").read_text())
+    assert len(layers) == 6 and all(-1 - 1e-6 <= r["rho_bd"] <= 1 + 1e-6 for r in layers.values())
+    sweep = json.loads((out / "sweep.json").read_text())
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert sweep["attack_success_rate"][sweep["scales"].index(cfg.adapter.scaling)] == results["attack_success_rate"]
+    assert (out / "sweep.png").is_file()

@@ -1,0 +1,210 @@
+"""Weight poisoning then clean fine-tuning (paper 2's pipeline), PiSSA, alignment and the scale sweep."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import TINY_DATA, TINY_MODEL, tiny_run
+from flax import nnx
+
+from lorasec import alignment, lora, purify
+from lorasec.config import (AdapterConfig, AttackConfig, BackdoorConfig, ConfigError, ModelConfig, PurifyConfig,
+                            RoRAConfig, TrainConfig, load)
+
+
+def tiny_purify(**changes) -> PurifyConfig:
+    fields = dict(
+        seeds=(0, 1), defences=("full", "lora", "rora"), data=TINY_DATA, model=TINY_MODEL, pretrain_steps=200,
+        backdoor=BackdoorConfig(num_train=256, attack=AttackConfig(kind="badnets", poison_rate=0.2), min_asr=0.9,
+                                train=TrainConfig(steps=300, batch_size=16, lr=3e-3, checkpoint_every=300)),
+        adapter=AdapterConfig(rank=4, alpha=8), rora=RoRAConfig(tr_k=8),
+        train=TrainConfig(steps=60, batch_size=16, lr=3e-3, checkpoint_every=60))
+    fields.update(changes)
+    return PurifyConfig(**fields).validate()
+
+
+@pytest.fixture(scope="module")
+def purified(tmp_path_factory):
+    """The tiny pipeline once (about a minute): its work directory and summary."""
+    work = tmp_path_factory.mktemp("purify")
+    cfg = tiny_purify()
+    return work, cfg, purify.run_purify(cfg, work / "purify", progress=False)
+
+
+def test_pipeline_plants_then_fine_tunes_every_defence(purified):
+    work, cfg, summary = purified
+    assert summary["backdoored"]["proxy"]["attack_success_rate"] >= 0.9
+    assert summary["backdoored"]["downstream"]["attack_success_rate"] >= 0.8  # the backdoor carries over
+    cells = {c["defence"]: c for c in summary["defences"]}
+    assert set(cells) == {"full", "lora", "rora"}
+    for cell in cells.values():
+        assert cell["clean_accuracy"]["n"] == 2 and cell["clean_accuracy"]["mean"] > 0.7
+        assert all(r["crossing_within_s_star"] for r in cell["runs"])  # the corrected proposition, exactly
+    rora = json.loads((work / "purify" / "runs" / "rora-seed0" / "results.json").read_text())
+    assert rora["rora_pt_scales"]  # Pt rescaled the top layer's adapters
+    assert {"lora", "rora"} <= set(summary["sweeps"])
+    for name in ("summary.json", "report.md", "purify.png", "scale_sweep.png"):
+        assert (work / "purify" / name).is_file()
+
+
+def test_sweep_at_the_trained_scale_reproduces_the_run(purified):
+    """An independent evaluation path: the sweep point s = α/r equals the run's own ASR and CACC."""
+    work, cfg, _ = purified
+    run_dir = work / "purify" / "runs" / "lora-seed1"
+    results = json.loads((run_dir / "results.json").read_text())
+    sweep = json.loads((run_dir / "diagnosis.json").read_text())["sweep"]
+    at = sweep["scales"].index(cfg.adapter.scaling)
+    assert sweep["attack_success_rate"][at] == pytest.approx(results["attack_success_rate"])
+    assert sweep["clean_accuracy"][at] == pytest.approx(results["clean_accuracy"])
+    assert sweep["scales"][0] == 0.0  # s = 0 is the backdoored model itself
+    assert sweep["attack_success_rate"][0] >= 0.8
+
+
+def test_rerun_reuses_every_run(purified):
+    work, cfg, summary = purified
+    again = purify.run_purify(cfg, work / "purify", progress=False)
+    assert again["defences"] == summary["defences"]
+
+
+def test_paper_two_claims_report_measured_numbers(purified):
+    from lorasec.claims import VERDICTS
+    from theory import forgetting
+
+    work, cfg, _ = purified
+    checks = (forgetting.spectrally_weaker(work, cfg) + forgetting.forgets_better(work, cfg)
+              + forgetting.critical_scale(work, cfg))
+    assert {c.claim for c in checks} == {"lora_spectrally_weaker", "full_ft_forgets_better",
+                                         "critical_scale_trained"}
+    assert all(c.verdict in VERDICTS and c.measured for c in checks)
+    bound = [c for c in checks if c.predicted.startswith("every layer crossing")]
+    assert bound and all(c.verdict == "holds" for c in bound)
+
+
+def test_too_weak_backdoor_is_refused_and_kept(tmp_path):
+    cfg = tiny_purify(backdoor=BackdoorConfig(num_train=256, attack=AttackConfig(kind="badnets", poison_rate=0.1,
+                                                                                label_consistent=True),
+                                              train=TrainConfig(steps=20, batch_size=16, checkpoint_every=20)),
+                      pretrain_steps=20)
+    with pytest.raises(purify.BackdoorTooWeak, match=r"backdoor.min_asr = 0.95.*label_consistent = false"):
+        purify.make_backdoored(cfg, tmp_path, progress=False)
+    assert (tmp_path / "backdoored" / "results.json").is_file()  # the work is kept
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (["defences=['lora', 'nope']"], "defences"),
+    (["adapter.method='full'"], "adapter"),
+    (["adapter.rora_cl=0.1"], "adapter"),
+    (["backdoor.attack.kind='label_flip'"], "backdoor.attack.kind"),
+    (["backdoor.min_asr=1.5"], "backdoor.min_asr"),
+    (["seeds=[]"], "seeds"),
+    (["data.source='file'", "data.train_file='x.csv'"], "data.train_file"),
+])
+def test_bad_purify_configs_name_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=rf"^{field}"):
+        load(PurifyConfig, None, overrides)
+
+
+def test_pissa_keeps_the_weight_and_moves_its_principal_part(x64):
+    import jax.numpy as jnp
+
+    model = nnx.Linear(12, 7, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    original = np.asarray(model.kernel[...]).copy()
+    layer = lora.LoRALinear(model, rank=3, scaling=2.0, init="pissa", rngs=nnx.Rngs(1))
+    np.testing.assert_allclose(np.asarray(layer.effective_kernel()), original, atol=1e-12)
+    s = np.linalg.svd(original, compute_uv=False)
+    residual = np.linalg.svd(np.asarray(layer.base.kernel[...]), compute_uv=False)
+    np.testing.assert_allclose(residual[:4], s[3:], atol=1e-12)
+    np.testing.assert_allclose(np.linalg.svd(np.asarray(layer.delta()), compute_uv=False)[:3], s[:3], atol=1e-12)
+
+
+def test_pissa_conflicts_are_rejected():
+    with pytest.raises(ConfigError, match=r"^adapter.init"):
+        AdapterConfig(init="pissa", dora=True).validate()
+
+
+def test_alignment_on_the_theory_example():
+    """THEORY.md's instance: W_pre = (−1/√2, 1/√2)ᵀ, ΔW = −W_pre, x = 1, c = e_0 − e_1: the margin crosses at s = 1;
+    with exact ρ's on one example s* equals the crossing."""
+    w_pre = np.array([[-1.0], [1.0]]) / np.sqrt(2)
+    x, c = np.ones((1, 1, 1)), np.array([[[1.0, -1.0]]])
+    row = alignment.layer_alignment(w_pre, -w_pre, x, c, np.zeros((1, 1), bool), s_train=0.5)
+    assert row["rho_bd"] == pytest.approx(1.0) and row["rho_eff"] == pytest.approx(1.0)
+    assert row["crossing"] == pytest.approx(1.0) and row["s_star"] == pytest.approx(1.0)
+    assert row["positive_at_train"] == 0.0
+
+
+def test_alignment_splits_clean_and_trigger_tokens():
+    rng = np.random.default_rng(0)
+    w_pre, delta = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    x, c = rng.normal(size=(5, 6, 3)), rng.normal(size=(5, 6, 4))
+    trigger = np.zeros((5, 6), bool)
+    trigger[:, 2] = True
+    row = alignment.layer_alignment(w_pre, delta, x, c, trigger, s_train=1.0)
+    m = row["mean"]
+    assert m["rho_eff"] == pytest.approx(m["rho_cl"] - m["rho_tr"])
+    norm = (np.linalg.norm(c, axis=-1) * np.linalg.norm(x, axis=-1)).sum(1)
+    a0 = np.einsum("ntj,ji,nti->n", c, w_pre, x)
+    a1 = np.einsum("ntj,ji,nti->n", c, delta, x)
+    assert row["rho_bd"] == pytest.approx((-a0 / (np.linalg.norm(w_pre, 2) * norm)).max())
+    assert np.all(np.abs(-a0 / (np.linalg.norm(w_pre, 2) * norm)) <= 1 + 1e-12)  # Cauchy–Schwarz normalisation
+    expected = alignment.crossing(a0, a1)
+    assert row["crossing"] == (None if np.isinf(expected.max()) else pytest.approx(expected.max()))
+
+
+def test_crossing_cases():
+    got = alignment.crossing(np.array([-2.0, 1.0, 1.0, -1.0, 1.0]), np.array([1.0, 1.0, -1.0, 0.0, 0.0]))
+    np.testing.assert_array_equal(got, [2.0, 0.0, np.inf, np.inf, 0.0])
+
+
+def test_margin_signals_are_the_margin_gradient(x64):
+    """c from the tapped backward pass equals a finite difference of the logit margin in a layer's output."""
+    from lorasec.run import build_model
+
+    cfg = tiny_run(adapter=AdapterConfig(method="full"))
+    model = build_model(cfg, 80)
+    tokens = np.array([[2, 5, 7, 9, 0, 0]] * 2)
+    tokens[1, 2] = 11
+    mask = tokens > 0
+    labels = np.array([0, 0])
+    signals = alignment.margin_signals(model, tokens, mask, labels, backdoor_label=1)
+    name = "encoder.layers.0.intermediate"
+    x, c = signals[name]
+    layer = lora.linear_layers(model)[name]
+    bias = np.asarray(layer.bias[...]).copy()
+    eps = 1e-6
+    unit = np.zeros_like(bias)
+    unit[3] = 1.0
+
+    def margin(shift):
+        layer.bias[...] = bias + shift * unit
+        z = np.asarray(model(tokens, mask))
+        return z[:, 0] - z[:, 1]
+
+    numeric = (margin(eps) - margin(-eps)) / (2 * eps)
+    layer.bias[...] = bias
+    np.testing.assert_allclose(c[:, :, 3].sum(1), numeric, rtol=1e-5, atol=1e-8)
+    assert x.shape[:2] == tokens.shape
+
+
+def test_init_from_starts_from_the_runs_whole_classifier(tmp_path):
+    from lorasec.run import build_model, prepare_data, train_run
+
+    start = tiny_run(adapter=AdapterConfig(method="full"), train=TrainConfig(steps=5, batch_size=16))
+    train_run(start, tmp_path / "start", progress=False)
+    cfg = tiny_run(model=ModelConfig(init_from=str(tmp_path / "start"), dropout=0.0))
+    _, _, encoder = prepare_data(cfg)
+    model = build_model(cfg, encoder.vocab_size)
+    plain = build_model(load(type(cfg), tmp_path / "start"), encoder.vocab_size)
+    from lorasec import artifacts
+
+    nnx.update(plain, artifacts.load_state(tmp_path / "start" / "params", nnx.state(plain)))
+    tokens, mask = encoder.encode(["w1 w2 t0c1", "w3 t1c0"])
+    np.testing.assert_allclose(np.asarray(model(tokens, mask)), np.asarray(plain(tokens, mask)), atol=1e-6)
+    with pytest.raises(ConfigError, match=r"^model.init_from"):
+        ModelConfig(init_from=str(tmp_path / "nothing")).validate()
+    lora_run = tiny_run(train=TrainConfig(steps=3, batch_size=16))
+    train_run(lora_run, tmp_path / "lora", progress=False)
+    with pytest.raises(ConfigError, match="start from a full fine-tuning run"):
+        prepare_data(tiny_run(model=ModelConfig(init_from=str(tmp_path / "lora"))))
