@@ -39,14 +39,14 @@ class Claim:
     paper: str
     statement: str
     run: Callable[..., list[Check]]
-    trains: bool = False  # run(work_dir=...) trains models and keeps them in work_dir
+    trains: bool = False  # run(purify_dir) reads (or makes) a `lorasec purify` output
 
 
 REGISTRY: dict[str, Claim] = {}
 
 
 def claim(name: str, paper: str, statement: str, *, trains: bool = False):
-    """Register ``fn() -> list[Check]`` under ``name`` (``fn(work_dir=...)`` when it ``trains`` models)."""
+    """Register ``fn() -> list[Check]`` under ``name`` (``fn(purify_dir)`` when it ``trains`` models)."""
 
     def register(fn):
         if name in REGISTRY:

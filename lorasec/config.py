@@ -357,7 +357,7 @@ class PurifyConfig:
 
     ``model.pretrained`` is the clean pretrained checkpoint (empty: pretrain the synthetic encoder for
     ``pretrain_steps``); ``adapter`` holds the LoRA settings every LoRA-family defence shares; ``train`` the clean
-    fine-tuning, with full fine-tuning at ``full_lr`` (0 = ``train.lr``)."""
+    fine-tuning, with full fine-tuning at ``full_lr`` (0 = ``train.lr``). LoRA dropout 0.1 as in paper 2."""
 
     seeds: tuple[int, ...] = (0, 1, 2)
     defences: tuple[str, ...] = ("full", "lora", "dora", "pissa", "rora")
@@ -365,7 +365,7 @@ class PurifyConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain_steps: int = 1500
     backdoor: BackdoorConfig = field(default_factory=BackdoorConfig)
-    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig(dropout=0.1))
     rora: RoRAConfig = field(default_factory=RoRAConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, lr=1e-3))
     full_lr: float = 0.0

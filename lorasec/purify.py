@@ -21,7 +21,7 @@ import numpy as np
 
 from lorasec import alignment, artifacts, metrics, scale_sweep, spectral
 from lorasec.config import (AdapterConfig, AttackConfig, ConfigError, ModelConfig, PretrainConfig, PurifyConfig,
-                            RunConfig, replace)
+                            RunConfig, load, to_dict)
 from lorasec.pretrain import pretrain
 from lorasec.run import evaluate, load_run, prepare_data, build_model, train_run
 
@@ -130,7 +130,13 @@ def run_purify(cfg: PurifyConfig, out: str | Path, *, progress: bool = True) -> 
     """The whole pipeline into ``out`` (module docstring)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    artifacts.write_json(out / "purify_config.json", dataclasses.asdict(cfg))
+    saved = out / "purify_config.json"
+    if saved.is_file():
+        previous = load(PurifyConfig, saved)
+        if dataclasses.replace(previous, defences=cfg.defences, seeds=cfg.seeds) != cfg:
+            raise ConfigError(f"--out {str(out)!r} holds a purify pipeline with other settings (only defences and "
+                              f"seeds may change between calls); choose another --out")
+    artifacts.write_json(saved, to_dict(cfg))
     backdoored = make_backdoored(cfg, out, progress=progress)
     cells, sweeps = [], {}
     for name in cfg.defences:

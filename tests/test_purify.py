@@ -73,13 +73,32 @@ def test_paper_two_claims_report_measured_numbers(purified):
     from theory import forgetting
 
     work, cfg, _ = purified
-    checks = (forgetting.spectrally_weaker(work, cfg) + forgetting.forgets_better(work, cfg)
-              + forgetting.critical_scale(work, cfg))
+    out = work / "purify"
+    checks = (forgetting.spectrally_weaker(out, cfg) + forgetting.forgets_better(out, cfg)
+              + forgetting.critical_scale(out, cfg))
     assert {c.claim for c in checks} == {"lora_spectrally_weaker", "full_ft_forgets_better",
                                          "critical_scale_trained"}
     assert all(c.verdict in VERDICTS and c.measured for c in checks)
     bound = [c for c in checks if c.predicted.startswith("every layer crossing")]
     assert bound and all(c.verdict == "holds" for c in bound)
+
+
+def test_verify_reads_a_purify_directory(purified, capsys):
+    from lorasec import cli
+
+    work, _, _ = purified
+    assert cli.main(["verify", "full_ft_forgets_better", "--purify", str(work / "purify")]) == 0
+    assert "ASR full FT < ASR LoRA" in capsys.readouterr().out
+
+
+def test_purify_refuses_a_directory_with_other_settings(purified):
+    work, cfg, _ = purified
+    changed = PurifyConfig(**{**cfg.__dict__, "train": TrainConfig(steps=61, batch_size=16)}).validate()
+    with pytest.raises(ConfigError, match="other settings"):
+        purify.run_purify(changed, work / "purify", progress=False)
+    fewer = PurifyConfig(**{**cfg.__dict__, "defences": ("lora",), "seeds": (1,)}).validate()
+    assert [c["defence"] for c in purify.run_purify(fewer, work / "purify", progress=False)["defences"]] == ["lora"]
+    purify.run_purify(cfg, work / "purify", progress=False)  # leave the directory as the fixture made it
 
 
 def test_too_weak_backdoor_is_refused_and_kept(tmp_path):

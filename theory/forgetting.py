@@ -1,9 +1,10 @@
 """Paper 2 (Luong & Chen 2026) on trained models: LoRA fails to forget a planted backdoor because its update is
 spectrally weak, and the critical scale of Proposition 4.2 measured against the true crossing.
 
-All three claims read one weight-poisoning pipeline (:mod:`lorasec.purify`) on the default synthetic setting,
-kept in ``work_dir`` and reused on the next call: the backdoored model, then full fine-tuning, LoRA and RoRA on
-clean data over three seeds. Comparisons are paired by seed and reported as mean ± sd, never best-of-runs.
+All three claims read one weight-poisoning pipeline (:mod:`lorasec.purify`): the ``lorasec purify`` output in
+``purify_dir`` (any config with the ``full`` and ``lora`` defences), or, where there is none yet, the default
+synthetic setting (full fine-tuning, LoRA and RoRA, three seeds) run there and reused on the next call.
+Comparisons are paired by seed and reported as mean ± sd, never best-of-runs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from lorasec import metrics
 from lorasec.claims import Check, claim, verdict
-from lorasec.config import PurifyConfig
+from lorasec.config import ConfigError, PurifyConfig, load
 from lorasec.purify import run_purify
 
 PAPER = "Luong & Chen 2026"
@@ -24,10 +25,17 @@ def default_config() -> PurifyConfig:
     return PurifyConfig(defences=("full", "lora", "rora")).validate()
 
 
-def _summary(work_dir: Path, cfg: PurifyConfig | None) -> tuple[dict, str]:
-    cfg = cfg or default_config()
-    summary = run_purify(cfg, Path(work_dir) / "purify", progress=False)
-    setting = f"synthetic, seeds {list(cfg.seeds)}, {cfg.train.steps} clean steps"
+def _summary(purify_dir: Path, cfg: PurifyConfig | None) -> tuple[dict, str]:
+    purify_dir = Path(purify_dir)
+    if cfg is None:
+        saved = purify_dir / "purify_config.json"
+        cfg = load(PurifyConfig, saved) if saved.is_file() else default_config()
+    missing = [d for d in ("full", "lora") if d not in cfg.defences]
+    if missing:
+        raise ConfigError(f"verify --purify {str(purify_dir)!r}: its defences {list(cfg.defences)} lack "
+                          f"{missing[0]!r}; paper 2's comparisons need 'full' and 'lora'")
+    summary = run_purify(cfg, purify_dir, progress=False)
+    setting = f"{cfg.data.source}, seeds {list(cfg.seeds)}, {cfg.train.steps} clean steps"
     return {c["defence"]: c for c in summary["defences"]} | {"_summary": summary}, setting
 
 
@@ -41,8 +49,8 @@ def _paired(cells: dict, key: str, first: str, second: str) -> tuple[list[float]
 @claim("lora_spectrally_weaker", PAPER, "LoRA's update is spectrally weaker than full FT's: larger "
        "σ_max(W_pre)/σ_max(ΔW) (median over adapted matrices), after clean fine-tuning of a backdoored model",
        trains=True)
-def spectrally_weaker(work_dir: Path, cfg: PurifyConfig | None = None) -> list[Check]:
-    cells, setting = _summary(work_dir, cfg)
+def spectrally_weaker(purify_dir: Path, cfg: PurifyConfig | None = None) -> list[Check]:
+    cells, setting = _summary(purify_dir, cfg)
     lora, full = _paired(cells, "spectral_strength", "lora", "full")
     wins = sum(x > y for x, y in zip(lora, full))
     return [Check("lora_spectrally_weaker", setting, "strength LoRA > full FT, every seed",
@@ -52,8 +60,8 @@ def spectrally_weaker(work_dir: Path, cfg: PurifyConfig | None = None) -> list[C
 
 @claim("full_ft_forgets_better", PAPER, "clean full fine-tuning removes a planted backdoor better than LoRA "
        "(lower ASR)", trains=True)
-def forgets_better(work_dir: Path, cfg: PurifyConfig | None = None) -> list[Check]:
-    cells, setting = _summary(work_dir, cfg)
+def forgets_better(purify_dir: Path, cfg: PurifyConfig | None = None) -> list[Check]:
+    cells, setting = _summary(purify_dir, cfg)
     full, lora = _paired(cells, "attack_success_rate", "full", "lora")
     before = cells["_summary"]["backdoored"]["downstream"]["attack_success_rate"]
     wins = sum(x < y for x, y in zip(full, lora))
@@ -70,8 +78,8 @@ def forgets_better(work_dir: Path, cfg: PurifyConfig | None = None) -> list[Chec
 @claim("critical_scale_trained", PAPER, "per adapted layer of a trained LoRA, the margin on triggered inputs is "
        "positive past s* (corrected Prop. 4.2); Pt's premise ρ_eff > ρ_bd; s* against the measured crossings",
        trains=True)
-def critical_scale(work_dir: Path, cfg: PurifyConfig | None = None) -> list[Check]:
-    cells, setting = _summary(work_dir, cfg)
+def critical_scale(purify_dir: Path, cfg: PurifyConfig | None = None) -> list[Check]:
+    cells, setting = _summary(purify_dir, cfg)
     summary = cells["_summary"]
     checks = []
     for name in ("lora", "rora"):
