@@ -129,7 +129,8 @@ class AttackConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture; with ``pretrained`` set, the sizes are read from that checkpoint instead. ``init_from`` starts
+    """Architecture; with ``pretrained`` set (a lorasec checkpoint, a BERT directory, or ``minilm-l6``, fetched
+    from the registry once), the sizes are read from that checkpoint instead. ``init_from`` starts
     from a finished full fine-tuning run's whole classifier (encoder and head), e.g. a backdoored model."""
 
     kind: str = "transformer"
@@ -147,9 +148,13 @@ class ModelConfig:
         _one_of(f"{p}.kind", self.kind, MODEL_KINDS)
         _one_of(f"{p}.pooling", self.pooling, POOLINGS)
         _rate(f"{p}.dropout", self.dropout, upper_open=True)
-        if self.pretrained and not (Path(self.pretrained) / "model.json").is_file():
-            _fail(f"{p}.pretrained", self.pretrained, "no lorasec checkpoint there (model.json missing); "
-                  "make one with `lorasec pretrain`")
+        if self.pretrained:
+            from lorasec.bert_import import is_pretrained_reference
+
+            if not is_pretrained_reference(self.pretrained):
+                _fail(f"{p}.pretrained", self.pretrained, "not a lorasec checkpoint (model.json), a BERT directory "
+                      "(config.json, model.safetensors, tokenizer.json) or 'minilm-l6'; make a checkpoint with "
+                      "`lorasec pretrain`")
         if self.init_from:
             if self.pretrained:
                 _fail(f"{p}.init_from", self.init_from, "set either model.pretrained or model.init_from, not both")

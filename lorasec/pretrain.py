@@ -74,15 +74,19 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True)
 
 
 def load_pretrained(path: str | Path) -> tuple[Architecture, str]:
-    """Architecture and tokenizer JSON of a checkpoint made by :func:`pretrain`."""
-    path = Path(path)
+    """Architecture and tokenizer JSON of a checkpoint made by :func:`pretrain` (or an imported BERT model)."""
+    from lorasec.bert_import import checkpoint_path
+
+    path = checkpoint_path(path)
     meta = artifacts.read_json(path / "model.json")
     return Architecture.from_dict(meta["architecture"]), (path / "tokenizer.json").read_text()
 
 
 def load_encoder_weights(encoder: TransformerEncoder, path: str | Path) -> None:
     """Overwrite ``encoder``'s parameters with the checkpoint's (shapes must match)."""
-    state = artifacts.load_state(Path(path) / "params", nnx.state(encoder, nnx.Param))
+    from lorasec.bert_import import checkpoint_path
+
+    state = artifacts.load_state(checkpoint_path(path) / "params", nnx.state(encoder, nnx.Param))
     nnx.update(encoder, state)
 
 

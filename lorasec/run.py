@@ -48,7 +48,7 @@ def make_text_encoder(cfg: RunConfig, train: TextDataset) -> TextEncoder:
             encoder = TextEncoder.from_json(prepare_data(starting_config(cfg))[2].to_json(), seq_len)
         else:
             source = cfg.model.pretrained
-            encoder = TextEncoder.from_json((Path(source) / "tokenizer.json").read_text(), seq_len)
+            encoder = TextEncoder.from_json(load_pretrained(source)[1], seq_len)
         if cfg.data.source == "synthetic":
             vocab = encoder.tokenizer.get_vocab()
             unknown = [w for w in synthetic.vocabulary(cfg.data) if w not in vocab]

@@ -26,6 +26,7 @@ class Architecture:
     dropout: float
     pooling: str
     mlp_hidden: tuple[int, ...]
+    type_vocab_size: int = 0  # BERT's segment embeddings (imported models); inputs are one segment, type 0
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, vocab_size: int, max_positions: int) -> Architecture:

@@ -63,13 +63,15 @@ class EncoderLayer(nnx.Module):
 
 
 class TransformerEncoder(nnx.Module):
-    """Token + position embeddings, embedding layer norm, ``num_layers`` encoder layers."""
+    """Token + position (+ BERT's segment-0) embeddings, embedding layer norm, ``num_layers`` encoder layers."""
 
     def __init__(self, arch, *, rngs: nnx.Rngs):
         dt = default_float()
         self.dropout = arch.dropout
         self.word_embeddings = nnx.Embed(arch.vocab_size, arch.d_model, param_dtype=dt, rngs=rngs)
         self.position_embeddings = nnx.Embed(arch.max_positions, arch.d_model, param_dtype=dt, rngs=rngs)
+        if arch.type_vocab_size:
+            self.token_type_embeddings = nnx.Embed(arch.type_vocab_size, arch.d_model, param_dtype=dt, rngs=rngs)
         self.embedding_norm = nnx.LayerNorm(arch.d_model, epsilon=LAYER_NORM_EPS, param_dtype=dt, rngs=rngs)
         self.layers = nnx.List([EncoderLayer(arch.d_model, arch.num_heads, arch.d_ff, arch.dropout, rngs=rngs)
                                 for _ in range(arch.num_layers)])
@@ -77,6 +79,8 @@ class TransformerEncoder(nnx.Module):
     def __call__(self, tokens: jax.Array, mask: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
         positions = jnp.arange(tokens.shape[1])[None, :]
         x = self.word_embeddings(tokens) + self.position_embeddings(positions)
+        if hasattr(self, "token_type_embeddings"):
+            x = x + self.token_type_embeddings.embedding[0]
         x = _dropout(self.embedding_norm(x), self.dropout, rngs)
         for layer in self.layers:
             x = layer(x, mask, rngs)
