@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--no-progress", action="store_true")
 
     study = sub.add_parser("study", help="main job: LoRA vs full fine-tuning under label flipping and BadNets")
+    study.add_argument("config", nargs="?", help="a study config (grid over seeds, attacks, arms from a base run); "
+                                                 "default: the built-in synthetic study")
+    study.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     study.add_argument("--quick", action="store_true", help="fewer seeds and steps (a few minutes on 2 cores)")
     study.add_argument("--out", default=None, help="output directory (default: runs/study or runs/study-quick)")
     study.add_argument("--no-progress", action="store_true")
@@ -228,8 +231,18 @@ def _pretrain(args) -> int:
 def _study(args) -> int:
     from lorasec.study import run_study
 
-    out = Path(args.out or ("runs/study-quick" if args.quick else "runs/study"))
-    run_study(out, quick=args.quick, progress=not args.no_progress)
+    plan = None
+    if args.config:
+        from lorasec import config
+        from lorasec.study import plan_from_config
+
+        if args.quick:
+            raise ConfigError("study --quick applies to the built-in study; shrink a config with --set instead")
+        plan = plan_from_config(config.load(config.StudyConfig, args.config, args.overrides))
+    default = f"runs/study-{Path(args.config).stem}" if args.config else (
+        "runs/study-quick" if args.quick else "runs/study")
+    out = Path(args.out or default)
+    run_study(out, quick=args.quick, progress=not args.no_progress, study=plan)
     print((out / "report.md").read_text())
     print(f"written: {out / 'summary.json'}, {out / 'study.png'}, {out / 'report.md'}")
     return 0

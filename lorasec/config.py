@@ -333,6 +333,69 @@ class PretrainConfig:
         return self
 
 
+def parse_attack(text: str, target_label: int, name: str = "attacks") -> AttackConfig:
+    """``'none'``, ``'label_flip@0.2'``, ``'badnets@0.05'``: an attack kind and its poison rate."""
+    kind, _, rate = text.partition("@")
+    _one_of(name, kind, ATTACKS)
+    try:
+        value = float(rate) if rate else (0.0 if kind == "none" else None)
+    except ValueError:
+        value = None
+    if value is None:
+        _fail(name, text, "write KIND@RATE, e.g. 'badnets@0.05' (or 'none')")
+    attack = AttackConfig(kind=kind, poison_rate=value, target_label=target_label)
+    attack.validate(name)
+    return attack
+
+
+def parse_arm(text: str, name: str = "arms") -> tuple[str, float]:
+    """``'lora@1e-3'``: an adapter method and its learning rate."""
+    method, _, lr = text.partition("@")
+    _one_of(name, method, ADAPTERS)
+    try:
+        value = float(lr)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        _fail(name, text, "write METHOD@LR, e.g. 'lora@1e-3'")
+    return method, value
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A grid of fine-tuning runs from one base run: every attack × arm × seed (``lorasec study CONFIG``).
+
+    ``base`` is a whole run config (data, model, adapter settings, training); each cell replaces its seed, attack,
+    adapter method and learning rate. An empty ``base.model.pretrained`` on the synthetic task pretrains the
+    encoder first (``pretrain_steps``)."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    attacks: tuple[str, ...] = ("none", "label_flip@0.2", "badnets@0.05")
+    arms: tuple[str, ...] = ("full@1e-3", "full@1e-4", "lora@1e-3")
+    target_label: int = 1
+    pretrain_steps: int = 1500
+    base: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> StudyConfig:
+        if not self.seeds or any(s < 0 for s in self.seeds):
+            _fail("seeds", list(self.seeds), "must list at least one seed, each >= 0")
+        for what, items in (("attacks", self.attacks), ("arms", self.arms)):
+            if not items:
+                _fail(what, [], "must list at least one entry")
+        for text in self.attacks:
+            parse_attack(text, self.target_label)
+        for text in self.arms:
+            parse_arm(text)
+        _at_least("pretrain_steps", self.pretrain_steps, 1)
+        try:
+            self.base.validate()
+        except ConfigError as err:
+            raise ConfigError(f"base.{err}") from None  # name the field as the file spells it
+        if self.target_label >= self.base.data.num_classes:
+            _fail("target_label", self.target_label, f"must be < base.data.num_classes = {self.base.data.num_classes}")
+        return self
+
+
 DEFENCES = ("full", "lora", "dora", "pissa", "rora", "rora_cl", "rora_tr", "rora_pt", "dora_rora")
 TRIGGER_ATTACKS = ("badnets", "prefix", "sentence", "multi_trigger")
 
@@ -532,5 +595,5 @@ def replace(cfg: Any, **sections: dict[str, Any]) -> Any:
 
 __all__ = [
     "ConfigError", "DataConfig", "AttackConfig", "ModelConfig", "AdapterConfig", "TrainConfig", "RunConfig",
-    "PretrainConfig", "BackdoorConfig", "RoRAConfig", "PurifyConfig", "load", "from_dict", "to_dict", "parse_override", "read_file", "replace",
+    "PretrainConfig", "BackdoorConfig", "RoRAConfig", "PurifyConfig", "StudyConfig", "parse_attack", "parse_arm", "load", "from_dict", "to_dict", "parse_override", "read_file", "replace",
 ]

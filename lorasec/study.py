@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorasec import artifacts, metrics
-from lorasec.config import (AdapterConfig, AttackConfig, DataConfig, ModelConfig, PretrainConfig, RunConfig,
-                            TrainConfig)
+from lorasec.config import (AttackConfig, DataConfig, ModelConfig, PretrainConfig, RunConfig, StudyConfig,
+                            TrainConfig, parse_arm, parse_attack, replace)
 from lorasec.pretrain import pretrain
 from lorasec.run import train_run
 
@@ -28,6 +28,15 @@ class StudyPlan:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain_corpus_factor: int = 4  # pretraining sentences per downstream training sentence
+    base: RunConfig | None = None  # a whole run config (from a StudyConfig); data/model/steps above then unused
+
+
+def plan_from_config(cfg: StudyConfig) -> StudyPlan:
+    """The plan of ``lorasec study CONFIG``."""
+    return StudyPlan(seeds=cfg.seeds, steps=cfg.base.train.steps, pretrain_steps=cfg.pretrain_steps,
+                     attacks=tuple(parse_attack(a, cfg.target_label) for a in cfg.attacks),
+                     methods=tuple(parse_arm(a) for a in cfg.arms), data=cfg.base.data, model=cfg.base.model,
+                     base=cfg.base)
 
 
 def plan(quick: bool) -> StudyPlan:
@@ -57,19 +66,21 @@ def run_study(out_dir: str | Path, *, quick: bool = False, progress: bool = True
     """Run the study of ``plan(quick)`` (or of ``study``) into ``out_dir``."""
     out_dir = Path(out_dir)
     study = study or plan(quick)
-    pre_data = dataclasses.replace(study.data, num_train=study.pretrain_corpus_factor * study.data.num_train)
-    pre_train = dataclasses.replace(PretrainConfig().train, steps=study.pretrain_steps,
-                                    warmup_steps=min(100, study.pretrain_steps // 10))
-    pre_cfg = PretrainConfig(seed=0, data=pre_data, model=study.model, train=pre_train)
-    checkpoint = pretrain(pre_cfg.validate(), out_dir / "pretrained", progress=progress)
+    base = study.base or RunConfig(data=study.data, model=study.model, train=TrainConfig(steps=study.steps))
+    if not base.model.pretrained and base.data.source == "synthetic" and base.model.kind == "transformer":
+        pre_data = dataclasses.replace(base.data, num_train=study.pretrain_corpus_factor * base.data.num_train)
+        pre_train = dataclasses.replace(PretrainConfig().train, steps=study.pretrain_steps,
+                                        warmup_steps=min(100, study.pretrain_steps // 10))
+        pre_cfg = PretrainConfig(seed=0, data=pre_data, model=base.model, train=pre_train)
+        checkpoint = pretrain(pre_cfg.validate(), out_dir / "pretrained", progress=progress)
+        base = replace(base, model={"pretrained": str(checkpoint)})
     cells = []
     for attack in study.attacks:
         for method, lr in study.methods:
             runs = []
             for seed in study.seeds:
-                model = dataclasses.replace(study.model, pretrained=str(checkpoint))
-                cfg = RunConfig(seed=seed, data=study.data, attack=attack, model=model,
-                                adapter=AdapterConfig(method=method), train=TrainConfig(steps=study.steps, lr=lr))
+                cfg = dataclasses.replace(replace(base, attack=attack, adapter={"method": method},
+                                                  train={"lr": lr}), seed=seed)
                 name = f"{_attack_name(attack)}-{method}-lr{lr:g}-seed{seed}"
                 results = train_run(cfg.validate(), out_dir / "runs" / name, progress=progress)
                 runs.append({"seed": seed, "run": name, **{k: results[k] for k in (
@@ -81,8 +92,10 @@ def run_study(out_dir: str | Path, *, quick: bool = False, progress: bool = True
                    for k in ("clean_accuracy", "attack_success_rate", "triggered_accuracy")},
                 "runs": runs,
             })
-    summary = {"quick": quick, "seeds": list(study.seeds), "steps": study.steps,
-               "pretrain_steps": study.pretrain_steps, "cells": cells}
+    summary = {"quick": quick, "seeds": list(study.seeds), "steps": base.train.steps,
+               "pretrain_steps": study.pretrain_steps if study.base is None or not study.base.model.pretrained
+               else None, "task": base.data.source, "model": base.model.pretrained or "from scratch",
+               "cells": cells}
     artifacts.write_json(out_dir / "summary.json", summary)
     draw(summary, out_dir / "study.png")
     artifacts.write_text(out_dir / "report.md", report(summary))
@@ -118,7 +131,8 @@ def draw(summary: dict, path: Path) -> None:
         ax.set_title(title)
         ax.set_ylim(0, 105)
         ax.legend()
-    fig.suptitle(f"LoRA vs full fine-tuning, synthetic task, mean ± sd over {len(summary['seeds'])} seeds")
+    fig.suptitle(f"LoRA vs full fine-tuning, {summary.get('task', 'synthetic')} task, mean ± sd over "
+                 f"{len(summary['seeds'])} seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -128,8 +142,9 @@ def report(summary: dict) -> str:
     lines = [
         "# lorasec study: LoRA vs full fine-tuning under training-time attacks",
         "",
-        f"Synthetic topic task, encoder pretrained by masked LM for {summary['pretrain_steps']} steps, "
-        f"fine-tuned {summary['steps']} steps; seeds {summary['seeds']}; mean ± sd (%).",
+        (f"Synthetic topic task, encoder pretrained by masked LM for {summary['pretrain_steps']} steps, "
+         if summary.get("pretrain_steps") else f"Task {summary.get('task')}, model {summary.get('model')}, ")
+        + f"fine-tuned {summary['steps']} steps; seeds {summary['seeds']}; mean ± sd (%).",
         "",
         "| attack | method, lr | CACC | ASR | triggered acc. |",
         "|---|---|---|---|---|",
