@@ -16,7 +16,7 @@ import optax
 from flax import nnx
 
 from lorasec import artifacts, synthetic
-from lorasec.config import ConfigError, PretrainConfig, to_dict
+from lorasec.config import ConfigError, PretrainConfig, from_dict, to_dict
 from lorasec.models import Architecture
 from lorasec.models.transformer import MaskedLM, TransformerEncoder
 from lorasec.tokenizer import TextEncoder, word_level
@@ -50,7 +50,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True)
     out_dir = Path(out_dir)
     if (out_dir / "model.json").is_file():
         made_by = artifacts.read_json(out_dir / "model.json")["pretrain_config"]
-        if made_by != to_dict(cfg):
+        if made_by is None or to_dict(from_dict(PretrainConfig, made_by)) != to_dict(cfg):
             raise ConfigError(f"--out {str(out_dir)!r} holds a checkpoint pretrained with another config; "
                               f"choose another --out or remove it")
         return out_dir

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from lorasec import artifacts, datasets, lora, metrics, poison, rora, synthetic
-from lorasec.config import REAL_DATA, ConfigError, RunConfig, load, replace, to_dict
+from lorasec.config import REAL_DATA, ConfigError, RunConfig, from_dict, load, replace, to_dict
 from lorasec.models import Architecture, build_classifier
 from lorasec.pretrain import load_encoder_weights, load_pretrained
 from lorasec.textdata import TextDataset, read_text_file
@@ -166,7 +166,8 @@ def claim_run_dir(cfg: RunConfig, out_dir: Path) -> dict | None:
     resolved = to_dict(cfg)
     config_path = out_dir / "config.json"
     if config_path.is_file():
-        previous = artifacts.read_json(config_path)
+        # read back through the dataclass, so fields added to lorasec since that run count at their defaults
+        previous = to_dict(from_dict(RunConfig, artifacts.read_json(config_path)))
         diff = _first_difference(resolved, previous)
         if diff:
             raise ConfigError(f"--out {str(out_dir)!r} holds a run with {diff[0]} = {diff[2]!r} (this config: "

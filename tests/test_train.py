@@ -117,6 +117,11 @@ def test_finished_run_is_not_redone_and_other_config_is_refused(tmp_path):
     assert train_run(cfg, tmp_path, progress=False) == first
     with pytest.raises(config.ConfigError, match="holds a run with train.lr"):
         train_run(config.replace(cfg, train={"lr": 5e-4}), tmp_path, progress=False)
+    # a run made before a field existed (here data.max_train) still counts as the same run at its default
+    stored = json.loads((tmp_path / "config.json").read_text())
+    del stored["data"]["max_train"]
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    assert train_run(cfg, tmp_path, progress=False) == first
 
 
 def test_train_on_a_run_directory_uses_it(tmp_path, capsys, monkeypatch):
