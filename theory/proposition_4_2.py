@@ -4,8 +4,8 @@ at a layer, ``s > s* = (ρ_bd/ρ_eff)·(σ_max(W_pre)/σ_max(ΔW))  ⇒  M(s) > 
 The main text states assumption A1 as an upper bound on the pretrained margin; the proof uses a lower bound.
 lorasec checks both forms with its counter-example search (:mod:`lorasec.threshold`: random sampling plus
 gradient descent over each assumption set), reproduces THEORY.md's counter-example, and checks that the Pt
-rescaling ``s = σ_max(W_pre)/σ_max(ΔW)`` clears s* exactly when ρ_eff > ρ_bd. The true crossing −A0/A1 on
-trained models needs the weight-poisoning pipeline (issue #4) and is not measured here.
+rescaling ``s = σ_max(W_pre)/σ_max(ΔW)`` clears s* exactly when ρ_eff > ρ_bd. On trained models (s* against
+the true crossing −A0/A1, and whether ρ_eff > ρ_bd holds) see :mod:`theory.forgetting`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def critical_threshold(samples: int = SAMPLES, descents: int = DESCENTS) -> list
        "Pt's scale s = σ_max(W_pre)/σ_max(ΔW) exceeds s* exactly when ρ_eff > ρ_bd")
 def pt_condition(samples: int = 2000, seed: int = 0) -> list[Check]:
     """An algebraic identity (s_Pt/s* = ρ_eff/ρ_bd), so this checks lorasec's threshold code, not the paper's
-    data; whether trained adapters satisfy ρ_eff > ρ_bd needs the weight-poisoning pipeline (#4)."""
+    data; whether trained adapters satisfy ρ_eff > ρ_bd is ``critical_scale_trained`` in :mod:`theory.forgetting`."""
     rng = np.random.default_rng(seed)
     agree, total = 0, 0
     for _ in range(samples):
