@@ -31,7 +31,11 @@ BAD = {
     "missing data file": ("", ["data.source=file", "data.train_file=/no/such.csv", "data.test_file=/no/t.csv"],
                           "data.train_file = '/no/such.csv': file not found"),
     "missing pretrained checkpoint": ("", ["model.pretrained=/no/ckpt"],
-                                      "model.pretrained = '/no/ckpt': no lorasec checkpoint there"),
+                                      "model.pretrained = '/no/ckpt': not a lorasec checkpoint (model.json), a BERT directory"),
+    "unknown real set": ("", ["data.source='imdb'"], "data.source = 'imdb': must be one of synthetic, file, "
+                                                     "rotten-tomatoes, bbc-news, sms-spam"),
+    "init_from and pretrained": ("", ["model.init_from=/no/run", "model.pretrained=minilm-l6"],
+                                 "set either model.pretrained or model.init_from, not both"),
     "sequence too short": ("", ["data.seq_len=10"], "data.seq_len = 10: must be >= data.max_len + 1 = 25"),
     "label noise of one": ("", ["data.label_noise=1.0"], "data.label_noise = 1.0: must lie in [0, 1)"),
     "dropout out of range": ("", ["adapter.dropout=-0.1"], "adapter.dropout = -0.1: must lie in [0, 1)"),
