@@ -406,7 +406,9 @@ class BackdoorConfig:
     pretrained encoder on a poisoned proxy set of the same task (other draws, ``data_seed``). Refused below
     ``min_asr`` on the proxy test set. Paper 2 inserts the trigger into target-label samples with labels kept
     (``attack.label_consistent = true``); on the synthetic task, whose labels are carried by unambiguous cue words,
-    that never teaches the trigger (ASR 0), so the default is dirty-label BadNets (relabelled to the target)."""
+    that never teaches the trigger (ASR 0), so the default is dirty-label BadNets (relabelled to the target).
+    On a real set the proxy is that set's training split drawn with ``data_seed`` (``num_train`` unused), which
+    overlaps the downstream training split; the paper's proxy is a disjoint set."""
 
     data_seed: int = 1
     num_train: int = 2000

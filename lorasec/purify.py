@@ -23,7 +23,7 @@ from lorasec import alignment, artifacts, metrics, scale_sweep, spectral
 from lorasec.config import (AdapterConfig, AttackConfig, ConfigError, ModelConfig, PretrainConfig, PurifyConfig,
                             RunConfig, load, to_dict)
 from lorasec.pretrain import pretrain
-from lorasec.run import evaluate, load_run, prepare_data, build_model, train_run
+from lorasec.run import adapted_kernels, build_model, evaluate, load_run, prepare_data, train_run
 
 
 class BackdoorTooWeak(ConfigError):
@@ -95,7 +95,7 @@ def defence_config(cfg: PurifyConfig, backdoored: Path, name: str, seed: int) ->
 def diagnose(run_dir: Path) -> dict:
     """Spectral strength and alignment per matrix (and the scale sweep for plain LoRA) of one defence run."""
     run = load_run(run_dir)
-    pairs = {name: spectral.pair_report(pre, tuned) for name, (pre, tuned) in spectral.run_pairs(run_dir).items()}
+    pairs = {name: spectral.pair_report(pre, tuned) for name, (pre, tuned) in adapted_kernels(run).items()}
     report = {"spectral": pairs, "alignment": alignment.run_alignment(run)}
     a = run.cfg.adapter
     if a.method == "lora" and not a.dora and a.init != "pissa":
