@@ -18,7 +18,8 @@ its scale α/r, otherwise the whole change with ``s_train = 1``) and per trigger
 Over a set of examples the corrected proposition's assumptions hold with ``ρ_bd = max_i ρ_bd,i`` and
 ``ρ_eff = min_i ρ_eff,i``, giving ``s* = (ρ_bd/ρ_eff)·σ_max(W_pre)/σ_max(ΔW)``. The true crossing of the layer is
 the smallest s ≥ 0 past which every ``M_i`` stays positive (``max_i −A0_i/A1_i``); the median crossing is where
-half of them are (None in the output: no finite value). Pt's scale is ``σ_max(W_pre)/σ_max(ΔW)``; it clears s* exactly when ρ_eff > ρ_bd.
+half of them are (None in the output: no finite value). Pt's scale is ``σ_max(W_pre)/σ_max(ΔW)``; it
+clears s* exactly when ρ_eff > ρ_bd.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from lorasec.config import ConfigError
 
 
@@ -159,9 +161,14 @@ def _spectral(args) -> int:
             if a.method == "lora" and not a.dora and a.init != "pissa":
                 curve = scale_sweep.sweep(run)
                 artifacts.write_json(out / "sweep.json", curve)
-                scale_sweep.draw({"this run": curve}, out / "sweep.png", marks={"trained s": curve["s_train"]})
+                medians = {key: [r[key] for r in layers.values() if r[key] is not None]
+                           for key in ("s_star", "crossing")}
+                marks = {"trained s": curve["s_train"], "ASR 50%": curve["asr_crossing"],
+                         **{f"median layer {k}": float(np.median(v)) for k, v in medians.items() if v}}
+                scale_sweep.draw({"this run": curve}, out / "sweep.png", marks=marks)
                 written += [out / "sweep.json", out / "sweep.png"]
-                print(f"\nscale sweep: ASR below 50% from s = {curve['asr_crossing']} (trained s = {curve['s_train']:g})")
+                print(f"\nscale sweep: ASR below 50% from s = {curve['asr_crossing']} "
+                      f"(trained s = {curve['s_train']:g})")
     print("written: " + ", ".join(map(str, written)))
     return 0
 

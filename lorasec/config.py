@@ -194,9 +194,10 @@ class ModelConfig:
 class AdapterConfig:
     """Full fine-tuning or LoRA ``W = W0 + s·B·A`` with s = alpha/r (or alpha/sqrt(r) with rsLoRA).
 
-    ``init = 'pissa'`` starts the factors at the top-r singular part of W0 (PiSSA). ``dora`` makes each adapter DoRA (magnitude and direction). RoRA's parts (Luong & Chen 2026), each switchable: ``rora_cl`` dropout p on the frozen path, ``rora_tr`` the
-    weight λ of ``‖U_kᵀB‖²_F + ‖A V_k‖²_F`` with ``rora_tr_k`` = k, ``rora_pt_layers`` = how many top encoder
-    layers get the post-training rescale (0 = off)."""
+    ``init = 'pissa'`` starts the factors at the top-r singular part of W0 (PiSSA). ``dora`` makes each adapter DoRA
+    (magnitude and direction). RoRA's parts (Luong & Chen 2026), each switchable: ``rora_cl`` dropout p on the
+    frozen path, ``rora_tr`` the weight λ of ``‖U_kᵀB‖²_F + ‖A V_k‖²_F`` with ``rora_tr_k`` = k, ``rora_pt_layers``
+    = how many top encoder layers get the post-training rescale (0 = off)."""
 
     method: str = "lora"
     rank: int = 8
@@ -597,5 +598,6 @@ def replace(cfg: Any, **sections: dict[str, Any]) -> Any:
 
 __all__ = [
     "ConfigError", "DataConfig", "AttackConfig", "ModelConfig", "AdapterConfig", "TrainConfig", "RunConfig",
-    "PretrainConfig", "BackdoorConfig", "RoRAConfig", "PurifyConfig", "StudyConfig", "parse_attack", "parse_arm", "load", "from_dict", "to_dict", "parse_override", "read_file", "replace",
+    "PretrainConfig", "BackdoorConfig", "RoRAConfig", "PurifyConfig", "StudyConfig", "parse_attack",
+    "parse_arm", "load", "from_dict", "to_dict", "parse_override", "read_file", "replace",
 ]

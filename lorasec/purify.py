@@ -174,7 +174,8 @@ def run_purify(cfg: PurifyConfig, out: str | Path, *, progress: bool = True) -> 
     artifacts.write_json(out / "summary.json", summary)
     draw(summary, out / "purify.png")
     if summary["sweeps"]:
-        marks = {"trained s": next(iter(summary["sweeps"].values()))["s_train"]}
+        first = next(iter(summary["sweeps"].values()))
+        marks = {"trained s": first["s_train"], "ASR 50%": first["asr_crossing"]["mean"]}
         lora_cell = next((c for c in cells if c["defence"] == "lora"), None)
         if lora_cell is not None:
             marks["median layer s*"] = lora_cell["s_star_median"]["mean"]

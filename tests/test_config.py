@@ -31,7 +31,7 @@ BAD = {
     "missing data file": ("", ["data.source=file", "data.train_file=/no/such.csv", "data.test_file=/no/t.csv"],
                           "data.train_file = '/no/such.csv': file not found"),
     "missing pretrained checkpoint": ("", ["model.pretrained=/no/ckpt"],
-                                      "model.pretrained = '/no/ckpt': not a lorasec checkpoint (model.json), a BERT directory"),
+                                      "model.pretrained = '/no/ckpt': not a lorasec checkpoint (model.json)"),
     "unknown real set": ("", ["data.source='imdb'"], "data.source = 'imdb': must be one of synthetic, file, "
                                                      "rotten-tomatoes, bbc-news, sms-spam"),
     "init_from and pretrained": ("", ["model.init_from=/no/run", "model.pretrained=minilm-l6"],

@@ -91,6 +91,22 @@ def test_verify_reads_a_purify_directory(purified, capsys):
     assert "ASR full FT < ASR LoRA" in capsys.readouterr().out
 
 
+def test_purify_cli_reuses_the_pipeline_and_prints_the_report(purified, capsys):
+    from lorasec import artifacts, cli
+    from lorasec.config import to_dict
+
+    work, cfg, _ = purified
+    spec = work / "tiny-purify.json"
+    artifacts.write_json(spec, to_dict(cfg))
+    assert cli.main(["purify", str(spec), "--defences", "lora, full", "--out", str(work / "purify"),
+                     "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "| lora |" in printed and "| full |" in printed and "| rora |" not in printed
+    purify.run_purify(cfg, work / "purify", progress=False)  # leave the directory as the fixture made it
+    assert cli.main(["purify", str(spec), "--defences", "lora,nope"]) == 2
+    assert "defences = 'nope'" in capsys.readouterr().err
+
+
 def test_purify_refuses_a_directory_with_other_settings(purified):
     work, cfg, _ = purified
     changed = PurifyConfig(**{**cfg.__dict__, "train": TrainConfig(steps=61, batch_size=16)}).validate()

@@ -96,7 +96,8 @@ def critical_scale(purify_dir: Path, cfg: PurifyConfig | None = None) -> list[Ch
         checks.append(Check(
             "critical_scale_trained", f"{setting}, {name}",
             "every layer crossing ≤ s* where ρ_eff > 0",
-            f"{with_threshold}/{layers} layer-runs have ρ_eff > 0; median s* {_stat_cell(cells[name]['s_star_median'])}, "
+            f"{with_threshold}/{layers} layer-runs have ρ_eff > 0; "
+            f"median s* {_stat_cell(cells[name]['s_star_median'])}, "
             f"median crossing {_stat_cell(cells[name]['crossing_median'])}; whole network (all adapters scaled) "
             f"ASR < 50% from s = {network_text}", "exact (a theorem once A1 is a lower bound)", verdict(bounded),
             "per-layer s* and crossings are first-order, one layer scaled at a time; the network's crossing scales "
