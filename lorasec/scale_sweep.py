@@ -27,17 +27,20 @@ def sweep(run: FinishedRun, scales=None) -> dict:
     s_train = cfg.adapter.scaling
     scales = np.asarray(scales if scales is not None else [f * s_train for f in DEFAULT_FACTORS], float)
     layers = lora.lora_layers(run.tuned)
+    trained_b = {name: layer.lora_b[...] for name, layer in layers.items()}
     cacc, asr = [], []
     try:
         for s in scales:
-            for layer in layers.values():
-                layer.scaling = float(s)
+            # s·A·B = s_train·A·(s/s_train·B): rescaling B's values keeps the (static) graph, so the evaluation
+            # compiles once for the whole sweep instead of once per scale.
+            for name, layer in layers.items():
+                layer.lora_b[...] = trained_b[name] * (float(s) / s_train)
             result = evaluate(run.tuned, cfg, run.test, run.encoder)
             cacc.append(result.clean_accuracy)
             asr.append(result.attack_success_rate)
     finally:
-        for layer in layers.values():
-            layer.scaling = s_train
+        for name, layer in layers.items():
+            layer.lora_b[...] = trained_b[name]
     return {"scales": scales.tolist(), "clean_accuracy": cacc, "attack_success_rate": asr, "s_train": s_train,
             "asr_crossing": asr_crossing(scales, asr)}
 
