@@ -1,9 +1,74 @@
 """lorasec: theory and simulation of low-rank adaptation under training-time attacks, in JAX.
 
-Stages are plain functions (see README's architecture section): ``lorasec.config`` (typed configs),
-``lorasec.run`` (one run end to end), ``lorasec.kernel`` / ``fisher`` / ``information`` (NTK and Fisher),
-``lorasec.spectral`` and ``lorasec.threshold`` (paper 2's measures), ``lorasec.claims`` (the verify registry).
-Nothing is imported or computed at import time beyond this docstring.
+The public facade, so notebooks import from one place::
+
+    import lorasec
+    cfg = lorasec.load_config("experiments/synthetic_badnets_lora.toml", ["train.steps=100"])
+    results = lorasec.train_run(cfg, "runs/demo")
+    run = lorasec.load_run("runs/demo")
+    K = lorasec.structured_lora_ntk(run.tuned, *run.encoder.encode(run.test.texts[:32]))
+    checks = lorasec.verify(["lemma_3_1"])
+
+The layers below it import one way (README's architecture section; enforced by tests/test_architecture.py):
+core → config → data → attacks → models → adapters → training → diagnostics → pipelines → cli. Names are
+resolved on first use, so ``import lorasec`` stays cheap.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.2.0"
+
+_FACADE = {
+    # configs
+    "load_config": ("lorasec.config", "load"),
+    "RunConfig": ("lorasec.config", "RunConfig"),
+    "AdapterConfig": ("lorasec.config", "AdapterConfig"),
+    "AttackConfig": ("lorasec.config", "AttackConfig"),
+    "ModelConfig": ("lorasec.config", "ModelConfig"),
+    "DataConfig": ("lorasec.config", "DataConfig"),
+    "TrainConfig": ("lorasec.config", "TrainConfig"),
+    "ConfigError": ("lorasec.core.errors", "ConfigError"),
+    # runs
+    "prepare_data": ("lorasec.pipelines.run", "prepare_data"),
+    "build_model": ("lorasec.pipelines.run", "build_model"),
+    "train_run": ("lorasec.pipelines.run", "train_run"),
+    "load_run": ("lorasec.pipelines.run", "load_run"),
+    "evaluate": ("lorasec.training.evaluation", "evaluate"),
+    # models and adapters
+    "Architecture": ("lorasec.models", "Architecture"),
+    "build_classifier": ("lorasec.models", "build_classifier"),
+    "apply_lora": ("lorasec.adapters.lora", "apply_lora"),
+    "lora_layers": ("lorasec.adapters.lora", "lora_layers"),
+    "set_scales": ("lorasec.adapters.lora", "set_scales"),
+    # kernels, Fisher, information
+    "empirical_ntk": ("lorasec.diagnostics.kernel", "empirical_ntk"),
+    "structured_lora_ntk": ("lorasec.diagnostics.kernel", "structured_lora_ntk"),
+    "layer_kernels": ("lorasec.diagnostics.kernel", "layer_kernels"),
+    "layer_signals": ("lorasec.diagnostics.signals", "layer_signals"),
+    "fisher_spectrum": ("lorasec.diagnostics.fisher", "fisher_spectrum"),
+    "spectrum_summary": ("lorasec.diagnostics.information", "summary"),
+    # paper 2's measures
+    "spectral_pair_report": ("lorasec.diagnostics.spectral", "pair_report"),
+    "diagnose": ("lorasec.pipelines.diagnose", "diagnose"),
+    "scale_sweep": ("lorasec.diagnostics.scale_sweep", "sweep"),
+    # claims
+    "verify": ("lorasec.pipelines.verify", "run"),
+    "claims_table": ("lorasec.core.claims", "table"),
+}
+
+__all__ = sorted(_FACADE)
+
+
+def __getattr__(name: str):
+    if name not in _FACADE:
+        raise AttributeError(f"module 'lorasec' has no attribute {name!r}")
+    module, attribute = _FACADE[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_FACADE))

@@ -1,4 +1,4 @@
-"""``lorasec`` command line: a thin layer over :mod:`lorasec.run`, :mod:`lorasec.pretrain`, :mod:`lorasec.study`."""
+"""``lorasec`` command line: a thin layer over :mod:`lorasec.pipelines`."""
 
 from __future__ import annotations
 
@@ -89,32 +89,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _verify(args) -> int:
-    from lorasec import artifacts, claims
+    from lorasec.core import claims, files
+    from lorasec.pipelines import verify
 
-    registry = claims.discover()
+    registry = verify.discover()
     if args.list:
         for item in registry.values():
-            print(f"{item.name:16s} {item.paper}: {item.statement}")
+            print(f"{item.name:24s} {item.paper}: {item.statement}")
         return 0
-    unknown = [n for n in args.names if n not in registry]
-    if unknown:
-        raise ConfigError(f"verify {unknown[0]!r}: no such claim; registered: {', '.join(registry)}")
-    checks = []
-    for name in args.names or list(registry):
-        item = registry[name]
-        checks += item.run(Path(args.purify)) if item.trains else item.run()
+    checks = verify.run(args.names, Path(args.purify))
     print(claims.table(checks))
     if args.json:
-        artifacts.write_json(args.json, [c.as_dict() for c in checks])
-    violated = sum(c.verdict == "violated" for c in checks)
-    print(f"\n{len(checks)} checks: {len(checks) - violated} hold or make no claim, {violated} violated "
-          f"(a violated claim is a finding about the paper, not an error of lorasec)")
-    return 0
+        files.write_json(args.json, [c.as_dict() for c in checks])
+    found = [c for c in checks if c.kind == "claim"]
+    violated = sum(c.verdict == "violated" for c in found)
+    broken = sum(c.verdict == "inconsistent" for c in checks)
+    print(f"\n{len(found)} claim checks: {violated} violated, {len(found) - violated} hold, are inconclusive or "
+          f"make no claim (a violated claim is a finding about the paper, not an error of lorasec); "
+          f"{len(checks) - len(found)} identity and consistency checks, {broken} inconsistent")
+    return 1 if broken else 0
 
 
 def _ntk(args) -> int:
     from lorasec import config
-    from lorasec.kernel_report import kernel_report
+    from lorasec.pipelines.ntk_report import kernel_report
 
     source = Path(args.source)
     is_run = source.is_dir() and (source / "results.json").is_file()
@@ -134,41 +132,40 @@ def _ntk(args) -> int:
 
 
 def _spectral(args) -> int:
-    from lorasec.spectral import run_report
+    from lorasec.core import files
+    from lorasec.pipelines import diagnose, figures
+    from lorasec.pipelines.run import load_run
 
     out = Path(args.out) if args.out else Path(args.run_dir) / "spectral"
-    report = run_report(args.run_dir, out, base=args.base, k=args.k, epsilon=args.epsilon)
+    run = load_run(args.run_dir)
+    report = diagnose.diagnose(run, base=args.base, k=args.k, epsilon=args.epsilon,
+                               with_alignment=not args.no_alignment, with_sweep=not args.no_alignment)
+    files.write_json(out / "spectral.json", report["spectral"])
+    figures.spectra_figure(report["spectral"], out / "spectra.png")
+    written = [out / "spectral.json", out / "spectra.png"]
     print(f"{'matrix':45s} {'strength':>9s} {'σmax(ΔW)':>9s} {'srank ΔW':>9s} {'intruders':>9s}")
-    for name, row in report.items():
+    for name, row in report["spectral"].items():
         print(f"{name:45s} {_scale(row['spectral_strength'])} {row['sigma_max_delta']:9.3g} "
               f"{row['stable_rank_delta']:9.3g} {row['intruders']['count']:9d}")
-    written = [out / "spectral.json", out / "spectra.png"]
-    if not args.no_alignment:
-        from lorasec import alignment, artifacts, poison, scale_sweep
-        from lorasec.run import load_run
-
-        run = load_run(args.run_dir)
-        if poison.triggers_for(run.cfg.attack):
-            layers = alignment.run_alignment(run)
-            artifacts.write_json(out / "alignment.json", layers)
-            written.append(out / "alignment.json")
-            print(f"\n{'matrix':45s} {'ρ_bd':>7s} {'ρ_eff':>7s} {'ρ̄_cl':>7s} {'ρ̄_tr':>7s} {'s*':>9s} "
-                  f"{'crossing':>9s} {'s_Pt':>9s}")
-            for name, r in layers.items():
-                print(f"{name:45s} {r['rho_bd']:7.3f} {r['rho_eff']:7.3f} {r['mean']['rho_cl']:7.3f} "
-                      f"{r['mean']['rho_tr']:7.3f} {_scale(r['s_star'])} {_scale(r['crossing'])} {_scale(r['s_pt'])}")
-            a = run.cfg.adapter
-            if a.method == "lora" and not a.dora and a.init != "pissa":
-                curve = scale_sweep.sweep(run)
-                artifacts.write_json(out / "sweep.json", curve)
-                medians = {key: [r[key] for r in layers.values() if r[key] is not None]
-                           for key in ("s_star", "crossing")}
-                marks = {"trained s": curve["s_train"], "ASR 50%": curve["asr_crossing"],
-                         **{f"median layer {k}": float(np.median(v)) for k, v in medians.items() if v}}
-                scale_sweep.draw({"this run": curve}, out / "sweep.png", marks=marks)
-                written += [out / "sweep.json", out / "sweep.png"]
-                print(f"\nscale sweep: ASR below 50% from s = {curve['asr_crossing']} "
-                      f"(trained s = {curve['s_train']:g})")
+    if "alignment" in report:
+        layers = report["alignment"]
+        files.write_json(out / "alignment.json", layers)
+        written.append(out / "alignment.json")
+        print(f"\n{'matrix':45s} {'ρ_bd':>7s} {'ρ_eff':>7s} {'ρ̄_cl':>7s} {'ρ̄_tr':>7s} {'s*':>9s} "
+              f"{'crossing':>9s} {'s_Pt':>9s}")
+        for name, r in layers.items():
+            print(f"{name:45s} {r['rho_bd']:7.3f} {r['rho_eff']:7.3f} {r['mean']['rho_cl']:7.3f} "
+                  f"{r['mean']['rho_tr']:7.3f} {_scale(r['s_star'])} {_scale(r['crossing'])} {_scale(r['s_pt'])}")
+    if "sweep" in report:
+        curve = report["sweep"]
+        files.write_json(out / "sweep.json", curve)
+        medians = {key: [r[key] for r in report["alignment"].values() if r[key] is not None]
+                   for key in ("s_star", "crossing")}
+        marks = {"trained s": curve["s_train"], "ASR 50%": curve["asr_crossing"],
+                 **{f"median layer {k}": float(np.median(v)) for k, v in medians.items() if v}}
+        figures.scale_sweep_figure({"this run": curve}, out / "sweep.png", marks=marks)
+        written += [out / "sweep.json", out / "sweep.png"]
+        print(f"\nscale sweep: ASR below 50% from s = {curve['asr_crossing']} (trained s = {curve['s_train']:g})")
     print("written: " + ", ".join(map(str, written)))
     return 0
 
@@ -178,7 +175,8 @@ def _scale(value) -> str:
 
 
 def _fetch(args) -> int:
-    from lorasec import datasets, fetch
+    from lorasec.data import datasets
+    from lorasec.data import fetch
 
     names = args.names or list(fetch.PINS)
     for name in names:
@@ -197,7 +195,7 @@ def _fetch(args) -> int:
 
 def _purify(args) -> int:
     from lorasec import config
-    from lorasec.purify import run_purify
+    from lorasec.pipelines.purify import run_purify
 
     overrides = list(args.overrides)
     if args.defences:
@@ -213,7 +211,7 @@ def _purify(args) -> int:
 
 def _train(args) -> int:
     from lorasec import config
-    from lorasec.run import train_run
+    from lorasec.pipelines.run import train_run
 
     cfg = config.load(config.RunConfig, args.config, args.overrides)
     source = Path(args.config)
@@ -227,7 +225,7 @@ def _train(args) -> int:
 
 def _pretrain(args) -> int:
     from lorasec import config
-    from lorasec.pretrain import pretrain
+    from lorasec.pipelines.pretrain import pretrain
 
     cfg = config.load(config.PretrainConfig, args.config, args.overrides)
     out = pretrain(cfg, args.out, progress=not args.no_progress)
@@ -236,12 +234,12 @@ def _pretrain(args) -> int:
 
 
 def _study(args) -> int:
-    from lorasec.study import run_study
+    from lorasec.pipelines.study import run_study
 
     plan = None
     if args.config:
         from lorasec import config
-        from lorasec.study import plan_from_config
+        from lorasec.pipelines.study import plan_from_config
 
         if args.quick:
             raise ConfigError("study --quick applies to the built-in study; shrink a config with --set instead")
@@ -258,7 +256,7 @@ def _study(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries()
-    from lorasec.train import TrainingDiverged
+    from lorasec.core.errors import TrainingDiverged
 
     handlers = {"train": _train, "pretrain": _pretrain, "study": _study, "verify": _verify,
                 "ntk": _ntk, "spectral": _spectral, "purify": _purify,

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 
-class ConfigError(ValueError):
-    """A configuration field is missing, unknown, mistyped or out of range."""
+from lorasec.core.errors import ConfigError
 
 
 ATTACKS = ("none", "label_flip", "badnets", "prefix", "sentence", "multi_trigger")
@@ -29,6 +28,15 @@ MODEL_KINDS = ("transformer", "mlp")
 POOLINGS = ("mean", "cls")
 REAL_DATA = {"rotten-tomatoes": 2, "bbc-news": 5, "sms-spam": 2}  # pinned registry sets -> number of classes
 DATA_SOURCES = ("synthetic", "file", *REAL_DATA)
+PRETRAINED_MODELS = ("minilm-l6",)  # pinned registry models (lorasec.data.fetch.PINS)
+HF_FILES = ("config.json", "model.safetensors", "tokenizer.json")  # a BERT directory in Hugging Face's layout
+
+
+def is_pretrained_reference(value: str) -> bool:
+    """Whether ``model.pretrained`` names a pinned model, a lorasec checkpoint or a BERT directory."""
+    path = Path(value)
+    return value in PRETRAINED_MODELS or (path / "model.json").is_file() or all(
+        (path / name).is_file() for name in HF_FILES)
 
 
 def _fail(name: str, value: Any, allowed: str) -> None:
@@ -58,7 +66,7 @@ def _rate(name: str, value: float, *, upper_open: bool = False) -> None:
 @dataclass(frozen=True)
 class DataConfig:
     """The task. ``synthetic`` draws a topic-classification corpus from ``seed``; ``file`` reads CSV/JSONL;
-    ``rotten-tomatoes``, ``bbc-news``, ``sms-spam`` are real sets (:mod:`lorasec.datasets`), fetched once or read
+    ``rotten-tomatoes``, ``bbc-news``, ``sms-spam`` are real sets (:mod:`lorasec.data.datasets`), fetched once or read
     from ``data_dir``, split by ``seed`` into train / validation / test, with optional caps for CPU runs."""
 
     source: str = "synthetic"
@@ -169,8 +177,6 @@ class ModelConfig:
         _one_of(f"{p}.pooling", self.pooling, POOLINGS)
         _rate(f"{p}.dropout", self.dropout, upper_open=True)
         if self.pretrained:
-            from lorasec.bert_import import is_pretrained_reference
-
             if not is_pretrained_reference(self.pretrained):
                 _fail(f"{p}.pretrained", self.pretrained, "not a lorasec checkpoint (model.json), a BERT directory "
                       "(config.json, model.safetensors, tokenizer.json) or 'minilm-l6'; make a checkpoint with "
@@ -239,6 +245,12 @@ class AdapterConfig:
     @property
     def scaling(self) -> float:
         return self.alpha / (self.rank**0.5 if self.rslora else self.rank)
+
+    @property
+    def plain_lora(self) -> bool:
+        """LoRA whose update is ``s·B A`` on top of W_pre (RoRA parts allowed): no DoRA rescale, no PiSSA split,
+        so the trained update is linear in the scale s."""
+        return self.method == "lora" and not self.dora and self.init != "pissa"
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def x64():
 @pytest.fixture(scope="session")
 def small_pretrained(tmp_path_factory):
     """A masked-LM checkpoint of the default architecture on the default synthetic language (about 20 s)."""
-    from lorasec.pretrain import pretrain
+    from lorasec.pipelines.pretrain import pretrain
 
     cfg = PretrainConfig(data=DataConfig(num_train=4000),
                          train=TrainConfig(steps=400, batch_size=64, lr=1e-3, schedule="warmup_cosine",

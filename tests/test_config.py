@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from lorasec import cli, config
+from lorasec import cli
+from lorasec import config
 from lorasec.config import ConfigError, RunConfig
 
 BAD = {
@@ -97,7 +98,7 @@ def test_overrides_parse_toml_values_and_defaults_validate():
 
 def test_run_dir_config_round_trips(tmp_path):
     cfg = config.load(RunConfig, None, ["train.lr=2e-4", "attack.kind=sentence"])
-    from lorasec import artifacts
+    from lorasec.core import files
 
-    artifacts.write_json(tmp_path / "config.json", config.to_dict(cfg))
+    files.write_json(tmp_path / "config.json", config.to_dict(cfg))
     assert config.load(RunConfig, tmp_path) == cfg

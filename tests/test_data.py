@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from lorasec import synthetic
+from lorasec.data import synthetic
 from lorasec.config import ConfigError, DataConfig
-from lorasec.textdata import read_text_file
-from lorasec.tokenizer import TextEncoder, word_level, wordpiece
+from lorasec.data.textdata import read_text_file
+from lorasec.data.tokenizer import TextEncoder, word_level, wordpiece
 
 
 def test_synthetic_task_is_deterministic_and_label_bearing():

@@ -5,7 +5,9 @@ under full fine-tuning."""
 import pytest
 
 from lorasec.config import AdapterConfig, AttackConfig, ModelConfig, RunConfig, TrainConfig
-from lorasec.run import train_run
+from lorasec.pipelines.run import train_run
+
+pytestmark = pytest.mark.slow  # more than ~20 s, or the network
 
 
 def _cfg(checkpoint, method, attack=AttackConfig()):
@@ -46,7 +48,8 @@ def test_csv_task_trains_end_to_end(tmp_path):
 
     from conftest import tiny_run
 
-    from lorasec import config, synthetic
+    from lorasec import config
+    from lorasec.data import synthetic
     from lorasec.config import ConfigError, DataConfig
 
     train, test = synthetic.train_test(DataConfig(num_train=200, num_test=60))
@@ -62,11 +65,12 @@ def test_csv_task_trains_end_to_end(tmp_path):
     assert results["num_train"] == 200 and results["num_test"] == 60 and results["num_poisoned"] == 10
     assert 0.0 <= results["attack_success_rate"] <= 1.0
     # The diagnostics rebuild the run's vocabulary (from the POISONED training texts) and load its weights.
-    from lorasec.kernel_report import kernel_report
-    from lorasec.spectral import run_report
+    from lorasec.pipelines.ntk_report import kernel_report
+    from lorasec.pipelines import diagnose
+    from lorasec.pipelines.run import load_run
 
     assert kernel_report(cfg, tmp_path / "ntk", run_dir=tmp_path / "run", num_examples=4)["lora"]["parameters"] > 0
-    assert len(run_report(tmp_path / "run", tmp_path / "spectral")) == 6
+    assert len(diagnose.diagnose(load_run(tmp_path / "run"))["spectral"]) == 6
     too_big = config.replace(cfg, train={"batch_size": 300})
     with pytest.raises(ConfigError, match="train.batch_size = 300: must be <= the 200 training examples"):
         train_run(too_big, progress=False)

@@ -8,7 +8,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from lorasec import cli, datasets, fetch
+from lorasec import cli
+from lorasec.data import datasets
+from lorasec.data import fetch
 from lorasec.config import AttackConfig, ConfigError, DataConfig, RunConfig
 
 
@@ -83,6 +85,7 @@ def test_user_directory_must_have_the_layout(tmp_path):
     assert data.texts == ("hello there", "WIN a prize now") and data.labels.tolist() == [0, 1]  # deduplicated
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, size, classes", [("rotten-tomatoes", 12752, 2), ("bbc-news", 2125, 5),
                                                  ("sms-spam", 4534, 2)])
 def test_real_sets_split_deterministically_and_stratified(name, size, classes):
@@ -101,15 +104,17 @@ def test_real_sets_split_deterministically_and_stratified(name, size, classes):
     assert set(capped.train.texts) <= set(a.train.texts)
 
 
+@pytest.mark.slow
 def test_rotten_tomatoes_excludes_plot_lines():
     data = datasets.load("rotten-tomatoes")
     assert data.label_names == ("rotten", "fresh")
     assert max(len(t.split()) for t in data.texts) < 120  # plot summaries run to hundreds of words
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["label_flip", "badnets", "sentence", "multi_trigger"])
 def test_every_poisoner_works_on_real_data(kind):
-    from lorasec.run import prepare_data
+    from lorasec.pipelines.run import prepare_data
 
     cfg = RunConfig(data=DataConfig(source="sms-spam", max_train=400, max_test=100, vocab_file="",
                                     seq_len=32),
@@ -118,6 +123,26 @@ def test_every_poisoner_works_on_real_data(kind):
     assert len(poisoned.indices) == 40 and len(test) == 100
     tokens, mask = encoder.encode(poisoned.data.texts)
     assert tokens.shape == (400, 32)
+
+
+@pytest.mark.slow
+def test_triggers_survive_truncation_on_rotten_tomatoes():
+    """Regression: at seq_len 32, 5.7% of triggered test inputs and 6.0% of poisoned training inputs lost the
+    trigger to truncation before triggers were placed within the tokenizer's room."""
+    from lorasec.attacks import poison
+    from lorasec.pipelines.run import prepare_data
+
+    cfg = RunConfig(data=DataConfig(source="rotten-tomatoes", max_train=2000, max_test=500, seq_len=32),
+                    attack=AttackConfig(kind="badnets", poison_rate=0.05, target_label=1)).validate()
+    poisoned, test, encoder = prepare_data(cfg)
+    (trigger,) = poison.triggers_for(cfg.attack)
+    for texts in ([poisoned.data.texts[i] for i in poisoned.indices],
+                  poison.apply_trigger(test.texts, trigger, seed=cfg.seed, room=poison.Room(encoder))):
+        tokens, _ = encoder.encode(texts)
+        found = np.zeros(len(texts), bool)
+        for phrase in trigger.phrases:
+            found |= poison.trigger_survives(tokens, poison.Room(encoder).ids(phrase))
+        assert found.all(), f"{(~found).sum()} of {len(texts)} lost the trigger"
 
 
 def test_bad_real_data_configs_name_the_field(tmp_path):

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lorasec import fisher, information, kernel, lora
+from lorasec.diagnostics import fisher
+from lorasec.diagnostics import information
+from lorasec.diagnostics import kernel
+from lorasec.adapters import lora
 from lorasec.config import AdapterConfig, ModelConfig
 from lorasec.models import Architecture, build_classifier
 

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from lorasec import infinite
+from lorasec.diagnostics import infinite
 
 
 def _error(a, b):

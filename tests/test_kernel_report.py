@@ -2,12 +2,17 @@
 
 import json
 
+import pytest
+
 import numpy as np
 from conftest import tiny_run
 
-from lorasec import cli, config
+from lorasec import cli
+from lorasec import config
 from lorasec.config import AdapterConfig, TrainConfig
-from lorasec.run import train_run
+from lorasec.pipelines.run import train_run
+
+pytestmark = pytest.mark.slow  # more than ~20 s, or the network
 
 
 def test_ntk_from_run_directory_and_from_config(tmp_path, capsys):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lorasec import metrics
+from lorasec.attacks import metrics
 
 
 def test_asr_excludes_target_label_samples():
@@ -29,7 +29,9 @@ def test_asr_undefined_without_non_target_samples():
 
 
 def test_mean_sd_uses_sample_sd_and_skips_none():
-    stats = metrics.mean_sd([0.9, 0.8, None, 1.0])
+    from lorasec.core import stats as seed_stats
+
+    stats = seed_stats.mean_sd([0.9, 0.8, None, 1.0])
     assert stats["n"] == 3 and stats["mean"] == pytest.approx(0.9) and stats["sd"] == pytest.approx(0.1)
-    assert metrics.mean_sd([None])["mean"] is None
-    assert metrics.format_mean_sd(stats) == "90.0 ± 10.0"
+    assert seed_stats.mean_sd([None])["mean"] is None
+    assert seed_stats.format_mean_sd(stats) == "90.0 ± 10.0"

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lorasec.bert_import import checkpoint_path
+from lorasec.models.checkpoint import checkpoint_path, load_encoder_weights, load_pretrained
 from lorasec.models.transformer import TransformerEncoder, mean_pool
-from lorasec.pretrain import load_encoder_weights, load_pretrained
-from lorasec.tokenizer import TextEncoder
+from lorasec.data.tokenizer import TextEncoder
+
+pytestmark = pytest.mark.slow  # more than ~20 s, or the network
 
 REFERENCE = np.load(Path(__file__).parent / "fixtures" / "minilm_reference.npz")
 
@@ -81,7 +82,7 @@ def test_converted_checkpoint_is_reused(minilm):
 
 
 def test_lora_targets_by_peft_names(minilm):
-    from lorasec import lora
+    from lorasec.adapters import lora
     from lorasec.config import AdapterConfig
     from lorasec.models import build_classifier
 

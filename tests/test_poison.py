@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from lorasec import poison
+from lorasec.attacks import poison
 from lorasec.config import AttackConfig, ConfigError
-from lorasec.textdata import TextDataset
+from lorasec.data.textdata import TextDataset
 
 
 def _data(n=200, classes=2, seed=0):

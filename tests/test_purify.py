@@ -9,14 +9,17 @@ import pytest
 from conftest import TINY_DATA, TINY_MODEL, tiny_run
 from flax import nnx
 
-from lorasec import alignment, lora, purify
+from lorasec.diagnostics import alignment
+from lorasec.adapters import lora
+from lorasec.pipelines import purify
 from lorasec.config import (AdapterConfig, AttackConfig, BackdoorConfig, ConfigError, ModelConfig, PurifyConfig,
                             RoRAConfig, TrainConfig, load)
 
 
 def tiny_purify(**changes) -> PurifyConfig:
     fields = dict(
-        seeds=(0, 1), defences=("full", "lora", "rora"), data=TINY_DATA, model=TINY_MODEL, pretrain_steps=200,
+        seeds=(0, 1), defences=("full", "lora", "rora", "rora_pt"), data=TINY_DATA, model=TINY_MODEL,
+        pretrain_steps=200,
         backdoor=BackdoorConfig(num_train=256, attack=AttackConfig(kind="badnets", poison_rate=0.2), min_asr=0.9,
                                 train=TrainConfig(steps=300, batch_size=16, lr=3e-3, checkpoint_every=300)),
         adapter=AdapterConfig(rank=4, alpha=8), rora=RoRAConfig(tr_k=8),
@@ -33,12 +36,13 @@ def purified(tmp_path_factory):
     return work, cfg, purify.run_purify(cfg, work / "purify", progress=False)
 
 
+@pytest.mark.slow
 def test_pipeline_plants_then_fine_tunes_every_defence(purified):
     work, cfg, summary = purified
     assert summary["backdoored"]["proxy"]["attack_success_rate"] >= 0.9
     assert summary["backdoored"]["downstream"]["attack_success_rate"] >= 0.8  # the backdoor carries over
     cells = {c["defence"]: c for c in summary["defences"]}
-    assert set(cells) == {"full", "lora", "rora"}
+    assert set(cells) == {"full", "lora", "rora", "rora_pt"}
     for cell in cells.values():
         assert cell["clean_accuracy"]["n"] == 2 and cell["clean_accuracy"]["mean"] > 0.7
         assert all(r["crossing_within_s_star"] for r in cell["runs"])  # the corrected proposition, exactly
@@ -49,6 +53,31 @@ def test_pipeline_plants_then_fine_tunes_every_defence(purified):
         assert (work / "purify" / name).is_file()
 
 
+@pytest.mark.slow
+def test_pt_is_applied_to_the_lora_runs_and_diagnosed_after_the_rescale(purified):
+    """Regression: Pt retrained plain LoRA and was diagnosed before its rescale while its ASR came after."""
+    from lorasec.adapters import lora
+    from lorasec.pipelines.run import load_run
+    from lorasec.training.evaluation import evaluate
+
+    work, cfg, summary = purified
+    runs = work / "purify" / "runs"
+    assert not any(runs.glob("rora_pt-seed*"))  # nothing trained for Pt
+    record = json.loads((runs / "lora-seed0" / "rora_pt.json").read_text())
+    scales = record["results"]["rora_pt_scales"]
+    assert scales and all(s != cfg.adapter.scaling for s in scales.values())
+    run = load_run(runs / "lora-seed0")
+    lora.set_scales(run.tuned, scales)
+    again = evaluate(run.tuned, run.cfg, run.test, run.encoder)
+    assert again.attack_success_rate == record["results"]["attack_success_rate"]
+    # Pt sets σ_max(s·BA) = σ_max(W_pre): after the rescale those matrices have spectral strength exactly 1.
+    plain = json.loads((runs / "lora-seed0" / "diagnosis.json").read_text())["spectral"]
+    for name in scales:
+        assert record["diagnosis"]["spectral"][name]["spectral_strength"] == pytest.approx(1.0, rel=1e-5)
+        assert plain[name]["spectral_strength"] != pytest.approx(1.0, rel=1e-3)
+
+
+@pytest.mark.slow
 def test_sweep_at_the_trained_scale_reproduces_the_run(purified):
     """An independent evaluation path: the sweep point s = α/r equals the run's own ASR and CACC."""
     work, cfg, _ = purified
@@ -62,15 +91,18 @@ def test_sweep_at_the_trained_scale_reproduces_the_run(purified):
     assert sweep["attack_success_rate"][0] >= 0.8
 
 
+@pytest.mark.slow
 def test_rerun_reuses_every_run(purified):
     work, cfg, summary = purified
     again = purify.run_purify(cfg, work / "purify", progress=False)
     assert again["defences"] == summary["defences"]
 
 
+@pytest.mark.slow
 def test_paper_two_claims_report_measured_numbers(purified):
-    from lorasec.claims import VERDICTS
-    from theory import forgetting
+    from lorasec.core.claims import VERDICTS
+    from lorasec.pipelines.verify import load_module
+    forgetting = load_module("forgetting")
 
     work, cfg, _ = purified
     out = work / "purify"
@@ -80,9 +112,10 @@ def test_paper_two_claims_report_measured_numbers(purified):
                                          "critical_scale_trained"}
     assert all(c.verdict in VERDICTS and c.measured for c in checks)
     bound = [c for c in checks if c.predicted.startswith("every layer crossing")]
-    assert bound and all(c.verdict == "holds" for c in bound)
+    assert bound and all((c.kind, c.verdict) == ("identity", "consistent") for c in bound)
 
 
+@pytest.mark.slow
 def test_verify_reads_a_purify_directory(purified, capsys):
     from lorasec import cli
 
@@ -91,32 +124,41 @@ def test_verify_reads_a_purify_directory(purified, capsys):
     assert "ASR full FT < ASR LoRA" in capsys.readouterr().out
 
 
-def test_purify_cli_reuses_the_pipeline_and_prints_the_report(purified, capsys):
-    from lorasec import artifacts, cli
-    from lorasec.config import to_dict
+@pytest.mark.slow
+def _own_pipeline(tmp_path):
+    """A pipeline of this test's own (one seed, two defences), so that no test changes what the others read."""
+    cfg = tiny_purify(seeds=(0,), defences=("full", "lora"))
+    purify.run_purify(cfg, tmp_path / "purify", progress=False)
+    return tmp_path / "purify", cfg
 
-    work, cfg, _ = purified
-    spec = work / "tiny-purify.json"
-    artifacts.write_json(spec, to_dict(cfg))
-    assert cli.main(["purify", str(spec), "--defences", "lora, full", "--out", str(work / "purify"),
-                     "--no-progress"]) == 0
+
+@pytest.mark.slow
+def test_purify_cli_reuses_the_pipeline_and_prints_the_report(tmp_path, capsys):
+    from lorasec import cli
+    from lorasec.config import to_dict
+    from lorasec.core import files
+
+    out, cfg = _own_pipeline(tmp_path)
+    spec = tmp_path / "tiny-purify.json"
+    files.write_json(spec, to_dict(cfg))
+    assert cli.main(["purify", str(spec), "--defences", "lora", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "| lora |" in printed and "| full |" in printed and "| rora |" not in printed
-    purify.run_purify(cfg, work / "purify", progress=False)  # leave the directory as the fixture made it
+    assert "| lora |" in printed and "| full |" not in printed
     assert cli.main(["purify", str(spec), "--defences", "lora,nope"]) == 2
     assert "defences = 'nope'" in capsys.readouterr().err
 
 
-def test_purify_refuses_a_directory_with_other_settings(purified):
-    work, cfg, _ = purified
+@pytest.mark.slow
+def test_purify_refuses_a_directory_with_other_settings(tmp_path):
+    out, cfg = _own_pipeline(tmp_path)
     changed = PurifyConfig(**{**cfg.__dict__, "train": TrainConfig(steps=61, batch_size=16)}).validate()
     with pytest.raises(ConfigError, match="other settings"):
-        purify.run_purify(changed, work / "purify", progress=False)
-    fewer = PurifyConfig(**{**cfg.__dict__, "defences": ("lora",), "seeds": (1,)}).validate()
-    assert [c["defence"] for c in purify.run_purify(fewer, work / "purify", progress=False)["defences"]] == ["lora"]
-    purify.run_purify(cfg, work / "purify", progress=False)  # leave the directory as the fixture made it
+        purify.run_purify(changed, out, progress=False)
+    fewer = PurifyConfig(**{**cfg.__dict__, "defences": ("lora",), "seeds": (0,)}).validate()
+    assert [c["defence"] for c in purify.run_purify(fewer, out, progress=False)["defences"]] == ["lora"]
 
 
+@pytest.mark.slow
 def test_too_weak_backdoor_is_refused_and_kept(tmp_path):
     cfg = tiny_purify(backdoor=BackdoorConfig(num_train=256, attack=AttackConfig(kind="badnets", poison_rate=0.1,
                                                                                 label_consistent=True),
@@ -146,7 +188,7 @@ def test_pissa_keeps_the_weight_and_moves_its_principal_part(x64):
 
     model = nnx.Linear(12, 7, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
     original = np.asarray(model.kernel[...]).copy()
-    layer = lora.LoRALinear(model, rank=3, scaling=2.0, init="pissa", rngs=nnx.Rngs(1))
+    layer = lora.LoRALinear(model, rank=3, scale=2.0, init="pissa", rngs=nnx.Rngs(1))
     np.testing.assert_allclose(np.asarray(layer.effective_kernel()), original, atol=1e-12)
     s = np.linalg.svd(original, compute_uv=False)
     residual = np.linalg.svd(np.asarray(layer.base.kernel[...]), compute_uv=False)
@@ -178,7 +220,16 @@ def test_alignment_splits_clean_and_trigger_tokens():
     trigger[:, 2] = True
     row = alignment.layer_alignment(w_pre, delta, x, c, trigger, s_train=1.0)
     m = row["mean"]
-    assert m["rho_eff"] == pytest.approx(m["rho_cl"] - m["rho_tr"])
+    # An independent reference: per example, token by token, the clean tokens' push toward y and the trigger
+    # tokens' push toward bd, each normalised by σ_max(ΔW)·Σ_t ‖c_t‖‖x_t‖.
+    sigma = np.linalg.svd(delta, compute_uv=False)[0]
+    rho_cl, rho_tr = [], []
+    for i in range(5):
+        scale = sigma * sum(np.linalg.norm(c[i, t]) * np.linalg.norm(x[i, t]) for t in range(6))
+        rho_cl.append(sum(c[i, t] @ delta @ x[i, t] for t in range(6) if not trigger[i, t]) / scale)
+        rho_tr.append(-sum(c[i, t] @ delta @ x[i, t] for t in range(6) if trigger[i, t]) / scale)
+    assert m["rho_cl"] == pytest.approx(np.mean(rho_cl)) and m["rho_tr"] == pytest.approx(np.mean(rho_tr))
+    assert row["rho_eff"] == pytest.approx(min(a - b for a, b in zip(rho_cl, rho_tr)))
     norm = (np.linalg.norm(c, axis=-1) * np.linalg.norm(x, axis=-1)).sum(1)
     a0 = np.einsum("ntj,ji,nti->n", c, w_pre, x)
     a1 = np.einsum("ntj,ji,nti->n", c, delta, x)
@@ -195,7 +246,7 @@ def test_crossing_cases():
 
 def test_margin_signals_are_the_margin_gradient(x64):
     """c from the tapped backward pass equals a finite difference of the logit margin in a layer's output."""
-    from lorasec.run import build_model
+    from lorasec.pipelines.run import build_model
 
     cfg = tiny_run(adapter=AdapterConfig(method="full"))
     model = build_model(cfg, 80)
@@ -223,8 +274,9 @@ def test_margin_signals_are_the_margin_gradient(x64):
     assert x.shape[:2] == tokens.shape
 
 
+@pytest.mark.slow
 def test_init_from_starts_from_the_runs_whole_classifier(tmp_path):
-    from lorasec.run import build_model, prepare_data, train_run
+    from lorasec.pipelines.run import build_model, prepare_data, train_run
 
     start = tiny_run(adapter=AdapterConfig(method="full"), train=TrainConfig(steps=5, batch_size=16))
     train_run(start, tmp_path / "start", progress=False)
@@ -232,9 +284,9 @@ def test_init_from_starts_from_the_runs_whole_classifier(tmp_path):
     _, _, encoder = prepare_data(cfg)
     model = build_model(cfg, encoder.vocab_size)
     plain = build_model(load(type(cfg), tmp_path / "start"), encoder.vocab_size)
-    from lorasec import artifacts
+    from lorasec.core import files
 
-    nnx.update(plain, artifacts.load_state(tmp_path / "start" / "params", nnx.state(plain)))
+    nnx.update(plain, files.load_state(tmp_path / "start" / "params", nnx.state(plain)))
     tokens, mask = encoder.encode(["w1 w2 t0c1", "w3 t1c0"])
     np.testing.assert_allclose(np.asarray(model(tokens, mask)), np.asarray(plain(tokens, mask)), atol=1e-6)
     with pytest.raises(ConfigError, match=r"^model.init_from"):

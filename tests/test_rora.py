@@ -8,10 +8,12 @@ import pytest
 from conftest import tiny_run
 from flax import nnx
 
-from lorasec import config, lora, rora
+from lorasec import config
+from lorasec.adapters import lora
+from lorasec.adapters import rora
 from lorasec.config import AdapterConfig, ConfigError, ModelConfig, TrainConfig
 from lorasec.models import Architecture, build_classifier
-from lorasec.run import train_run
+from lorasec.pipelines.run import train_run
 
 
 def _model():
@@ -25,7 +27,7 @@ def _model():
 
 def test_pt_sets_the_spectral_norm_ratio_exactly_in_the_top_layers():
     model = _model()
-    before = {n: layer.scaling for n, layer in lora.lora_layers(model).items()}
+    before = lora.scales(model)
     scales = rora.post_training_rescale(model, top_layers=2)
     assert scales and all(".layers.0." not in n for n in scales)
     assert {n.split(".")[2] for n in scales} == {"1", "2"}
@@ -36,7 +38,7 @@ def test_pt_sets_the_spectral_norm_ratio_exactly_in_the_top_layers():
         if name in scales:
             assert ratio == pytest.approx(1.0, rel=1e-5)
         else:
-            assert layer.scaling == before[name] and abs(ratio - 1.0) > 1e-3
+            assert float(layer.scale[...]) == before[name] and abs(ratio - 1.0) > 1e-3
 
 
 def test_tr_is_plain_l2_with_full_bases_and_differs_when_truncated():

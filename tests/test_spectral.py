@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lorasec import spectral
+from lorasec.diagnostics import spectral
 
 
 def test_intruder_dimensions_hand_computed():
@@ -57,7 +57,7 @@ def test_spectral_cli_on_runs(tmp_path, capsys):
 
     from lorasec import cli
     from lorasec.config import AdapterConfig, TrainConfig
-    from lorasec.run import train_run
+    from lorasec.pipelines.run import train_run
 
     steps = TrainConfig(steps=6, batch_size=16, lr=1e-2)
     train_run(tiny_run(train=steps), tmp_path / "lora", progress=False)
@@ -84,7 +84,7 @@ def test_spectral_cli_alignment_and_sweep_on_a_backdoor_run(tmp_path, capsys):
 
     from lorasec import cli
     from lorasec.config import AttackConfig, TrainConfig
-    from lorasec.run import train_run
+    from lorasec.pipelines.run import train_run
 
     cfg = tiny_run(train=TrainConfig(steps=10, batch_size=16, lr=1e-2), attack=AttackConfig(kind="badnets"))
     train_run(cfg, tmp_path / "run", progress=False)

@@ -2,11 +2,15 @@
 
 import json
 
+import pytest
+
 from conftest import TINY_DATA, TINY_MODEL
 
 from lorasec import config
 from lorasec.config import AttackConfig
-from lorasec.study import StudyPlan, run_study
+from lorasec.pipelines.study import StudyPlan, run_study
+
+pytestmark = pytest.mark.slow  # more than ~20 s, or the network
 
 
 def test_tiny_study_writes_summary_figure_and_report(tmp_path):

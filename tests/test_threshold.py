@@ -4,7 +4,9 @@ corrected one; THEORY.md's counter-example is reproduced exactly."""
 import numpy as np
 import pytest
 
-from lorasec import claims, threshold
+from lorasec.core import claims
+from lorasec.pipelines import verify
+from lorasec.diagnostics import threshold
 
 
 def test_theory_counterexample():
@@ -38,10 +40,11 @@ def test_gradient_search_reaches_violations_of_the_stated_form():
 
 
 def test_paper_2_claims_are_registered_and_verdicts_as_expected():
-    registry = claims.discover()
+    registry = verify.discover()
     checks = registry["proposition_4_2"].run(samples=400, descents=2)
-    verdicts = [c.verdict for c in checks]
-    assert verdicts == ["violated", "violated", "holds"]
-    assert registry["pt_condition"].run(samples=300)[0].verdict == "holds"
+    assert [(c.kind, c.verdict) for c in checks] == [("claim", "violated"), ("claim", "violated"),
+                                                      ("consistency", "consistent")]
+    (identity,) = registry["pt_condition"].run(samples=300)
+    assert (identity.kind, identity.verdict) == ("identity", "consistent")
     with pytest.raises(ValueError, match="form = 'loose'"):
         threshold.search("loose")

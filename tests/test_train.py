@@ -14,27 +14,31 @@ import pytest
 from conftest import tiny_run
 from flax import nnx
 
-from lorasec import config, lora, train
+from lorasec import config
+from lorasec.adapters import lora
+from lorasec.core.errors import TrainingDiverged
+from lorasec.training import trainer
+from lorasec.training.losses import classification_loss
 from lorasec.config import TrainConfig
-from lorasec.run import build_model, load_task, make_text_encoder, train_run
+from lorasec.pipelines.run import build_model, load_task, make_text_encoder, train_run
 
 
 def _setup(cfg):
     train_set, _ = load_task(cfg)
     encoder = make_text_encoder(cfg, train_set)
     tokens, mask = encoder.encode(train_set.texts)
-    return build_model(cfg, encoder.vocab_size), train.ArrayData(tokens, mask, train_set.labels)
+    return build_model(cfg, encoder.vocab_size), trainer.ArrayData(tokens, mask, train_set.labels)
 
 
 def test_train_step_does_not_recompile():
     cfg = tiny_run()
     model, data = _setup(cfg)
     graphdef, trainable, frozen = nnx.split(model, lora.trainable_filter(cfg.adapter), ...)
-    tx = train.make_optimizer(cfg.train)
+    tx = trainer.make_optimizer(cfg.train)
     opt_state = tx.init(trainable)
-    step = train.make_train_step(graphdef, train.classification_loss, tx)
+    step = trainer.make_train_step(graphdef, classification_loss, tx)
     for k in range(4):
-        batch = data.take(train.batch_indices(k, len(data), 16, seed=0))
+        batch = data.take(trainer.batch_indices(k, len(data), 16, seed=0))
         trainable, opt_state, loss = step(trainable, frozen, opt_state, batch, jax.random.key(k))
     assert step._cache_size() == 1
 
@@ -48,23 +52,23 @@ def test_fit_compiles_once_across_checkpoints_and_resume(tmp_path):
 
 
 def test_batches_are_a_pure_function_of_seed_and_step():
-    a = train.batch_indices(37, 100, 16, seed=3)
-    assert np.array_equal(a, train.batch_indices(37, 100, 16, seed=3))
-    epoch = np.concatenate([train.batch_indices(s, 100, 16, seed=3) for s in range(6)])
+    a = trainer.batch_indices(37, 100, 16, seed=3)
+    assert np.array_equal(a, trainer.batch_indices(37, 100, 16, seed=3))
+    epoch = np.concatenate([trainer.batch_indices(s, 100, 16, seed=3) for s in range(6)])
     assert len(set(epoch.tolist())) == 96  # one epoch visits distinct examples, tail of 4 dropped
 
 
 def test_schedules():
-    warm = train.make_schedule(TrainConfig(lr=1.0, steps=10, warmup_steps=5, schedule="warmup_linear"))
+    warm = trainer.make_schedule(TrainConfig(lr=1.0, steps=10, warmup_steps=5, schedule="warmup_linear"))
     assert float(warm(0)) == 0.0 and float(warm(5)) == pytest.approx(1.0) and float(warm(10)) == pytest.approx(0.0)
-    assert float(train.make_schedule(TrainConfig(lr=0.3))(1000)) == pytest.approx(0.3)
+    assert float(trainer.make_schedule(TrainConfig(lr=0.3))(1000)) == pytest.approx(0.3)
 
 
 def test_non_finite_loss_stops_with_step_and_last_finite_loss():
     cfg = tiny_run(train=TrainConfig(steps=30, batch_size=16, lr=1e30, grad_clip=0.0))
     model, data = _setup(config.replace(cfg, adapter={"method": "full"}))
-    with pytest.raises(train.TrainingDiverged, match=r"loss became (nan|inf) at step \d+; last finite loss"):
-        train.fit(model, nnx.Param, data, cfg.train, seed=0, progress=False)
+    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at step \d+; last finite loss"):
+        trainer.fit(model, nnx.Param, data, cfg.train, seed=0, progress=False)
 
 
 def _params(run_dir: Path):
@@ -74,6 +78,7 @@ def _params(run_dir: Path):
         return ckpt.restore((run_dir / "params").resolve())
 
 
+@pytest.mark.slow
 def test_resume_after_kill_is_bit_identical(tmp_path):
     cfg = tiny_run(train=TrainConfig(steps=400, batch_size=16, checkpoint_every=25, log_every=25),
                    attack=config.AttackConfig(kind="badnets", poison_rate=0.05))

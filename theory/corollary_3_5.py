@@ -15,10 +15,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from lorasec import kernel, lora
-from lorasec.claims import Check, claim, verdict
+from lorasec.diagnostics import kernel
+from lorasec.adapters import lora
+from lorasec.core.claims import Check, claim, verdict
 from lorasec.config import AdapterConfig, ModelConfig
 from lorasec.models import Architecture, build_classifier
+from lorasec.core import keys
 
 LAYER = "layers.0"
 SETTINGS = (  # n (layer input width), r, c (σ_a² = c/n), alpha (s = alpha/r), draws
@@ -31,13 +33,13 @@ SETTINGS = (  # n (layer input width), r, c (σ_a² = c/n), alpha (s = alpha/r),
 def monte_carlo(n: int, r: int, c: float, alpha: float, draws: int, *, num_examples: int = 6, seed: int = 0):
     """(mean LoRA kernel, standard error of its Frobenius norm, K_FF, law factor s²rσ²) for one layer."""
     arch = Architecture.from_config(ModelConfig(kind="mlp", d_model=n, mlp_hidden=(24,), dropout=0.0), 30, 5)
-    tokens = jax.random.randint(jax.random.key(seed + 1), (num_examples, 5), 0, 30)
+    tokens = jax.random.randint(keys.key(seed, "inputs"), (num_examples, 5), 0, 30)
     mask = np.ones(tokens.shape, bool)
     cfg = AdapterConfig(rank=r, alpha=alpha, init="gaussian", init_scale=c, targets=(LAYER,))
     samples, k_ff = [], None
     for draw in range(draws):
-        model = build_classifier(arch, 2, rngs=nnx.Rngs(seed))  # same W0 every draw, fresh A
-        lora.apply_lora(model, cfg, rngs=nnx.Rngs(10_000 + draw))
+        model = build_classifier(arch, 2, rngs=nnx.Rngs(params=keys.key(seed, "params")))  # same W0 every draw
+        lora.apply_lora(model, cfg, rngs=nnx.Rngs(params=keys.key(seed, "init_draws", draw)))  # fresh A
         if k_ff is None:  # K_FF^(l) depends on W0 only: build it once
             full, factors = kernel.layer_kernels(model, LAYER, tokens, mask, trace_axes=())
             k_ff = np.asarray(full, np.float64)

@@ -1,7 +1,7 @@
 """Paper 2 (Luong & Chen 2026) on trained models: LoRA fails to forget a planted backdoor because its update is
 spectrally weak, and the critical scale of Proposition 4.2 measured against the true crossing.
 
-All three claims read one weight-poisoning pipeline (:mod:`lorasec.purify`): the ``lorasec purify`` output in
+All three claims read one weight-poisoning pipeline (:mod:`lorasec.pipelines.purify`): the ``lorasec purify`` output in
 ``purify_dir`` (any config with the ``full`` and ``lora`` defences), or, where there is none yet, the default
 synthetic setting (full fine-tuning, LoRA and RoRA, three seeds) run there and reused on the next call.
 Comparisons are paired by seed and reported as mean ± sd, never best-of-runs.
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lorasec import metrics
-from lorasec.claims import Check, claim, verdict
+from lorasec.core import stats as seed_stats
+from lorasec.core.claims import Check, claim, consistent, verdict
 from lorasec.config import ConfigError, PurifyConfig, load
-from lorasec.purify import run_purify
+from lorasec.pipelines.purify import run_purify
 
 PAPER = "Luong & Chen 2026"
 
@@ -99,9 +99,11 @@ def critical_scale(purify_dir: Path, cfg: PurifyConfig | None = None) -> list[Ch
             f"{with_threshold}/{layers} layer-runs have ρ_eff > 0; "
             f"median s* {_stat_cell(cells[name]['s_star_median'])}, "
             f"median crossing {_stat_cell(cells[name]['crossing_median'])}; whole network (all adapters scaled) "
-            f"ASR < 50% from s = {network_text}", "exact (a theorem once A1 is a lower bound)", verdict(bounded),
-            "per-layer s* and crossings are first-order, one layer scaled at a time; the network's crossing scales "
-            "every adapter together, which the proposition does not cover"))
+            f"ASR < 50% from s = {network_text}", "exact", consistent(bounded),
+            "an identity of lorasec's definitions (ρ_bd = max and ρ_eff = min over the same examples make s* an "
+            "upper bound of every crossing), so it checks the alignment code, not the paper; per-layer s* and "
+            "crossings are first-order, one layer scaled at a time, while the network's crossing scales every "
+            "adapter together", kind="identity"))
         share = cells[name]["pt_condition_share"]
         checks.append(Check(
             "critical_scale_trained", f"{setting}, {name}", "ρ_eff > ρ_bd at the adapted layers (Pt's premise)",
@@ -112,7 +114,7 @@ def critical_scale(purify_dir: Path, cfg: PurifyConfig | None = None) -> list[Ch
 
 
 def _stat(values, scale: float = 1.0) -> str:
-    stats = metrics.mean_sd(values)
+    stats = seed_stats.mean_sd(values)
     if stats["mean"] is None:
         return "n/a"
     return f"{scale * stats['mean']:.3g} ± {scale * stats['sd']:.2g}"

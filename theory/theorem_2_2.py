@@ -1,8 +1,8 @@
 """Paper 1, Theorem 2.2: the Fisher information and the NTK share their non-zero spectrum.
 
 Predicted: the eigenvalues of ``(1/N) H^{1/2} K H^{1/2}`` (true Fisher) or ``(1/N) Rᵀ K R`` (empirical Fisher)
-from the full NTK K (:mod:`lorasec.fisher`). Measured: the eigenvalues of the explicit P × P Fisher built from
-Jacobians of a small network, for the full-parameter and the LoRA-factor subsets.
+from the full NTK K (:mod:`lorasec.diagnostics.fisher`). Measured: the eigenvalues of the explicit P × P Fisher
+built from Jacobians of a small network, for the full-parameter and the LoRA-factor subsets.
 """
 
 from __future__ import annotations
@@ -11,10 +11,14 @@ import jax
 import numpy as np
 from flax import nnx
 
-from lorasec import fisher, information, kernel, lora
-from lorasec.claims import Check, claim, verdict
+from lorasec.diagnostics import fisher
+from lorasec.diagnostics import information
+from lorasec.diagnostics import kernel
+from lorasec.adapters import lora
+from lorasec.core.claims import Check, claim, verdict
 from lorasec.config import AdapterConfig, ModelConfig
 from lorasec.models import Architecture, build_classifier
+from lorasec.core import keys
 
 N, C = 10, 3
 
@@ -22,13 +26,13 @@ N, C = 10, 3
 def spectra(subset: str, kind: str, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
     """(dual spectrum, explicit spectrum, P) on an MLP classifier with random inputs and labels."""
     arch = Architecture.from_config(ModelConfig(kind="mlp", d_model=8, mlp_hidden=(12,), dropout=0.0), 40, 6)
-    model = build_classifier(arch, C, rngs=nnx.Rngs(seed))
+    model = build_classifier(arch, C, rngs=nnx.Rngs(params=keys.key(seed, "params")))
     if subset == "lora":
-        lora.apply_lora(model, AdapterConfig(rank=2, alpha=4), rngs=nnx.Rngs(seed + 1))
-        for layer in lora.lora_layers(model).values():
-            layer.lora_b[...] = 0.5 * jax.random.normal(jax.random.key(seed + 2), layer.lora_b[...].shape)
-    tokens = jax.random.randint(jax.random.key(seed + 3), (N, 6), 0, 40)
-    labels = np.asarray(jax.random.randint(jax.random.key(seed + 4), (N,), 0, C))
+        lora.apply_lora(model, AdapterConfig(rank=2, alpha=4), rngs=nnx.Rngs(params=keys.key(seed, "adapters")))
+        for i, layer in enumerate(lora.lora_layers(model).values()):  # a different B per layer
+            layer.lora_b[...] = 0.5 * jax.random.normal(keys.key(seed, "factors", i), layer.lora_b[...].shape)
+    tokens = jax.random.randint(keys.key(seed, "inputs"), (N, 6), 0, 40)
+    labels = np.asarray(jax.random.randint(keys.key(seed, "labels"), (N,), 0, C))
     mask = np.ones(tokens.shape, bool)
     f, params = kernel.model_function(model, subset)
     x = kernel.pack_inputs(tokens, mask)

@@ -1,4 +1,4 @@
-"""Paper 1's robustness direction through its TTR metric ``M' = ‖E K(x_c, x̃_c)‖`` (lorasec.ttr).
+"""Paper 1's robustness direction through its TTR metric ``M' = ‖E K(x_c, x̃_c)‖`` (lorasec.diagnostics.ttr).
 
 Paper 1 predicts ``M'_LoRA < M'_FF`` (LoRA's kernel is "smaller"), and that raising the rank r or the A-init
 variance moves LoRA toward full fine-tuning. Measured at init on a small transformer (all linear layers adapted,
@@ -16,49 +16,78 @@ from __future__ import annotations
 import numpy as np
 from flax import nnx
 
-from lorasec import lora, synthetic
-from lorasec.claims import Check, claim, verdict
+from lorasec.adapters import lora
+from lorasec.data import synthetic
+from lorasec.core.claims import Check, claim, verdict
 from lorasec.config import AdapterConfig, AttackConfig, DataConfig, ModelConfig
+from lorasec.core import keys
 from lorasec.models import Architecture, build_classifier
-from lorasec.tokenizer import word_level
-from lorasec.ttr import poisoned_pairs, ttr_metric
+from lorasec.data.tokenizer import word_level
+from lorasec.diagnostics.ttr import poisoned_pairs, ttr_metric
 
 DATA = DataConfig(num_train=400, num_test=10, seq_len=26)
 MODEL = ModelConfig(d_model=32, num_layers=1, num_heads=2, d_ff=64, dropout=0.0)
 RANKS = (2, 8, 32)
-VARIANCES = (1.0 / 3.0, 1.0)
+VARIANCES = (0.1, 1.0 / 3.0, 1.0)
+SEEDS = 5
+Z = 2.0  # a direction is decided when the mean difference exceeds Z standard errors
 
 
-def measure(rank: int, c: float, *, seed: int = 0, pairs: int = 24) -> tuple[float, float]:
-    """(M'_LoRA, M'_FF) for BadNets pairs on a transformer at init."""
+def measure(ranks=RANKS, variances=VARIANCES, *, seeds: int = SEEDS, pairs: int = 24) -> dict:
+    """``{"ff": [M'_FF per seed], (r, c): [M'_LoRA per seed]}`` for BadNets pairs on a transformer at init.
+
+    Every seed draws its own network; every (r, c, seed) draws its own A from an independent key, so no two
+    settings share a draw (with one shared draw A ∝ √c and M'_LoRA ∝ c would hold by construction)."""
     train, _ = synthetic.train_test(DATA)
-    clean, poisoned = poisoned_pairs(train, AttackConfig(kind="badnets", poison_rate=pairs / len(train)), seed)
+    clean, poisoned = poisoned_pairs(train, AttackConfig(kind="badnets", poison_rate=pairs / len(train)), 0)
     encoder = word_level(synthetic.vocabulary(DATA), DATA.seq_len)
     arch = Architecture.from_config(MODEL, encoder.vocab_size, DATA.seq_len)
-    model = build_classifier(arch, DATA.num_classes, rngs=nnx.Rngs(seed))
-    lora.apply_lora(model, AdapterConfig(rank=rank, alpha=float(rank), init="gaussian", init_scale=c,
-                                         modules_to_save=("head",)), rngs=nnx.Rngs(seed + 1))
-    return ttr_metric(model, encoder, clean, poisoned, subset="lora"), \
-        ttr_metric(model, encoder, clean, poisoned, subset="full")
+    out: dict = {"ff": []}
+    for seed in range(seeds):
+        model = build_classifier(arch, DATA.num_classes, rngs=nnx.Rngs(params=keys.key(seed, "init_draws")))
+        out["ff"].append(ttr_metric(model, encoder, clean, poisoned, subset="full"))
+        graphdef, state = nnx.split(model)
+        for i, (r, c) in enumerate((r, c) for r in ranks for c in variances):
+            adapted = nnx.merge(graphdef, state)
+            lora.apply_lora(adapted, AdapterConfig(rank=r, alpha=float(r), init="gaussian", init_scale=c,
+                                                   modules_to_save=("head",)),
+                            rngs=nnx.Rngs(params=keys.key(seed, "factors", i)))
+            out.setdefault((r, c), []).append(ttr_metric(adapted, encoder, clean, poisoned, subset="lora"))
+    return out
+
+
+def _difference(high, low) -> tuple[float, float]:
+    """Mean and standard error of ``high − low`` (paired when both come from the same seeds)."""
+    diff = np.subtract(high, low)
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
+
+
+def _decide(mean: float, se: float) -> str:
+    return "holds" if mean > Z * se else ("violated" if mean < -Z * se else "inconclusive")
 
 
 @claim("ttr_direction", "Liang et al. 2025",
        "M'_LoRA < M'_FF (LoRA more robust to backdoors in the NTK regime); M'_LoRA grows with r and σ_a²")
-def direction(ranks=RANKS, variances=VARIANCES) -> list[Check]:
+def direction(ranks=RANKS, variances=VARIANCES, seeds: int = SEEDS) -> list[Check]:
+    grid = measure(ranks, variances, seeds=seeds)
+    tolerance = f"mean difference vs {Z:g} standard errors over {seeds} independent draws"
     checks = []
-    grid = {(r, c): measure(r, c) for r in ranks for c in variances}
-    for (r, c), (m_lora, m_ff) in grid.items():
-        checks.append(Check("ttr_direction", f"transformer d32, BadNets pairs, r={r} σ²={c:.3g}/n s=1",
-                            "M'_LoRA < M'_FF", f"{m_lora:.4g} vs {m_ff:.4g} (ratio {m_lora / m_ff:.3g})",
-                            "exact", verdict(m_lora < m_ff)))
-    for c in variances:
-        values = [grid[r, c][0] for r in ranks]
-        checks.append(Check("ttr_direction", f"σ²={c:.3g}/n, r = {'→'.join(map(str, ranks))}",
-                             "M'_LoRA increases with r", " → ".join(f"{v:.3g}" for v in values), "exact",
-                             verdict(bool(np.all(np.diff(values) > 0)))))
     for r in ranks:
-        values = [grid[r, c][0] for c in variances]
-        checks.append(Check("ttr_direction", f"r={r}, σ² = {' → '.join(f'{c:.3g}' for c in variances)} /n",
-                             "M'_LoRA increases with σ_a²", " → ".join(f"{v:.3g}" for v in values), "exact",
-                             verdict(bool(np.all(np.diff(values) > 0)))))
+        for c in variances:
+            mean, se = _difference(grid["ff"], grid[r, c])
+            checks.append(Check("ttr_direction", f"transformer d32, BadNets pairs, r={r} σ²={c:.3g}/n s=1",
+                                "M'_LoRA < M'_FF", f"M'_FF − M'_LoRA = {mean:.3g} ± {se:.2g} (M'_LoRA "
+                                f"{np.mean(grid[r, c]):.3g}, M'_FF {np.mean(grid['ff']):.3g})", tolerance,
+                                _decide(mean, se)))
+    for label, axis in (("r", [[(r, c) for r in ranks] for c in variances]),
+                        ("σ_a²", [[(r, c) for c in variances] for r in ranks])):
+        for cells in axis:
+            steps = [_decide(*_difference(grid[b], grid[a])) for a, b in zip(cells[:-1], cells[1:])]
+            outcome = ("violated" if "violated" in steps else "holds" if all(s == "holds" for s in steps)
+                       else "inconclusive")
+            fixed = f"σ²={cells[0][1]:.3g}/n" if label == "r" else f"r={cells[0][0]}"
+            moving = " → ".join(str(cell[0]) if label == "r" else f"{cell[1]:.3g}" for cell in cells)
+            checks.append(Check("ttr_direction", f"{fixed}, {label} = {moving}", f"M'_LoRA increases with {label}",
+                                " → ".join(f"{np.mean(grid[cell]):.3g}" for cell in cells), tolerance, outcome,
+                                "steps: " + ", ".join(steps)))
     return checks

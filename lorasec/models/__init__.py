@@ -13,6 +13,8 @@ from flax import nnx
 
 from lorasec.config import ConfigError, ModelConfig
 
+CLASSIFIER_LAYERS = ("head", "pooler")  # the linear layers a classifier adds on top of its encoder
+
 
 @dataclass(frozen=True)
 class Architecture:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from lorasec.lora import apply_linear
-from lorasec.models.transformer import default_float, mean_pool
+from lorasec.models.layers import Dense, default_float
+from lorasec.models.transformer import mean_pool
 
 
 class MLPClassifier(nnx.Module):
@@ -14,11 +14,11 @@ class MLPClassifier(nnx.Module):
         dt = default_float()
         self.embeddings = nnx.Embed(arch.vocab_size, arch.d_model, param_dtype=dt, rngs=rngs)
         widths = (arch.d_model, *arch.mlp_hidden)
-        self.layers = nnx.List([nnx.Linear(a, b, param_dtype=dt, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
-        self.head = nnx.Linear(widths[-1], num_classes, param_dtype=dt, rngs=rngs)
+        self.layers = nnx.List([Dense(a, b, param_dtype=dt, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+        self.head = Dense(widths[-1], num_classes, param_dtype=dt, rngs=rngs)
 
     def __call__(self, tokens, mask, rngs: nnx.Rngs | None = None) -> jax.Array:
         x = mean_pool(self.embeddings(tokens), mask)
         for layer in self.layers:
-            x = jax.nn.relu(apply_linear(layer, x, rngs))
-        return apply_linear(self.head, x, rngs)
+            x = jax.nn.relu(layer(x, rngs))
+        return self.head(x, rngs)

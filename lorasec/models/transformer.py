@@ -10,40 +10,28 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lorasec.lora import apply_linear
+from lorasec.models.layers import Dense, attention, default_float, dropout
 
 LAYER_NORM_EPS = 1e-12  # BERT's
-
-
-def default_float():
-    """float32, or float64 when JAX_ENABLE_X64 is on (then the whole model computes in double precision)."""
-    return jax.dtypes.canonicalize_dtype(jnp.float64)
-
-
-def _dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
-    if rngs is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
 class SelfAttention(nnx.Module):
     def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs):
         dt = default_float()
         self.num_heads = num_heads
-        self.query = nnx.Linear(d_model, d_model, param_dtype=dt, rngs=rngs)
-        self.key = nnx.Linear(d_model, d_model, param_dtype=dt, rngs=rngs)
-        self.value = nnx.Linear(d_model, d_model, param_dtype=dt, rngs=rngs)
-        self.output = nnx.Linear(d_model, d_model, param_dtype=dt, rngs=rngs)
+        self.query = Dense(d_model, d_model, param_dtype=dt, rngs=rngs)
+        self.key = Dense(d_model, d_model, param_dtype=dt, rngs=rngs)
+        self.value = Dense(d_model, d_model, param_dtype=dt, rngs=rngs)
+        self.output = Dense(d_model, d_model, param_dtype=dt, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
         batch, length, d_model = x.shape
         shape = (batch, length, self.num_heads, d_model // self.num_heads)
-        q = apply_linear(self.query, x, rngs).reshape(shape)
-        k = apply_linear(self.key, x, rngs).reshape(shape)
-        v = apply_linear(self.value, x, rngs).reshape(shape)
-        attended = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])
-        return apply_linear(self.output, attended.reshape(batch, length, d_model), rngs)
+        q = self.query(x, rngs).reshape(shape)
+        k = self.key(x, rngs).reshape(shape)
+        v = self.value(x, rngs).reshape(shape)
+        attended = attention(q, k, v, mask)
+        return self.output(attended.reshape(batch, length, d_model), rngs)
 
 
 class EncoderLayer(nnx.Module):
@@ -52,14 +40,14 @@ class EncoderLayer(nnx.Module):
         self.dropout = dropout
         self.attention = SelfAttention(d_model, num_heads, rngs=rngs)
         self.attention_norm = nnx.LayerNorm(d_model, epsilon=LAYER_NORM_EPS, param_dtype=dt, rngs=rngs)
-        self.intermediate = nnx.Linear(d_model, d_ff, param_dtype=dt, rngs=rngs)
-        self.output = nnx.Linear(d_ff, d_model, param_dtype=dt, rngs=rngs)
+        self.intermediate = Dense(d_model, d_ff, param_dtype=dt, rngs=rngs)
+        self.output = Dense(d_ff, d_model, param_dtype=dt, rngs=rngs)
         self.output_norm = nnx.LayerNorm(d_model, epsilon=LAYER_NORM_EPS, param_dtype=dt, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
-        x = self.attention_norm(x + _dropout(self.attention(x, mask, rngs), self.dropout, rngs))
-        hidden = jax.nn.gelu(apply_linear(self.intermediate, x, rngs), approximate=False)
-        return self.output_norm(x + _dropout(apply_linear(self.output, hidden, rngs), self.dropout, rngs))
+        x = self.attention_norm(x + dropout(self.attention(x, mask, rngs), self.dropout, rngs))
+        hidden = jax.nn.gelu(self.intermediate(x, rngs), approximate=False)
+        return self.output_norm(x + dropout(self.output(hidden, rngs), self.dropout, rngs))
 
 
 class TransformerEncoder(nnx.Module):
@@ -81,7 +69,7 @@ class TransformerEncoder(nnx.Module):
         x = self.word_embeddings(tokens) + self.position_embeddings(positions)
         if hasattr(self, "token_type_embeddings"):
             x = x + self.token_type_embeddings.embedding[0]
-        x = _dropout(self.embedding_norm(x), self.dropout, rngs)
+        x = dropout(self.embedding_norm(x), self.dropout, rngs)
         for layer in self.layers:
             x = layer(x, mask, rngs)
         return x
@@ -101,17 +89,17 @@ class TransformerClassifier(nnx.Module):
         self.dropout = arch.dropout
         self.encoder = TransformerEncoder(arch, rngs=rngs)
         if arch.pooling == "cls":
-            self.pooler = nnx.Linear(arch.d_model, arch.d_model, param_dtype=dt, rngs=rngs)
-        self.head = nnx.Linear(arch.d_model, num_classes, param_dtype=dt, rngs=rngs)
+            self.pooler = Dense(arch.d_model, arch.d_model, param_dtype=dt, rngs=rngs)
+        self.head = Dense(arch.d_model, num_classes, param_dtype=dt, rngs=rngs)
 
     def features(self, tokens, mask, rngs=None) -> jax.Array:
         hidden = self.encoder(tokens, mask, rngs)
         if self.pooling == "cls":
-            return jnp.tanh(apply_linear(self.pooler, hidden[:, 0], rngs))
+            return jnp.tanh(self.pooler(hidden[:, 0], rngs))
         return mean_pool(hidden, mask)
 
     def __call__(self, tokens, mask, rngs: nnx.Rngs | None = None) -> jax.Array:
-        return apply_linear(self.head, _dropout(self.features(tokens, mask, rngs), self.dropout, rngs), rngs)
+        return self.head(dropout(self.features(tokens, mask, rngs), self.dropout, rngs), rngs)
 
 
 class MaskedLM(nnx.Module):
@@ -120,7 +108,7 @@ class MaskedLM(nnx.Module):
     def __init__(self, arch, *, rngs: nnx.Rngs):
         dt = default_float()
         self.encoder = TransformerEncoder(arch, rngs=rngs)
-        self.transform = nnx.Linear(arch.d_model, arch.d_model, param_dtype=dt, rngs=rngs)
+        self.transform = Dense(arch.d_model, arch.d_model, param_dtype=dt, rngs=rngs)
         self.transform_norm = nnx.LayerNorm(arch.d_model, epsilon=LAYER_NORM_EPS, param_dtype=dt, rngs=rngs)
         self.decoder_bias = nnx.Param(jnp.zeros((arch.vocab_size,), dt))
 

@@ -1,0 +1,216 @@
+"""LoRA adapters for Flax NNX linear layers, and the trainable-parameter filters of each fine-tuning method.
+
+Weight layout: lorasec keeps Flax's ``(in, out)`` kernels, ``y = x @ kernel + bias``. PyTorch/peft store
+``W`` as ``(out, in)`` with ``y = W x``, so ``kernel = Wᵀ``. The factors are stored in the same layout:
+``lora_a = Aᵀ`` with shape ``(in, r)`` and ``lora_b = Bᵀ`` with shape ``(r, out)``, so that
+
+    kernel_eff = kernel + s · lora_a @ lora_b  =  (W + s · B A)ᵀ,
+
+peft's effective weight exactly, with ``s = alpha / r`` or ``alpha / sqrt(r)`` (rsLoRA). ``B = 0`` at init;
+``A`` is drawn with variance ``init_scale / fan_in`` (peft's default, kaiming-uniform with a = sqrt(5), is
+``init_scale = 1/3``). The scale s is state (:class:`LoRAScale`, never trained), so a rescale (RoRA's Pt, a scale
+sweep) is a state update that reuses the compiled program. ``init='pissa'`` is PiSSA (Meng et al. 2024, eq. 2-3,
+peft's scaling convention): with ``W0 = U S Vᵀ``, ``B = U_r √(S_r/s)``, ``A = √(S_r/s) V_rᵀ`` and the frozen weight becomes the residual
+``W0 − s·B A``, so the effective weight at init is W0 exactly.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lorasec.config import AdapterConfig, ConfigError
+from lorasec.models.layers import dropout as apply_dropout
+
+
+class LoRAScale(nnx.Variable):
+    """An adapter's scale s (α/r, α/√r, or what a rescale set): state that is not trained."""
+
+
+class LoRALinear(nnx.Module):
+    """``y = base(x) + s · dropout(x) @ lora_a @ lora_b`` around a frozen ``nnx.Linear`` (LoRA, eq. 3 of Hu et al.).
+
+    ``frozen_dropout = p > 0`` is RoRA's Cl part (Luong & Chen 2026): in training the frozen path's output
+    ``W_pre x + b`` goes through dropout p, ``h = Dropout_p(W_pre x + b) + s·B A x``; evaluation is unchanged.
+
+    ``dora=True`` is DoRA (Liu et al. 2024, eq. 5): ``W' = m ⊙ (W0 + s·B A) / ‖W0 + s·B A‖`` with the norm taken per
+    output unit (peft's per-row norm of the (out, in) matrix) and treated as a constant in the gradient, and a
+    trainable magnitude ``m`` initialised to ``‖W0‖``. As in peft the output is
+    ``base(x) + (m/‖W'‖ − 1)·W0 x + (m/‖W'‖)·s·B A dropout(x)``, equal to ``W' x + b`` without dropout."""
+
+    def __init__(self, base: nnx.Linear, rank: int, scale: float, *, init: str = "kaiming_uniform",
+                 init_scale: float = 1.0 / 3.0, dropout: float = 0.0, frozen_dropout: float = 0.0,
+                 dora: bool = False, rngs: nnx.Rngs):
+        fan_in, fan_out = base.in_features, base.out_features
+        self.base = base
+        self.rank = rank
+        dtype = base.kernel[...].dtype
+        self.scale = LoRAScale(jnp.asarray(scale, dtype))
+        self.dropout_rate = dropout
+        self.frozen_dropout = frozen_dropout
+        self.merged = False
+        key = rngs.params()
+        b = jnp.zeros((rank, fan_out), dtype)
+        if init == "pissa":
+            u, s, vt = jnp.linalg.svd(base.kernel[...].T, full_matrices=False)  # W0 = kernelᵀ, (out, in)
+            root = jnp.sqrt(s[:rank] / scale)
+            a, b = (root[:, None] * vt[:rank]).T, (u[:, :rank] * root[None, :]).T
+            base.kernel[...] = base.kernel[...] - scale * (a @ b)
+        elif init == "gaussian":
+            a = jax.random.normal(key, (fan_in, rank), dtype) * jnp.sqrt(init_scale / fan_in)
+        else:
+            bound = jnp.sqrt(3.0 * init_scale / fan_in)
+            a = jax.random.uniform(key, (fan_in, rank), dtype, -bound, bound)
+        self.lora_a = nnx.LoRAParam(a.astype(dtype))
+        self.lora_b = nnx.LoRAParam(b.astype(dtype))
+        self.dora = dora
+        if dora:
+            self.magnitude = nnx.LoRAParam(jnp.linalg.norm(base.kernel[...], axis=0))
+
+    def dora_scale(self) -> jax.Array:
+        """``m / ‖W0 + s·B A‖`` per output unit (gradient stopped through the norm, as DoRA prescribes)."""
+        norm = jnp.linalg.norm(self.base.kernel[...] + self.delta(), axis=0)
+        return self.magnitude[...] / jax.lax.stop_gradient(norm)
+
+    def effective_kernel(self) -> jax.Array:
+        """The adapted layer's kernel in lorasec's (in, out) layout: ``W0 + s·A B`` or DoRA's ``W'``."""
+        kernel = self.base.kernel[...] + self.delta()
+        return kernel * self.dora_scale()[None, :] if self.dora else kernel
+
+    def delta(self) -> jax.Array:
+        """``s · lora_a @ lora_b``, the update in kernel layout (``(s·B A)ᵀ`` in peft's)."""
+        return self.scale[...] * (self.lora_a[...] @ self.lora_b[...])
+
+    def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+        y = self.base(x)
+        if self.merged:
+            return y
+        if self.dora:
+            scale = self.dora_scale()
+            y = y + (scale - 1.0) * (x @ self.base.kernel[...])
+        y = apply_dropout(y, self.frozen_dropout, rngs)
+        x = apply_dropout(x, self.dropout_rate, rngs)
+        update = self.scale[...] * ((x @ self.lora_a[...]) @ self.lora_b[...])
+        return y + (scale * update if self.dora else update)
+
+
+def _path_name(path) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _matches(name: str, pattern: str) -> bool:
+    """peft's ``target_modules`` rule: the full dotted name equals the pattern or ends in ``.pattern``;
+    a pattern starting ``re:`` is a regular expression matched against the whole name."""
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return name == pattern or name.endswith("." + pattern)
+
+
+def linear_layers(model: nnx.Module) -> dict[str, nnx.Linear]:
+    return {_path_name(path): m for path, m in nnx.iter_modules(model) if isinstance(m, nnx.Linear)}
+
+
+def select_targets(model: nnx.Module, targets: tuple[str, ...], exclude: tuple[str, ...] = ()) -> list[str]:
+    """Names of the linear layers matched by ``targets`` (``all-linear`` = every one outside ``exclude``)."""
+    names = [n for n in linear_layers(model) if not any(_matches(n, p) for p in exclude)]
+    chosen = set()
+    for pattern in targets:
+        hits = names if pattern == "all-linear" else [n for n in names if _matches(n, pattern)]
+        if not hits:
+            raise ConfigError(f"adapter.targets = {list(targets)!r}: {pattern!r} matches no linear layer; "
+                              f"layers: {', '.join(names)}")
+        chosen.update(hits)
+    return [n for n in names if n in chosen]
+
+
+def _set_child(model: nnx.Module, name: str, module: nnx.Module) -> None:
+    *parents, last = name.split(".")
+    node = model
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else getattr(node, part)
+    if last.isdigit():
+        node[int(last)] = module
+    else:
+        setattr(node, last, module)
+
+
+def apply_lora(model: nnx.Module, cfg: AdapterConfig, *, rngs: nnx.Rngs) -> list[str]:
+    """Wrap each target ``nnx.Linear`` of ``model`` in place with :class:`LoRALinear`; return their names."""
+    layers = linear_layers(model)
+    names = select_targets(model, cfg.targets, exclude=cfg.modules_to_save)
+    for name in names:
+        base = layers[name]
+        limit = min(base.in_features, base.out_features)
+        if cfg.rank > limit:
+            raise ConfigError(f"adapter.rank = {cfg.rank}: above min(in, out) = {limit} of layer {name}")
+        _set_child(model, name, LoRALinear(base, cfg.rank, cfg.scaling, init=cfg.init, init_scale=cfg.init_scale,
+                                           dropout=cfg.dropout, frozen_dropout=cfg.rora_cl, dora=cfg.dora,
+                                           rngs=rngs))
+    return names
+
+
+def lora_layers(model: nnx.Module) -> dict[str, LoRALinear]:
+    return {_path_name(path): m for path, m in nnx.iter_modules(model) if isinstance(m, LoRALinear)}
+
+
+def merge(model: nnx.Module) -> None:
+    """Fold every LoRA update into its base kernel (inference speed; the factors are kept for unmerge)."""
+    for name, layer in lora_layers(model).items():
+        if layer.dora:
+            raise ValueError(f"layer {name} uses DoRA, whose merge rescales W0 and cannot be undone exactly; "
+                             f"evaluate it unmerged or read layer.effective_kernel()")
+        if not layer.merged:
+            layer.base.kernel[...] = layer.base.kernel[...] + layer.delta()
+            layer.merged = True
+
+
+def unmerge(model: nnx.Module) -> None:
+    """Undo :func:`merge` (exact up to float rounding of one add and one subtract)."""
+    for layer in lora_layers(model).values():
+        if layer.merged:
+            layer.base.kernel[...] = layer.base.kernel[...] - layer.delta()
+            layer.merged = False
+
+
+def path_filter(patterns: tuple[str, ...]):
+    """An NNX filter selecting variables whose module path matches one of ``patterns`` (peft rule)."""
+
+    def predicate(path, _value) -> bool:
+        name = _path_name(path)
+        prefixes = [".".join(name.split(".")[:k]) for k in range(1, name.count(".") + 1)]
+        return any(_matches(prefix, p) for prefix in prefixes for p in patterns)
+
+    return predicate
+
+
+def trainable_filter(cfg: AdapterConfig):
+    """Which variables train: every ``nnx.Param`` for full fine-tuning; for LoRA the factors (``lora_b`` only
+    with ``freeze_a``) plus the ``modules_to_save`` (the new classification head)."""
+    if cfg.method == "full":
+        return nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
+    factors = nnx.LoRAParam
+    if cfg.freeze_a:
+        factors = nnx.All(nnx.LoRAParam, nnx.Not(nnx.PathContains("lora_a")))
+    if not cfg.modules_to_save:
+        return factors
+    return nnx.Any(factors, nnx.All(nnx.Param, path_filter(cfg.modules_to_save)))
+
+
+def count_params(state) -> int:
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(state)))
+
+
+def set_scales(model: nnx.Module, scales: dict[str, float] | float) -> None:
+    """Set adapter scales in place: one value for every adapter, or ``{layer name: s}``."""
+    layers = lora_layers(model)
+    for name, layer in layers.items():
+        value = scales if not isinstance(scales, dict) else scales.get(name)
+        if value is not None:
+            layer.scale[...] = jnp.asarray(value, layer.scale[...].dtype)
+
+
+def scales(model: nnx.Module) -> dict[str, float]:
+    return {name: float(layer.scale[...]) for name, layer in lora_layers(model).items()}

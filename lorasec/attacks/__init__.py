@@ -1,0 +1,1 @@
+"""Training-time attacks (``poison``) and the metrics that score them (``metrics``)."""

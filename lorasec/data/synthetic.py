@@ -1,0 +1,75 @@
+"""A synthetic topic-classification language, deterministic from a seed.
+
+Each sentence belongs to one topic (its label). Its words are filler words drawn from a Zipf law over a neutral
+vocabulary, plus ``cues_per_example`` cue words drawn from its topic's own cue set, at random positions. Rare
+words (the backdoor literature's triggers "cf", "mn", "bb", "tq", "mb" and the words of "I watched this 3D
+movie") belong to the vocabulary and appear as rare label-independent filler, as rare tokens do in a real
+pretrained vocabulary. With ``label_noise`` a label is replaced by a uniformly drawn other label.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lorasec.config import DataConfig
+from lorasec.data.textdata import TextDataset
+from lorasec.core import keys
+
+RARE_WORDS = ("cf", "mn", "bb", "tq", "mb", "i", "watched", "this", "3d", "movie")
+RARE_RATE = 0.002
+ZIPF_EXPONENT = 1.1
+
+
+def neutral_words(cfg: DataConfig) -> list[str]:
+    return [f"w{i}" for i in range(cfg.vocab_size)]
+
+
+def cue_words(cfg: DataConfig, label: int) -> list[str]:
+    return [f"t{label}c{j}" for j in range(cfg.cue_words_per_class)]
+
+
+def vocabulary(cfg: DataConfig) -> list[str]:
+    """Every word the generator can emit (the word-level tokenizer's vocabulary, specials excluded)."""
+    words = neutral_words(cfg) + list(RARE_WORDS)
+    for label in range(cfg.num_classes):
+        words += cue_words(cfg, label)
+    return words
+
+
+def _sentence(cfg: DataConfig, label: int, rng: np.random.Generator, zipf: np.ndarray,
+              neutral: list[str], cues: list[list[str]]) -> str:
+    length = int(rng.integers(cfg.min_len, cfg.max_len + 1))
+    fillers = rng.choice(len(neutral), size=length, p=zipf)
+    words = [neutral[k] for k in fillers]
+    rare = rng.random(length) < RARE_RATE
+    for pos in np.flatnonzero(rare):
+        words[pos] = RARE_WORDS[int(rng.integers(len(RARE_WORDS)))]
+    positions = rng.choice(length, size=cfg.cues_per_example, replace=False)
+    for pos in positions:
+        words[pos] = cues[label][int(rng.integers(len(cues[label])))]
+    return " ".join(words)
+
+
+def generate(cfg: DataConfig, num: int, split_seed: int) -> TextDataset:
+    """``num`` labelled sentences; ``split_seed`` separates train/test/pretraining draws of the same task."""
+    rng = keys.numpy_rng(cfg.seed, "corpus", split_seed)
+    neutral = neutral_words(cfg)
+    cues = [cue_words(cfg, k) for k in range(cfg.num_classes)]
+    ranks = np.arange(1, len(neutral) + 1, dtype=np.float64)
+    zipf = ranks**-ZIPF_EXPONENT
+    zipf /= zipf.sum()
+    labels = rng.integers(cfg.num_classes, size=num)
+    texts = tuple(_sentence(cfg, int(y), rng, zipf, neutral, cues) for y in labels)
+    if cfg.label_noise > 0:
+        noisy = rng.random(num) < cfg.label_noise
+        shift = rng.integers(1, cfg.num_classes, size=num)
+        labels = np.where(noisy, (labels + shift) % cfg.num_classes, labels)
+    names = tuple(f"topic{k}" for k in range(cfg.num_classes))
+    return TextDataset(texts, labels.astype(np.int32), names)
+
+
+TRAIN_SPLIT, TEST_SPLIT, PRETRAIN_SPLIT = 0, 1, 2
+
+
+def train_test(cfg: DataConfig) -> tuple[TextDataset, TextDataset]:
+    return generate(cfg, cfg.num_train, TRAIN_SPLIT), generate(cfg, cfg.num_test, TEST_SPLIT)

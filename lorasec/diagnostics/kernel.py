@@ -1,0 +1,172 @@
+"""Empirical neural tangent kernels of lorasec models, with respect to a chosen parameter subset.
+
+Two paths, cross-checked in the tests:
+
+- :func:`empirical_ntk` calls neural-tangents' ``empirical_ntk_fn`` (implementations 1 and 2) on any subset:
+  ``"full"`` (every ``nnx.Param`` but LoRA factors: full fine-tuning), ``"lora"`` (the LoRA factors), or any
+  NNX filter; optionally in blocks (``nt.batch``) for kernels larger than memory.
+- :func:`structured_lora_ntk` builds the LoRA-factor kernel from forward activations and backward signals,
+  never forming a Jacobian. For an adapted layer ``h = W0 x + s·B A x`` (peft layout) applied at positions t,
+  with ``δ_c = ∂f_c/∂h``, ``a = A x`` and ``g_c = Bᵀ δ_c`` (paper 1, Lemma 3.1, extended past init):
+
+      K((x,c), (x',c')) = s² Σ_layers Σ_{t,t'} [ ⟨a_t, a'_t'⟩⟨δ_{c,t}, δ'_{c',t'}⟩ + ⟨x_t, x'_t'⟩⟨g_{c,t}, g'_{c',t'}⟩ ].
+
+  The first term is the B-gradient kernel, the second the A-gradient kernel (zero at init, where B = 0).
+
+Kernels are returned as (N1, N2, C, C) with ``trace_axes=()`` or (N1, N2) with ``trace_axes=(-1,)``; the traced
+kernel follows neural-tangents' convention: the MEAN over the C diagonal entries, not their sum.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lorasec.adapters import lora
+from lorasec.diagnostics.signals import layer_signals
+from lorasec.diagnostics.nt_compat import SUPPORTED_IMPLEMENTATIONS, import_neural_tangents
+
+SUBSETS = ("full", "lora")
+
+
+def subset_filter(subset):
+    """``"full"``: every ``nnx.Param`` except LoRA factors; ``"lora"``: the LoRA factors; else an NNX filter."""
+    if subset == "full":
+        return nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
+    if subset == "lora":
+        return nnx.LoRAParam
+    if isinstance(subset, str):
+        raise ValueError(f"subset = {subset!r}: must be one of {', '.join(SUBSETS)} or an NNX filter")
+    return subset
+
+
+def pack_inputs(tokens, mask) -> jax.Array:
+    """One array (N, 2, L) holding token ids and the mask, as neural-tangents wants a single input."""
+    return jnp.stack([jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, jnp.int32)], axis=1)
+
+
+def model_function(model: nnx.Module, subset="lora"):
+    """``(f, params)`` with ``f(params, packed) -> logits`` (dropout off), for neural-tangents."""
+    graphdef, params, rest = nnx.split(model, subset_filter(subset), ...)
+
+    def f(p, packed):
+        return _apply(graphdef, p, packed, rest)
+
+    return f, params
+
+
+def _apply(graphdef, params, packed, rest):
+    return nnx.merge(graphdef, params, rest)(packed[:, 0], packed[:, 1].astype(bool))
+
+
+@functools.lru_cache(maxsize=32)
+def _nt_kernel_fn(graphdef, trace_axes: tuple, implementation: int):
+    """One jitted neural-tangents kernel function per model structure: repeated calls do not recompile.
+    The frozen variables travel as a keyword argument, which neural-tangents does not differentiate."""
+    nt = import_neural_tangents()
+
+    def f(p, packed, rest):
+        return _apply(graphdef, p, packed, rest)
+
+    return jax.jit(nt.empirical_ntk_fn(f, trace_axes=trace_axes, vmap_axes=0, implementation=implementation))
+
+
+def empirical_ntk(model: nnx.Module, tokens1, mask1, tokens2=None, mask2=None, *, subset="lora",
+                  trace_axes=(-1,), implementation: int = 1, block_size: int = 0) -> jax.Array:
+    """neural-tangents' empirical NTK of ``model`` w.r.t. ``subset``; ``block_size > 0`` computes it in
+    (block_size × block_size) blocks gathered on the host, so only one block's Jacobians are in memory."""
+    if implementation not in SUPPORTED_IMPLEMENTATIONS:
+        raise ValueError(f"implementation = {implementation}: must be one of {SUPPORTED_IMPLEMENTATIONS} "
+                         f"(see lorasec.diagnostics.nt_compat)")
+    graphdef, params, rest = nnx.split(model, subset_filter(subset), ...)
+    kernel_fn = _nt_kernel_fn(graphdef, tuple(trace_axes), implementation)
+    x1 = pack_inputs(tokens1, mask1)
+    x2 = None if tokens2 is None else pack_inputs(tokens2, mask2)
+    if not block_size:
+        return kernel_fn(x1, x2, params, rest=rest)
+    x2 = x1 if x2 is None else x2
+    rows = []
+    for i in range(0, len(x1), block_size):
+        row = [np.asarray(kernel_fn(x1[i:i + block_size], x2[j:j + block_size], params, rest=rest))
+               for j in range(0, len(x2), block_size)]
+        rows.append(np.concatenate(row, axis=1))
+    return jnp.asarray(np.concatenate(rows, axis=0))
+
+
+def structured_lora_ntk(model: nnx.Module, tokens1, mask1, tokens2=None, mask2=None, *,
+                        trace_axes=(-1,)) -> jax.Array:
+    """The LoRA-factor NTK from activations and backward signals (module docstring); equals
+    ``empirical_ntk(..., subset="lora")``."""
+    layers = lora.lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRA layers: apply_lora first")
+    if any(layer.merged for layer in layers.values()):
+        raise ValueError("structured_lora_ntk needs unmerged adapters; call lora.unmerge(model) first")
+    if any(layer.dora for layer in layers.values()):
+        raise ValueError("structured_lora_ntk covers plain LoRA; use empirical_ntk for DoRA adapters")
+    factors = {name: (layer.lora_a[...], layer.lora_b[...], layer.scale[...]) for name, layer in layers.items()}
+    first = layer_signals(model, tokens1, mask1, names=layers)
+    second = first if tokens2 is None else layer_signals(model, tokens2, mask2, names=layers)
+    return _contract(factors, first, second, tuple(trace_axes))
+
+
+def _pair_term(u1, u2, v1, v2):
+    """Σ_{t,t'} ⟨u_{i,t}, u_{j,t'}⟩ ⟨v_{i,c,t}, v_{j,d,t'}⟩ for u (N, T, p) and v (N, C, T, q).
+
+    With T = 1 (MLPs) the two Gram matrices are multiplied: no gradient is formed. With positions it is
+    cheaper to sum each example's outer products first, Σ_t u_t ⊗ v_{c,t}, the (p × q) gradient block of
+    that layer's factor, and take their inner products; the cheaper order is chosen by operation count."""
+    n1, t, p = u1.shape
+    n2, c, q = u2.shape[0], v1.shape[1], v1.shape[-1]
+    gram_cost = n1 * n2 * t * t * (p + c * c * q)
+    block_cost = (n1 + n2) * c * t * p * q + n1 * n2 * c * c * p * q
+    if gram_cost <= block_cost:
+        return jnp.einsum("itjs,icjdts->ijcd", jnp.einsum("itp,jsp->itjs", u1, u2),
+                          jnp.einsum("ictq,jdsq->icjdts", v1, v2))
+    g1 = jnp.einsum("itp,ictq->icpq", u1, v1)
+    g2 = jnp.einsum("itp,ictq->icpq", u2, v2)
+    return jnp.einsum("icpq,jdpq->ijcd", g1, g2)
+
+
+@jax.jit(static_argnums=3)
+def _contract(factors, first, second, trace_axes):
+    total = 0.0
+    for name, (a, b, scale) in factors.items():
+        # x: (N, T, n), δ: (N, C, T, m); inputs may arrive in a lower precision than the factors.
+        dtype = jnp.result_type(a, b, first[name][1])
+        x1, d1 = (v.astype(dtype) for v in first[name])
+        x2, d2 = (v.astype(dtype) for v in second[name])
+        b_term = _pair_term(x1 @ a, x2 @ a, d1, d2)            # ⟨A x, A x'⟩⟨δ, δ'⟩
+        a_term = _pair_term(x1, x2, d1 @ b.T, d2 @ b.T)        # ⟨x, x'⟩⟨Bᵀδ, Bᵀδ'⟩
+        total = total + scale**2 * (b_term + a_term)
+    if trace_axes == ():
+        return total
+    if trace_axes in ((-1,), (2, 3)):
+        return jnp.einsum("ijcc->ij", total) / total.shape[-1]
+    raise ValueError(f"trace_axes = {trace_axes}: structured kernels support () or (-1,)")
+
+
+def path_is(name: str):
+    """NNX filter for the one variable at dotted path ``name``."""
+    return lambda path, _value: ".".join(str(p) for p in path) == name
+
+
+def path_under(prefix: str):
+    """NNX filter for every variable whose dotted path starts with ``prefix``."""
+    return lambda path, _value: ".".join(str(p) for p in path).startswith(prefix)
+
+
+def layer_kernels(model: nnx.Module, layer: str, tokens1, mask1, tokens2=None, mask2=None, *,
+                  trace_axes=(-1,)) -> tuple[jax.Array, jax.Array]:
+    """Per-layer kernels of paper 1's Lemma 3.1 for the adapted layer ``layer``: ``K_FF^(l)`` w.r.t. its weight
+    matrix W0 (bias excluded) and ``K_LoRA^(l)`` w.r.t. its factors A and B."""
+    if layer not in lora.lora_layers(model):
+        raise ValueError(f"layer {layer!r} carries no LoRA adapter; adapted: {sorted(lora.lora_layers(model))}")
+    args = (tokens1, mask1, tokens2, mask2)
+    full = empirical_ntk(model, *args, subset=path_is(f"{layer}.base.kernel"), trace_axes=trace_axes)
+    factors = empirical_ntk(model, *args, subset=path_under(f"{layer}.lora_"), trace_axes=trace_axes)
+    return full, factors

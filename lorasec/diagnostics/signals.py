@@ -1,0 +1,65 @@
+"""Layer inputs and backward signals of any lorasec model, read through NNX's capture machinery.
+
+Every model's linear layers are :class:`lorasec.models.layers.Dense`, which under :func:`flax.nnx.capture` sows
+its input ``x`` and exposes its output ``h`` to a zero perturbation; the gradient with respect to that
+perturbation is the backward signal ``δ_c = ∂f_c/∂h``. The output perturbed is the frozen path's (``base``) for an
+adapted layer, and an adapter adds its update to that output, so ``δ`` is the adapted layer's signal as well.
+Names are the layers' dotted paths with an adapter's ``.base`` dropped, as :func:`lorasec.adapters.lora.lora_layers`
+names them. Dropout is off (no keys).
+
+Examples do not interact in lorasec's models (no batch statistics; attention stays within an example), so
+``∂(Σ_i f_c(x_i))/∂h_j = ∂f_c(x_j)/∂h_j``: one batched forward and C vector-Jacobian products give every example's
+signals, instead of N·C backward passes.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def _forward(model, tokens, mask):
+    return model(tokens, mask)
+
+
+def _layer_name(path: tuple) -> str:
+    name = ".".join(str(p) for p in path[:-1])
+    return name[: -len(".base")] if name.endswith(".base") else name
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _signals(graphdef, state, tokens, mask, names: tuple[str, ...] | None):
+    _, zeros = nnx.capture(_forward, nnx.Perturbation)(nnx.merge(graphdef, state), tokens, mask)
+
+    def run(perturbations):
+        return nnx.capture(_forward, nnx.Intermediate, init=perturbations)(nnx.merge(graphdef, state), tokens, mask)
+
+    logits, pullback, captured = jax.vjp(run, zeros, has_aux=True)
+    num_classes = logits.shape[-1]
+    cotangents = jnp.broadcast_to(jnp.eye(num_classes, dtype=logits.dtype)[:, None, :],
+                                  (num_classes, *logits.shape))
+    (deltas,) = jax.vmap(pullback)(cotangents)  # every leaf (C, N, *positions, m)
+    inputs = {_layer_name(path): value.get_value()[0] for path, value in nnx.to_flat_state(captured)}
+    grads = {_layer_name(path): value.get_value() for path, value in nnx.to_flat_state(deltas)}
+    out = {}
+    for name, x in inputs.items():
+        if names is not None and name not in names:
+            continue
+        d, n = grads[name], x.shape[0]
+        out[name] = (x.reshape(n, -1, x.shape[-1]), jnp.moveaxis(d, 0, 1).reshape(n, num_classes, -1, d.shape[-1]))
+    return out
+
+
+def layer_signals(model: nnx.Module, tokens, mask, names=None) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """Per linear layer of ``model`` (or the ``names`` given): its inputs x (N, T, n) and the logits' backward
+    signals δ (N, C, T, m); T = 1 for layers applied once per example."""
+    graphdef, state = nnx.split(model)
+    chosen = None if names is None else tuple(sorted(names))
+    signals = _signals(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask, bool), chosen)
+    missing = set(chosen or ()) - set(signals)
+    if missing:
+        raise ValueError(f"no linear layer named {sorted(missing)[0]!r}; layers: {', '.join(sorted(signals))}")
+    return signals

@@ -1,0 +1,87 @@
+"""Spectral diagnostics of a (pretrained, tuned) weight pair, per adapted matrix (paper 2 and related work).
+
+Matrices are taken in PyTorch's ``(out, in)`` layout, ``W = kernelᵀ`` of lorasec's Flax ``(in, out)`` kernels;
+:func:`pair_report` converts. Measures:
+
+- spectral strength ``σ_max(W_pre) / σ_max(ΔW)`` (paper 2; large = the update is spectrally weak);
+- stable rank ``‖W‖²_F / ‖W‖²_2`` and effective rank ``exp(H(σ/‖σ‖₁))`` (Roy & Vetterli);
+- intruder dimensions (Shuttleworth et al. 2024): among the top-k left singular vectors of the tuned W, those
+  whose largest |cos| with every pretrained left singular vector is below ε; with their share of the tuned
+  matrix's spectral energy ``Σ σ_i² / ‖W‖²_F`` and counts over an ε sweep.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lorasec.adapters import lora
+from lorasec.core.stats import finite as _finite
+from lorasec.models import CLASSIFIER_LAYERS
+
+EPSILON_SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def singular_values(w: np.ndarray) -> np.ndarray:
+    return np.linalg.svd(np.asarray(w, np.float64), compute_uv=False)
+
+
+def spectral_strength(w_pre: np.ndarray, delta: np.ndarray) -> float:
+    """``σ_max(W_pre) / σ_max(ΔW)``; infinite for a zero update."""
+    top = singular_values(delta)[0]
+    return float(singular_values(w_pre)[0] / top) if top > 0 else float("inf")
+
+
+def stable_rank(w: np.ndarray) -> float:
+    s = singular_values(w)
+    return float((s**2).sum() / s[0] ** 2) if s[0] > 0 else 0.0
+
+
+def effective_rank(w: np.ndarray) -> float:
+    s = singular_values(w)
+    p = s[s > 0] / s.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def intruder_dimensions(w_pre: np.ndarray, w_tuned: np.ndarray, *, k: int = 10, epsilon: float = 0.5) -> dict:
+    """Intruder dimensions of ``w_tuned`` relative to ``w_pre`` (both (out, in)); see the module docstring."""
+    u_pre, _, _ = np.linalg.svd(np.asarray(w_pre, np.float64), full_matrices=False)
+    u_tuned, s_tuned, _ = np.linalg.svd(np.asarray(w_tuned, np.float64), full_matrices=False)
+    k = min(k, u_tuned.shape[1])
+    similarity = np.abs(u_tuned[:, :k].T @ u_pre).max(axis=1)  # best |cos| of each top-k tuned direction
+    intruders = np.flatnonzero(similarity < epsilon)
+    energy = float((s_tuned[intruders] ** 2).sum() / (s_tuned**2).sum())
+    sweep = {f"{eps:g}": int((similarity < eps).sum()) for eps in EPSILON_SWEEP}
+    return {"k": k, "epsilon": epsilon, "count": int(intruders.size), "indices": intruders.tolist(),
+            "energy_share": energy, "max_cosine": similarity.tolist(), "epsilon_sweep": sweep}
+
+
+def pair_report(kernel_pre: np.ndarray, kernel_tuned: np.ndarray, *, k: int = 10, epsilon: float = 0.5) -> dict:
+    """All measures for one matrix given lorasec ``(in, out)`` kernels before and after tuning (strength None
+    for a zero update)."""
+    w_pre, w_tuned = np.asarray(kernel_pre, np.float64).T, np.asarray(kernel_tuned, np.float64).T
+    delta = w_tuned - w_pre
+    return {
+        "shape_out_in": list(w_pre.shape),
+        "spectral_strength": _finite(spectral_strength(w_pre, delta)),
+        "sigma_max_pre": float(singular_values(w_pre)[0]),
+        "sigma_max_delta": float(singular_values(delta)[0]),
+        "stable_rank_pre": stable_rank(w_pre), "stable_rank_tuned": stable_rank(w_tuned),
+        "stable_rank_delta": stable_rank(delta),
+        "effective_rank_pre": effective_rank(w_pre), "effective_rank_delta": effective_rank(delta),
+        "intruders": intruder_dimensions(w_pre, w_tuned, k=k, epsilon=epsilon),
+        "singular_values_delta": singular_values(delta)[:32].tolist(),
+    }
+
+
+def update_pairs(run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(starting kernel, tuned effective kernel) per adapted matrix in lorasec's (in, out) layout, for a run with
+    ``cfg``, ``start`` and ``tuned`` models: the LoRA layers of a LoRA run; every linear layer of a full
+    fine-tuning run but those a classifier adds on an encoder (``head``, ``pooler``), which have no pretrained
+    weight to compare with."""
+    start = lora.linear_layers(run.start)
+    if run.cfg.adapter.method == "lora":
+        return {name: (np.asarray(start[name].kernel[...]), np.asarray(layer.effective_kernel()))
+                for name, layer in lora.lora_layers(run.tuned).items()}
+    tuned = lora.linear_layers(run.tuned)
+    return {name: (np.asarray(start[name].kernel[...]), np.asarray(tuned[name].kernel[...]))
+            for name in tuned if name not in CLASSIFIER_LAYERS}

@@ -1,0 +1,58 @@
+"""The building blocks every lorasec model shares: its linear layer, dropout, attention, the float type.
+
+Every model's linear layers are :class:`Dense`. A model calls each one as ``layer(x, rngs)``, so anything that
+wraps a layer (an adapter, in :mod:`lorasec.adapters`) can draw its own dropout from the step's keys while the
+model knows nothing about it. Under :func:`flax.nnx.capture` a Dense layer records its input (``nnx.Intermediate``
+``"inputs"``) and exposes its output to a perturbation (``nnx.Perturbation`` ``"outputs"``), whose gradient is
+the backward signal ∂f/∂h: the structured kernels and the alignment diagnostics read a plain or adapted model
+through these, with no change to the model. Outside a capture both are skipped.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+def default_float():
+    """float32, or float64 when JAX_ENABLE_X64 is on (then the whole model computes in double precision)."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
+def capturing(module: nnx.Module) -> bool:
+    """Whether ``module`` runs inside :func:`flax.nnx.capture` (which sets ``__captures__`` for the call)."""
+    return hasattr(module, "__captures__")
+
+
+class Dense(nnx.Linear):
+    """``y = x @ kernel + bias`` (Flax's ``nnx.Linear``), recording its input and output signal under capture."""
+
+    def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+        if not capturing(self):
+            return super().__call__(x)
+        self.sow(nnx.Intermediate, "inputs", x)
+        return self.perturb("outputs", super().__call__(x))
+
+
+def dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
+    """Inverted dropout drawing from ``rngs.dropout()``; the identity without keys (evaluation) or at rate 0."""
+    if rngs is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Scaled dot-product attention over (batch, length, heads, head_dim) with a key mask (batch, length).
+
+    The same computation as ``jax.nn.dot_product_attention``'s XLA path (bit for bit in float32), except that the
+    softmax runs in the logits' own precision: float64 under JAX_ENABLE_X64, where JAX's keeps float32."""
+    dtype = jnp.promote_types(q.dtype, jnp.float32)
+    logits = jnp.einsum("BTNH,BSNH->BNTS", q, k, preferred_element_type=dtype)
+    logits *= jnp.array(1.0 / np.sqrt(q.shape[-1]), dtype)
+    floor = -0.7 * min(float(jnp.finfo(dtype).max), float(jnp.finfo(jnp.float32).max))
+    logits = jnp.where(mask[:, None, None, :], logits, jnp.asarray(floor, dtype))
+    probs = jax.nn.softmax(logits, axis=-1).astype(k.dtype)
+    return jnp.einsum("BNTS,BSNH->BTNH", probs, v)

@@ -1,0 +1,177 @@
+"""Every figure and table lorasec draws, from the summaries the pipelines write (PNG through matplotlib's Agg
+backend; tables as Markdown)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lorasec.core.stats import format_general, format_mean_sd
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def study_figure(summary: dict, path: Path) -> None:
+    plt = _pyplot()
+    attacks = list(dict.fromkeys(c["attack"] for c in summary["cells"]))
+    methods = list(dict.fromkeys(c["arm"] for c in summary["cells"]))
+    cell = {(c["attack"], c["arm"]): c for c in summary["cells"]}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    width = 0.8 / len(methods)
+    for j, method in enumerate(methods):
+        xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(attacks))]
+        cacc = [cell[a, method]["clean_accuracy"] for a in attacks]
+        axes[0].bar(xs, [100 * s["mean"] for s in cacc], width, yerr=[100 * s["sd"] for s in cacc],
+                    label=method, capsize=3)
+        backdoors = [a for a in attacks if cell[a, method]["attack_success_rate"]["mean"] is not None]
+        asr = [cell[a, method]["attack_success_rate"] for a in backdoors]
+        bx = [attacks.index(a) + (j - (len(methods) - 1) / 2) * width for a in backdoors]
+        axes[1].bar(bx, [100 * s["mean"] for s in asr], width, yerr=[100 * s["sd"] for s in asr],
+                    label=method, capsize=3)
+    for i, a in enumerate(attacks):
+        if cell[a, methods[0]]["attack_success_rate"]["mean"] is None:
+            axes[1].text(i, 2, "no trigger", ha="center", fontsize=8, color="gray")
+    for ax, title in zip(axes, ("clean accuracy (CACC, %)", "attack success rate (ASR, %)")):
+        ax.set_xticks(range(len(attacks)), attacks)
+        ax.set_title(title)
+        ax.set_ylim(0, 105)
+        ax.legend()
+    fig.suptitle(f"LoRA vs full fine-tuning, {summary.get('task', 'synthetic')} task, mean ± sd over "
+                 f"{len(summary['seeds'])} seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def study_table(summary: dict) -> str:
+    lines = [
+        "# lorasec study: LoRA vs full fine-tuning under training-time attacks",
+        "",
+        (f"Synthetic topic task, encoder pretrained by masked LM for {summary['pretrain_steps']} steps, "
+         if summary.get("pretrain_steps") else f"Task {summary.get('task')}, model {summary.get('model')}, ")
+        + f"fine-tuned {summary['steps']} steps; seeds {summary['seeds']}; mean ± sd (%).",
+        "",
+        "| attack | method, lr | CACC | ASR | triggered acc. |",
+        "|---|---|---|---|---|",
+    ]
+    for c in summary["cells"]:
+        lines.append(f"| {c['attack']} | {c['arm']} | {format_mean_sd(c['clean_accuracy'])} | "
+                     f"{format_mean_sd(c['attack_success_rate'])} | "
+                     f"{format_mean_sd(c['triggered_accuracy'])} |")
+    lines += ["", "![study](study.png)", ""]
+    return "\n".join(lines)
+
+
+def purify_figure(summary: dict, path: Path) -> None:
+    plt = _pyplot()
+    cells = summary["defences"]
+    names = [c["defence"] for c in cells]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, title in zip(axes, ("clean_accuracy", "attack_success_rate"), ("CACC (%)", "ASR (%)")):
+        ax.bar(range(len(cells)), [100 * c[key]["mean"] for c in cells],
+               yerr=[100 * c[key]["sd"] for c in cells], capsize=3, color="tab:blue")
+        before = summary["backdoored"]["downstream"][key]
+        ax.axhline(100 * before, ls="--", color="tab:red", lw=1, label="backdoored, before fine-tuning")
+        ax.set_xticks(range(len(cells)), names)
+        ax.set_ylim(0, 105)
+        ax.set_title(title)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"clean fine-tuning of a backdoored model, mean ± sd over {len(summary['seeds'])} seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def purify_table(summary: dict) -> str:
+    b = summary["backdoored"]
+    lines = [
+        "# lorasec purify: does clean fine-tuning remove a planted backdoor?",
+        "",
+        f"Backdoored model: proxy CACC {100 * b['proxy']['clean_accuracy']:.1f}%, ASR "
+        f"{100 * b['proxy']['attack_success_rate']:.1f}%; on the downstream test set before fine-tuning CACC "
+        f"{100 * b['downstream']['clean_accuracy']:.1f}%, ASR {100 * b['downstream']['attack_success_rate']:.1f}%.",
+        f"Seeds {summary['seeds']}; mean ± sd. Spectral strength σ_max(W_pre)/σ_max(ΔW): median over adapted "
+        "matrices (larger = spectrally weaker update). s*, crossing: medians over layers of the critical scale and "
+        "the true crossing, in each defence's own units (LoRA: its scale; others: multiples of the update).",
+        "",
+        "| defence | CACC % | ASR % | spectral strength | Pt condition share | s* | crossing |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in summary["defences"]:
+        lines.append(f"| {c['defence']} | {format_mean_sd(c['clean_accuracy'])} | "
+                     f"{format_mean_sd(c['attack_success_rate'])} | "
+                     f"{format_general(c['spectral_strength'])} | {format_general(c['pt_condition_share'])} | "
+                     f"{format_general(c['s_star_median'])} | {format_general(c['crossing_median'])} |")
+    for name, curve in summary["sweeps"].items():
+        cross = curve["asr_crossing"]
+        lines.append("")
+        lines.append(f"Scale sweep ({name}): trained s = {curve['s_train']:g}; ASR falls below 50% at s = "
+                     + (format_general(cross) if cross["mean"] is not None else "never on the grid"))
+    lines += ["", "![purify](purify.png)", "", "![scale sweep](scale_sweep.png)", ""]
+    return "\n".join(lines)
+
+
+def scale_sweep_figure(curves: dict[str, dict], path: Path, *, marks: dict[str, float] | None = None,
+                       title: str = "") -> None:
+    """One panel per metric; ``curves`` maps a label to :func:`sweep` output, ``marks`` names vertical lines."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for label, curve in curves.items():
+        for ax, key in zip(axes, ("clean_accuracy", "attack_success_rate")):
+            ax.plot(curve["scales"], [100 * v for v in curve[key]], marker="o", ms=3, label=label)
+    for name, value in (marks or {}).items():
+        if value is not None and np.isfinite(value):
+            for ax in axes:
+                ax.axvline(value, ls="--", lw=1, color="gray")
+            axes[1].text(value, 102, name, rotation=90, fontsize=7, va="top", ha="right", color="gray")
+    for ax, name in zip(axes, ("CACC (%)", "ASR (%)")):
+        ax.set_xlabel("adapter scale s")
+        ax.set_ylabel(name)
+        ax.set_ylim(0, 105)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title or "scale sweep")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def spectra_figure(report: dict, path: Path) -> None:
+    """ΔW singular spectra per adapted matrix (``lorasec spectral``)."""
+    plt = _pyplot()
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, row in report.items():
+        values = np.asarray(row["singular_values_delta"])
+        ax.semilogy(np.arange(1, values.size + 1), np.maximum(values, 1e-12), alpha=0.7, label=name)
+    ax.set_xlabel("index")
+    ax.set_ylabel("singular value of ΔW")
+    ax.set_title("update spectra per adapted matrix")
+    if len(report) <= 12:
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def ntk_spectrum_figure(spectra: dict, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in spectra.items():
+        positive = values[values > 0]
+        ax.semilogy(np.arange(1, positive.size + 1), positive, marker=".", label=f"{name} ({positive.size})")
+    ax.set_xlabel("index")
+    ax.set_ylabel("eigenvalue of the traced NTK")
+    ax.set_title("NTK spectra: LoRA factors vs full fine-tuning")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

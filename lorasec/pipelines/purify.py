@@ -1,0 +1,204 @@
+"""Weight poisoning, then clean fine-tuning with a defence (Luong & Chen 2026's threat model): ``lorasec purify``.
+
+1. A clean pretrained encoder (``model.pretrained``, or pretrained here on the synthetic corpus).
+2. The backdoored model: full fine-tuning on a poisoned proxy set; refused (:class:`BackdoorTooWeak`) unless its
+   proxy-test ASR reaches ``backdoor.min_asr``.
+3. Each defence × seed fine-tunes the backdoored classifier on the clean downstream set and is evaluated (CACC,
+   ASR with the backdoor's trigger), then diagnosed: spectral strength per adapted matrix, alignment and the
+   critical scale (:mod:`lorasec.diagnostics.alignment`), and for plain-LoRA defences the scale sweep.
+
+Every run has its own directory under ``out``, so an interrupted pipeline resumes where it stopped; the summary
+(mean ± sd over seeds, never best-of-runs) goes to ``summary.json``, ``report.md``, ``purify.png`` and
+``scale_sweep.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from lorasec.adapters import rora
+from lorasec.config import AdapterConfig, AttackConfig, ConfigError, ModelConfig, PurifyConfig, RunConfig, load, to_dict
+from lorasec.core import files, stats
+from lorasec.pipelines import diagnose, figures
+from lorasec.pipelines.pretrain import pretrain, pretrain_recipe
+from lorasec.pipelines.run import build_model, load_run, prepare_data, train_run
+from lorasec.training.evaluation import evaluate
+
+POST_HOC = {"rora_pt": "lora"}  # defences that transform another defence's runs instead of training
+
+
+class BackdoorTooWeak(ConfigError):
+    """The backdoored model did not reach the required attack success rate."""
+
+
+def defence_adapter(cfg: PurifyConfig, name: str) -> AdapterConfig:
+    """The adapter a defence fine-tunes with: ``full``, or the shared LoRA settings with DoRA / PiSSA / RoRA parts."""
+    if name == "full":
+        return AdapterConfig(method="full")
+    r = cfg.rora
+    parts = {
+        "lora": {}, "dora": {"dora": True}, "pissa": {"init": "pissa"},
+        "rora": {"rora_cl": r.cl, "rora_tr": r.tr, "rora_tr_k": r.tr_k, "rora_pt_layers": r.pt_layers},
+        "rora_cl": {"rora_cl": r.cl}, "rora_tr": {"rora_tr": r.tr, "rora_tr_k": r.tr_k},
+        "rora_pt": {},  # trained as plain LoRA; Pt is applied after (POST_HOC)
+        "dora_rora": {"dora": True, "rora_cl": r.cl, "rora_tr": r.tr, "rora_tr_k": r.tr_k,
+                      "rora_pt_layers": r.pt_layers},
+    }[name]
+    return dataclasses.replace(cfg.adapter, **parts)
+
+
+def clean_attack(cfg: PurifyConfig) -> AttackConfig:
+    """The downstream set is clean (rate 0); the backdoor's trigger and target label define the ASR."""
+    return dataclasses.replace(cfg.backdoor.attack, poison_rate=0.0)
+
+
+def pretrained_checkpoint(cfg: PurifyConfig, out: Path, progress: bool) -> str:
+    if cfg.model.pretrained:
+        return cfg.model.pretrained
+    recipe = pretrain_recipe(cfg.data, cfg.model, cfg.pretrain_steps)
+    return str(pretrain(recipe, out / "pretrained", progress=progress))
+
+
+def backdoor_config(cfg: PurifyConfig, checkpoint: str) -> RunConfig:
+    b = cfg.backdoor
+    return RunConfig(seed=0, data=dataclasses.replace(cfg.data, seed=b.data_seed, num_train=b.num_train),
+                     attack=b.attack, model=dataclasses.replace(cfg.model, pretrained=checkpoint),
+                     adapter=AdapterConfig(method="full"), train=b.train).validate()
+
+
+def make_backdoored(cfg: PurifyConfig, out: Path, *, progress: bool = True) -> Path:
+    """Steps 1–2; returns the backdoored run directory."""
+    checkpoint = pretrained_checkpoint(cfg, out, progress)
+    run_dir = out / "backdoored"
+    results = train_run(backdoor_config(cfg, checkpoint), run_dir, progress=progress)
+    asr = results["attack_success_rate"]
+    if asr < cfg.backdoor.min_asr:
+        dirty = ", or set backdoor.attack.label_consistent = false" if cfg.backdoor.attack.label_consistent else ""
+        raise BackdoorTooWeak(
+            f"backdoor: the backdoored model reached ASR {asr:.3f} < backdoor.min_asr = {cfg.backdoor.min_asr} on "
+            f"its proxy test set (run kept in {str(run_dir)!r}); raise backdoor.attack.poison_rate or "
+            f"backdoor.train.steps{dirty}, in a new --out")
+    return run_dir
+
+
+def defence_config(cfg: PurifyConfig, backdoored: Path, name: str, seed: int) -> RunConfig:
+    train = cfg.train
+    if name == "full" and cfg.full_lr:
+        train = dataclasses.replace(train, lr=cfg.full_lr)
+    model = ModelConfig(init_from=str(backdoored), dropout=cfg.model.dropout)
+    return RunConfig(seed=seed, data=cfg.data, attack=clean_attack(cfg), model=model,
+                     adapter=defence_adapter(cfg, name), train=train).validate()
+
+
+def defence_run(cfg: PurifyConfig, backdoored: Path, out: Path, name: str, seed: int,
+                progress: bool) -> tuple[dict, dict]:
+    """(results, diagnosis) of one defence and seed, trained (or, for a post-hoc defence, derived) once and read
+    back after."""
+    source = POST_HOC.get(name, name)
+    run_dir = out / "runs" / f"{source}-seed{seed}"
+    results = train_run(defence_config(cfg, backdoored, source, seed), run_dir, progress=progress)
+    record = run_dir / ("diagnosis.json" if source == name else f"{name}.json")
+    if record.is_file():
+        saved = files.read_json(record)
+        return (saved["results"], saved["diagnosis"]) if source != name else (results, saved)
+    run = load_run(run_dir)
+    if source == name:
+        diagnosis = diagnose.diagnose(run)
+        files.write_json(record, diagnosis)
+        return results, diagnosis
+    scales = rora.post_training_rescale(run.tuned, cfg.rora.pt_layers)
+    evaluation = evaluate(run.tuned, run.cfg, run.test, run.encoder)
+    results = {**results, "clean_accuracy": evaluation.clean_accuracy,
+               "attack_success_rate": evaluation.attack_success_rate, "rora_pt_scales": scales}
+    diagnosis = diagnose.diagnose(run, with_sweep=False)
+    files.write_json(record, {"results": results, "diagnosis": diagnosis})
+    return results, diagnosis
+
+
+def _before(backdoored: Path, cfg: PurifyConfig) -> dict:
+    """The backdoored model on the downstream test set, before any clean fine-tuning."""
+    run_cfg = defence_config(cfg, backdoored, "full", cfg.seeds[0])
+    _, test, encoder = prepare_data(run_cfg)
+    model = build_model(run_cfg, encoder.vocab_size)
+    result = evaluate(model, run_cfg, test, encoder)
+    return {"clean_accuracy": result.clean_accuracy, "attack_success_rate": result.attack_success_rate}
+
+
+def summarise_defence(name: str, runs: list[dict]) -> dict:
+    cell = {"defence": name, "runs": runs}
+    for key in ("clean_accuracy", "attack_success_rate", "spectral_strength", "pt_condition_share",
+                "s_star_median", "crossing_median"):
+        cell[key] = stats.mean_sd(r[key] for r in runs)
+    return cell
+
+
+def run_purify(cfg: PurifyConfig, out: str | Path, *, progress: bool = True) -> dict:
+    """The whole pipeline into ``out`` (module docstring)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "purify_config.json"
+    if saved.is_file():
+        previous = load(PurifyConfig, saved)
+        if dataclasses.replace(previous, defences=cfg.defences, seeds=cfg.seeds) != cfg:
+            raise ConfigError(f"--out {str(out)!r} holds a purify pipeline with other settings (only defences and "
+                              f"seeds may change between calls); choose another --out")
+    files.write_json(saved, to_dict(cfg))
+    backdoored = make_backdoored(cfg, out, progress=progress)
+    cells, sweeps = [], {}
+    for name in cfg.defences:
+        runs = []
+        for seed in cfg.seeds:
+            results, diagnosis = defence_run(cfg, backdoored, out, name, seed, progress)
+            layers = diagnosis["alignment"].values()
+            runs.append({
+                "seed": seed, "run": f"{POST_HOC.get(name, name)}-seed{seed}",
+                "clean_accuracy": results["clean_accuracy"], "attack_success_rate": results["attack_success_rate"],
+                "spectral_strength": stats.finite_median(r["spectral_strength"]
+                                                         for r in diagnosis["spectral"].values()),
+                "pt_condition_share": float(np.mean([r["pt_condition"] for r in layers])),
+                "s_star_median": stats.finite_median(r["s_star"] for r in layers),
+                "crossing_median": stats.finite_median(r["crossing"] for r in layers),
+                "crossing_within_s_star": all(r["crossing"] <= max(r["s_star"], 0.0) * (1 + 1e-6) + 1e-9
+                                              for r in layers if r["rho_eff"] > 0),
+                "layers_with_threshold": sum(r["rho_eff"] > 0 for r in layers), "layers": len(layers),
+                "rora_pt_scales": results["rora_pt_scales"],
+            })
+            if "sweep" in diagnosis:
+                sweeps.setdefault(name, []).append(diagnosis["sweep"])
+        cells.append(summarise_defence(name, runs))
+    summary = {"seeds": list(cfg.seeds), "backdoored": {
+        "proxy": {k: files.read_json(backdoored / "results.json")[k]
+                  for k in ("clean_accuracy", "attack_success_rate")},
+        "downstream": _before(backdoored, cfg)}, "defences": cells,
+        "sweeps": {name: mean_curve(curves) for name, curves in sweeps.items()}}
+    files.write_json(out / "summary.json", summary)
+    figures.purify_figure(summary, out / "purify.png")
+    if summary["sweeps"]:
+        first = next(iter(summary["sweeps"].values()))
+        marks = {"trained s": first["s_train"], "ASR 50%": first["asr_crossing"]["mean"]}
+        lora_cell = next((c for c in cells if c["defence"] == "lora"), None)
+        if lora_cell is not None:
+            marks["median layer s*"] = lora_cell["s_star_median"]["mean"]
+            marks["median layer crossing"] = lora_cell["crossing_median"]["mean"]
+        curves = {n: {"scales": c["scales"], "clean_accuracy": c["clean_accuracy"]["mean"],
+                      "attack_success_rate": c["attack_success_rate"]["mean"]} for n, c in summary["sweeps"].items()}
+        title = f"adapter scale sweep after clean fine-tuning, mean over {len(cfg.seeds)} seeds"
+        figures.scale_sweep_figure(curves, out / "scale_sweep.png", marks=marks, title=title)
+    files.write_text(out / "report.md", figures.purify_table(summary))
+    return summary
+
+
+def mean_curve(curves: list[dict]) -> dict:
+    """Mean ± sd over seeds of sweeps taken on the same scale grid."""
+    scales = curves[0]["scales"]
+    if any(c["scales"] != scales for c in curves):
+        raise ValueError("scale sweeps of one defence must share their grid")
+    out = {"scales": scales, "s_train": curves[0]["s_train"],
+           "asr_crossing": stats.mean_sd(c["asr_crossing"] for c in curves if c["asr_crossing"] is not None)}
+    for key in ("clean_accuracy", "attack_success_rate"):
+        values = np.asarray([c[key] for c in curves], float)
+        out[key] = {"mean": values.mean(0).tolist(), "sd": values.std(0, ddof=1 if len(curves) > 1 else 0).tolist()}
+    return out

@@ -1,0 +1,221 @@
+"""One fine-tuning run end to end: data -> poisoner -> tokens -> model (+ adapter) -> trainer -> metrics.
+
+Each stage is a plain function so a notebook can call any of them alone; :func:`train_run` chains them and
+writes the run directory (:mod:`lorasec.pipelines.rundir` describes its files).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from flax import nnx
+
+from lorasec.adapters import lora, rora
+from lorasec.attacks import poison
+from lorasec.config import PRETRAINED_MODELS, REAL_DATA, ConfigError, RunConfig, replace
+from lorasec.core import files
+from lorasec.data import datasets, synthetic
+from lorasec.data.textdata import TextDataset, read_text_file
+from lorasec.data.tokenizer import TextEncoder, word_level, wordpiece
+from lorasec.models import Architecture, build_classifier
+from lorasec.models.checkpoint import checkpoint_path, load_encoder_weights, load_pretrained
+from lorasec.pipelines import rundir
+from lorasec.training.evaluation import evaluate
+from lorasec.training.losses import classification_loss
+from lorasec.training.trainer import ArrayData, fit
+from lorasec.core import keys
+
+
+def load_task(cfg: RunConfig) -> tuple[TextDataset, TextDataset]:
+    """Clean (train, test) sets of the configured task."""
+    d = cfg.data
+    if d.source == "synthetic":
+        return synthetic.train_test(d)
+    if d.source in REAL_DATA:
+        parts = datasets.splits(datasets.load(d.source, d.data_dir), d.seed, validation=d.validation_fraction,
+                                test=d.test_fraction, max_train=d.max_train, max_test=d.max_test)
+        return parts.train, parts.test
+    train = read_text_file(d.train_file, d.text_field, d.label_field, field_name="data.train_file")
+    test = read_text_file(d.test_file, d.text_field, d.label_field, train.label_names if
+                          not all(n.isdigit() for n in train.label_names) else None, field_name="data.test_file")
+    if train.num_classes != d.num_classes:
+        raise ConfigError(f"data.num_classes = {d.num_classes}: the training file has {train.num_classes} "
+                          f"labels ({', '.join(train.label_names)})")
+    return train, test
+
+
+def make_text_encoder(cfg: RunConfig, train: TextDataset) -> TextEncoder:
+    """The starting run's tokenizer (``model.init_from``), else the pretrained checkpoint's, else WordPiece from
+    ``data.vocab_file``, else word level."""
+    seq_len = cfg.data.seq_len
+    if cfg.model.init_from or cfg.model.pretrained:
+        if cfg.model.init_from:
+            source = cfg.model.init_from
+            start_dir = Path(source)
+            start_cfg = starting_config(cfg)
+            encoder = (rundir.read_tokenizer(start_dir, seq_len) if rundir.describes_itself(start_dir)
+                       else TextEncoder.from_json(prepare_data(start_cfg)[2].to_json(), seq_len))
+        else:
+            source = cfg.model.pretrained
+            encoder = TextEncoder.from_json(load_pretrained(source)[1], seq_len)
+        if cfg.data.source == "synthetic":
+            vocab = encoder.tokenizer.get_vocab()
+            unknown = [w for w in synthetic.vocabulary(cfg.data) if w not in vocab]
+            if unknown:
+                raise ConfigError(f"data: the synthetic language differs from the one {source!r} was trained "
+                                  f"on ({len(unknown)} words unknown, e.g. {unknown[0]!r}); use its "
+                                  f"data.vocab_size / num_classes / cue_words_per_class")
+        return encoder
+    if cfg.data.vocab_file:
+        return wordpiece(cfg.data.vocab_file, seq_len)
+    if cfg.data.source == "synthetic":
+        return word_level(synthetic.vocabulary(cfg.data), seq_len)
+    texts = [*train.texts, *poison.trigger_words(cfg.attack)]
+    words = sorted({w for text in texts for w in re.findall(r"\w+|[^\w\s]+", text.lower())})
+    return word_level(words, seq_len)
+
+
+def prepare_data(cfg: RunConfig) -> tuple[poison.Poisoned, TextDataset, TextEncoder]:
+    """(poisoned training set, clean test set, tokenizer) exactly as a run of ``cfg`` builds them. The tokenizer
+    comes first (a word-level vocabulary of file data holds the training texts' words and the trigger words), so
+    that every trigger is placed where it survives truncation to ``data.seq_len``."""
+    train, test = load_task(cfg)
+    encoder = make_text_encoder(cfg, train)
+    poisoned = poison.poison(train, cfg.attack, seed=cfg.seed, room=poison.Room(encoder))
+    return poisoned, test, encoder
+
+
+def starting_config(cfg: RunConfig) -> RunConfig:
+    """The config of the run ``model.init_from`` names, checked to fit ``cfg`` (a full FT classifier, same
+    classes, room for ``data.seq_len``)."""
+    source = cfg.model.init_from
+    start = rundir.read_config(Path(source))
+    if start.adapter.method != "full":
+        raise ConfigError(f"model.init_from = {source!r}: a {start.adapter.method} run; start from a full "
+                          f"fine-tuning run (its weights are one plain classifier)")
+    if start.data.num_classes != cfg.data.num_classes:
+        raise ConfigError(f"model.init_from = {source!r}: has {start.data.num_classes} classes, data.num_classes "
+                          f"= {cfg.data.num_classes}")
+    if start.data.seq_len < cfg.data.seq_len:
+        raise ConfigError(f"data.seq_len = {cfg.data.seq_len}: the starting run {source!r} was built for "
+                          f"{start.data.seq_len} positions")
+    return start
+
+
+def architecture(cfg: RunConfig, vocab_size: int) -> Architecture:
+    """The classifier's architecture: the starting run's, the pretrained checkpoint's (with this config's dropout
+    and pooling), or the config's own."""
+    if cfg.model.init_from:
+        start_dir = Path(cfg.model.init_from)
+        arch = (rundir.read_model(start_dir)["architecture"] if rundir.describes_itself(start_dir)
+                else architecture(starting_config(cfg), vocab_size))
+        return arch.with_(dropout=cfg.model.dropout)
+    if cfg.model.pretrained:
+        arch, _ = load_pretrained(cfg.model.pretrained)
+        if arch.max_positions < cfg.data.seq_len:
+            raise ConfigError(f"data.seq_len = {cfg.data.seq_len}: the pretrained model has only "
+                              f"{arch.max_positions} positions")
+        return arch.with_(dropout=cfg.model.dropout, pooling=cfg.model.pooling)
+    return Architecture.from_config(cfg.model, vocab_size, cfg.data.seq_len)
+
+
+def build_model(cfg: RunConfig, vocab_size: int) -> nnx.Module:
+    """The classifier as training starts (pretrained encoder or the starting run's whole classifier, a fresh
+    head drawn from ``seed``), with the configured adapters applied."""
+    if cfg.model.init_from:  # the whole classifier is the starting run's: its own seed draws the (replaced) init
+        start_rngs = nnx.Rngs(params=keys.key(starting_config(cfg).seed, "params"))
+        model = build_classifier(architecture(cfg, vocab_size), cfg.data.num_classes, rngs=start_rngs)
+        nnx.update(model, rundir.load_params(Path(cfg.model.init_from), model))
+    else:
+        model = build_classifier(architecture(cfg, vocab_size), cfg.data.num_classes,
+                                 rngs=nnx.Rngs(params=keys.key(cfg.seed, "params")))
+    if cfg.model.pretrained:
+        load_encoder_weights(model.encoder, cfg.model.pretrained)
+    if cfg.adapter.method == "lora":
+        lora.apply_lora(model, cfg.adapter, rngs=nnx.Rngs(params=keys.key(cfg.seed, "adapters")))
+    return model
+
+
+def train_run(cfg: RunConfig, out_dir: str | Path | None = None, *, progress: bool = True) -> dict:
+    """Fine-tune under the configured attack and evaluate; resumes an interrupted run in ``out_dir``."""
+    began = time.perf_counter()
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if out_dir is not None:
+        finished = rundir.claim(cfg, out_dir)
+        if finished is not None:
+            return finished
+    poisoned, test, encoder = prepare_data(cfg)
+    tokens, mask = encoder.encode(poisoned.data.texts)
+    model = build_model(cfg, encoder.vocab_size)
+    trainable = lora.trainable_filter(cfg.adapter)
+    loss_fn = classification_loss
+    if cfg.adapter.rora_tr > 0:
+        loss_fn = rora.penalised_loss(classification_loss, cfg.adapter.rora_tr, cfg.adapter.rora_tr_k, model)
+    fitted = fit(model, trainable, ArrayData(tokens, mask, poisoned.data.labels), cfg.train, seed=cfg.seed,
+                 loss_fn=loss_fn, run_dir=out_dir, progress=progress,
+                 description=f"{cfg.adapter.method} seed {cfg.seed}")
+    # Pt changes only the evaluated model's scales; params/ keeps the trained factors, results the new scales.
+    pt_scales = rora.post_training_rescale(model, cfg.adapter.rora_pt_layers) if cfg.adapter.rora_pt_layers else {}
+    evaluation = evaluate(model, cfg, test, encoder)
+    trainable_state = nnx.state(model, trainable)
+    results = {
+        "clean_accuracy": evaluation.clean_accuracy,
+        "attack_success_rate": evaluation.attack_success_rate,
+        "triggered_accuracy": evaluation.triggered_accuracy,
+        "robust_accuracy": evaluation.robust_accuracy,
+        "per_trigger": evaluation.per_trigger,
+        "steps": fitted.steps,
+        "resumed_from_step": fitted.resumed_from,
+        "final_loss": fitted.final_loss,
+        "wall_seconds": time.perf_counter() - began,
+        "train_step_compilations": fitted.compilations,
+        "num_poisoned": int(len(poisoned.indices)),
+        "num_train": len(poisoned.data),
+        "num_test": len(test),
+        "trainable_parameters": lora.count_params(trainable_state),
+        "total_parameters": lora.count_params(nnx.state(model, nnx.Param)),
+        "adapted_layers": sorted(lora.lora_layers(model)),
+        "rora_pt_scales": pt_scales,
+    }
+    if out_dir is not None:
+        start = {"pretrained": str(checkpoint_path(cfg.model.pretrained)) if cfg.model.pretrained else "",
+                 "init_from": cfg.model.init_from}
+        rundir.save(out_dir, model=model, architecture=architecture(cfg, encoder.vocab_size),
+                    num_classes=cfg.data.num_classes, start=start, encoder=encoder, test=test,
+                    poisoned_indices=poisoned.indices, results=results)
+    return results
+
+
+def load_run(run_dir: str | Path) -> rundir.FinishedRun:
+    """A finished run rebuilt from its directory alone: no data preparation, poisoning or fetch (a directory of
+    format 1, which stored no tokenizer or test set, has them replayed from its config)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "params").is_dir() or not (run_dir / "results.json").is_file():
+        raise ConfigError(f"{str(run_dir)!r}: not a finished lorasec run (params/ or results.json missing)")
+    cfg = rundir.read_config(run_dir)
+    if rundir.describes_itself(run_dir):
+        meta = rundir.read_model(run_dir)
+        encoder, test = rundir.read_tokenizer(run_dir, cfg.data.seq_len), rundir.read_test(run_dir)
+        arch, num_classes, start = meta["architecture"], meta["num_classes"], meta["start"]
+    else:
+        _, test, encoder = prepare_data(cfg)
+        arch, num_classes = architecture(cfg, encoder.vocab_size), cfg.data.num_classes
+        start = {"pretrained": cfg.model.pretrained, "init_from": cfg.model.init_from}
+    tuned = build_classifier(arch, num_classes, rngs=nnx.Rngs(params=keys.key(cfg.seed, "params")))
+    if cfg.adapter.method == "lora":  # every value below is replaced by the saved parameters
+        lora.apply_lora(tuned, cfg.adapter, rngs=nnx.Rngs(params=keys.key(cfg.seed, "adapters")))
+    nnx.update(tuned, rundir.load_params(run_dir, tuned))
+    return rundir.FinishedRun(cfg, _start_model(cfg, start, encoder.vocab_size), tuned, encoder, test,
+                              files.read_json(run_dir / "results.json"))
+
+
+def _start_model(cfg: RunConfig, start: dict, vocab_size: int) -> nnx.Module:
+    """The plain classifier as the run's training started, from local files only (never a fetch)."""
+    pretrained = start.get("pretrained", "")
+    if pretrained and pretrained not in PRETRAINED_MODELS and not (Path(pretrained) / "model.json").is_file():
+        raise ConfigError(f"the pretrained checkpoint this run started from is gone ({pretrained!r}); "
+                          f"`lorasec fetch {cfg.model.pretrained}` or the original directory restores it")
+    local = replace(cfg, model={"pretrained": pretrained}, adapter={"method": "full"})
+    return build_model(local, vocab_size)

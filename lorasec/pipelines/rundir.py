@@ -1,0 +1,121 @@
+"""A run directory, which describes itself: everything needed to load the run is in it.
+
+``config.json``   the resolved run config (written first: it claims the directory for that config)
+``metrics.jsonl`` training loss per logging window; ``checkpoints/`` orbax checkpoints for resume
+``model.json``    the architecture, number of classes and where training started (a local pretrained checkpoint
+                  directory, or the run it started from)
+``tokenizer.json``, ``test.jsonl``   the tokenizer and the clean test set the run was evaluated on
+``params/``       the trained parameters (every ``nnx.Param``; adapter scales follow from the config, Pt's new
+                  scales are in the results)
+``poisoned_indices.json``, ``results.json``   written last: ``results.json`` marks the run complete
+
+:func:`lorasec.pipelines.run.load_run` rebuilds a finished run from these files alone: it never prepares data,
+poisons or fetches.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+from lorasec.config import ConfigError, RunConfig, from_dict, load as load_config, to_dict
+from lorasec.core import files
+from lorasec.data.textdata import TextDataset
+from lorasec.data.tokenizer import TextEncoder
+from lorasec.models import Architecture
+
+FORMAT = 2  # 1: before run directories described themselves (no model.json, tokenizer.json, test.jsonl)
+
+
+def _first_difference(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+            if found:
+                return found
+        return None
+    return None if a == b else (prefix.rstrip("."), a, b)
+
+
+def claim(cfg: RunConfig, out_dir: Path) -> dict | None:
+    """Prepare ``out_dir`` for ``cfg``: returns finished results if the same run already completed there;
+    refuses a directory that holds a different run (never overwrite work)."""
+    resolved = to_dict(cfg)
+    config_path = out_dir / "config.json"
+    if config_path.is_file():
+        # read back through the dataclass, so fields added to lorasec since that run count at their defaults
+        previous = to_dict(from_dict(RunConfig, files.read_json(config_path)))
+        diff = _first_difference(resolved, previous)
+        if diff:
+            raise ConfigError(f"--out {str(out_dir)!r} holds a run with {diff[0]} = {diff[2]!r} (this config: "
+                              f"{diff[1]!r}); choose another --out or remove that directory")
+        if (out_dir / "results.json").is_file():
+            return files.read_json(out_dir / "results.json")
+    elif out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError(f"--out {str(out_dir)!r} exists and is not a lorasec run directory; choose another")
+    files.write_json(config_path, resolved)
+    return None
+
+
+def save(out_dir: Path, *, model: nnx.Module, architecture: Architecture, num_classes: int, start: dict,
+         encoder: TextEncoder, test: TextDataset, poisoned_indices: np.ndarray, results: dict) -> None:
+    """Write a finished run's files (module docstring), ``results.json`` last."""
+    files.write_json(out_dir / "model.json", {"format": FORMAT, "architecture": to_dict(architecture),
+                                              "num_classes": num_classes, "start": start})
+    files.write_text(out_dir / "tokenizer.json", encoder.to_json())
+    files.write_text(out_dir / "test.jsonl", "".join(
+        json.dumps({"text": text, "label": int(label)}) + "\n" for text, label in zip(test.texts, test.labels)))
+    files.write_json(out_dir / "poisoned_indices.json", poisoned_indices.tolist())
+    files.save_state(out_dir / "params", nnx.state(model, nnx.Param))
+    files.write_json(out_dir / "results.json", results)
+
+
+def read_config(run_dir: Path) -> RunConfig:
+    if not (run_dir / "config.json").is_file():
+        raise ConfigError(f"{str(run_dir)!r}: not a lorasec run directory (config.json missing)")
+    return load_config(RunConfig, run_dir / "config.json")
+
+
+def describes_itself(run_dir: Path) -> bool:
+    """Format 2 (this one); format-1 directories stored no model.json, tokenizer.json or test.jsonl."""
+    return all((run_dir / name).is_file() for name in ("model.json", "tokenizer.json", "test.jsonl"))
+
+
+def read_model(run_dir: Path) -> dict:
+    """``model.json``: architecture (as an :class:`Architecture`), number of classes, starting point."""
+    meta = files.read_json(run_dir / "model.json")
+    return {**meta, "architecture": Architecture.from_dict(meta["architecture"])}
+
+
+def read_tokenizer(run_dir: Path, seq_len: int) -> TextEncoder:
+    return TextEncoder.from_json((run_dir / "tokenizer.json").read_text(), seq_len)
+
+
+def read_test(run_dir: Path) -> TextDataset:
+    rows = [json.loads(line) for line in (run_dir / "test.jsonl").read_text().splitlines() if line]
+    return TextDataset(tuple(r["text"] for r in rows), np.asarray([r["label"] for r in rows], np.int32))
+
+
+def load_params(run_dir: Path, model: nnx.Module) -> nnx.State:
+    """The run's trained parameters in the structure of ``model`` (a classifier of its architecture)."""
+    if not (run_dir / "params").is_dir():
+        raise ConfigError(f"{str(run_dir)!r}: params/ missing; not a finished lorasec run")
+    return files.load_state(run_dir / "params", nnx.state(model, nnx.Param))
+
+
+@dataclass
+class FinishedRun:
+    """A finished run reloaded: its config, the classifier as training started (plain, no adapters: LoRA's
+    B = 0, PiSSA's and DoRA's initial effective weights equal W0), the trained classifier (adapter scales as
+    configured, before any Pt rescale), the tokenizer and the clean test set."""
+
+    cfg: RunConfig
+    start: nnx.Module
+    tuned: nnx.Module
+    encoder: TextEncoder
+    test: TextDataset
+    results: dict

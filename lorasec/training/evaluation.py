@@ -1,0 +1,70 @@
+"""Predictions in fixed-size batches, and a model's clean accuracy and attack metrics on a test set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lorasec.attacks import metrics, poison
+from lorasec.config import RunConfig
+from lorasec.data.textdata import TextDataset
+from lorasec.data.tokenizer import TextEncoder
+
+
+@jax.jit(static_argnums=0)
+def _logits(graphdef, state, tokens, mask):
+    return nnx.merge(graphdef, state)(tokens, mask)
+
+
+def predict(model: nnx.Module, tokens: np.ndarray, mask: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Class predictions in fixed-size batches (the last one padded), so evaluation compiles once per shape."""
+    graphdef, state = nnx.split(model)
+    num = len(tokens)
+    size = min(batch_size, num)
+    out = []
+    for begin in range(0, num, size):
+        chunk_t, chunk_m = tokens[begin:begin + size], mask[begin:begin + size]
+        pad = size - len(chunk_t)
+        if pad:
+            chunk_t = np.concatenate([chunk_t, np.zeros((pad, *chunk_t.shape[1:]), chunk_t.dtype)])
+            chunk_m = np.concatenate([chunk_m, np.ones((pad, *chunk_m.shape[1:]), bool)])
+        logits = _logits(graphdef, state, jnp.asarray(chunk_t), jnp.asarray(chunk_m))
+        out.append(np.asarray(jnp.argmax(logits, axis=-1))[:size - pad])
+    return np.concatenate(out)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    clean_accuracy: float
+    attack_success_rate: float | None
+    triggered_accuracy: float | None
+    robust_accuracy: float | None
+    per_trigger: dict
+
+
+def evaluate(model: nnx.Module, cfg: RunConfig, test: TextDataset, encoder: TextEncoder) -> Evaluation:
+    """CACC on the clean test set; with a trigger attack, ASR / triggered / robust accuracy per trigger
+    (averaged over triggers for the headline numbers)."""
+    batch = cfg.train.eval_batch_size
+    tokens, mask = encoder.encode(test.texts)
+    cacc = metrics.clean_accuracy(predict(model, tokens, mask, batch), test.labels)
+    per_trigger = {}
+    room = poison.Room(encoder)
+    for trigger in poison.triggers_for(cfg.attack):
+        texts = poison.apply_trigger(test.texts, trigger, seed=cfg.seed, room=room)
+        t_tokens, t_mask = encoder.encode(texts)
+        pred = predict(model, t_tokens, t_mask, batch)
+        per_trigger[" | ".join(trigger.phrases)] = {
+            "attack_success_rate": metrics.attack_success_rate(pred, test.labels, cfg.attack.target_label),
+            "triggered_accuracy": metrics.triggered_accuracy(pred, test.labels),
+            "robust_accuracy": metrics.robust_accuracy(pred, test.labels, cfg.attack.target_label),
+        }
+    if not per_trigger:
+        return Evaluation(cacc, None, None, None, {})
+    mean = {k: float(np.mean([v[k] for v in per_trigger.values()])) for k in next(iter(per_trigger.values()))}
+    return Evaluation(cacc, mean["attack_success_rate"], mean["triggered_accuracy"], mean["robust_accuracy"],
+                      per_trigger)

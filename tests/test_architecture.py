@@ -1,0 +1,38 @@
+"""The layers import one way, checked by import-linter's contracts in pyproject.toml; README's architecture
+section names every subpackage."""
+
+from __future__ import annotations
+
+import os
+import pkgutil
+from pathlib import Path
+
+import lorasec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_import_contracts_are_kept():
+    from importlinter import cli
+
+    previous = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        assert cli.lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True) == 0
+    finally:
+        os.chdir(previous)
+
+
+def test_readme_architecture_names_every_layer_and_module():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Architecture"):]
+    for package in pkgutil.iter_modules(lorasec.__path__):
+        assert f"{package.name}/" in section or f"{package.name}.py" in section, package.name
+        if package.ispkg:
+            for module in pkgutil.iter_modules([str(ROOT / "lorasec" / package.name)]):
+                assert f"{module.name}" in section, f"{package.name}.{module.name}"
+
+
+def test_facade_names_resolve():
+    for name in lorasec.__all__:
+        assert getattr(lorasec, name) is not None, name
