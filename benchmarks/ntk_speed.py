@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lorasec.diagnostics import kernel
 from lorasec.adapters import lora
 from lorasec.config import AdapterConfig, ModelConfig
-from lorasec.models import Architecture, build_classifier
+from lorasec.diagnostics import kernel
 from lorasec.diagnostics.nt_compat import SUPPORTED_IMPLEMENTATIONS
+from lorasec.models import Architecture, build_classifier
 
 
 def _timed(fn, repeats):

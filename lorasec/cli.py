@@ -175,8 +175,7 @@ def _scale(value) -> str:
 
 
 def _fetch(args) -> int:
-    from lorasec.data import datasets
-    from lorasec.data import fetch
+    from lorasec.data import datasets, fetch
 
     names = args.names or list(fetch.PINS)
     for name in names:

@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from lorasec.core.errors import ConfigError
-
 
 ATTACKS = ("none", "label_flip", "badnets", "prefix", "sentence", "multi_trigger")
 ADAPTERS = ("full", "lora")

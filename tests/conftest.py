@@ -8,8 +8,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest
 
-from lorasec.config import (AdapterConfig, AttackConfig, DataConfig, ModelConfig, PretrainConfig, RunConfig,
-                            TrainConfig)
+from lorasec.config import (
+    AdapterConfig,
+    AttackConfig,
+    DataConfig,
+    ModelConfig,
+    PretrainConfig,
+    RunConfig,
+    TrainConfig,
+)
 
 TINY_DATA = DataConfig(num_train=256, num_test=128, vocab_size=60, cue_words_per_class=4, min_len=6, max_len=10,
                        seq_len=14)

@@ -5,8 +5,7 @@ import sys
 
 import pytest
 
-from lorasec import cli
-from lorasec import config
+from lorasec import cli, config
 from lorasec.config import ConfigError, RunConfig
 
 BAD = {

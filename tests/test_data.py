@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from lorasec.data import synthetic
 from lorasec.config import ConfigError, DataConfig
+from lorasec.data import synthetic
 from lorasec.data.textdata import read_text_file
 from lorasec.data.tokenizer import TextEncoder, word_level, wordpiece
 

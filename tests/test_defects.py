@@ -17,7 +17,8 @@ from lorasec.data.tokenizer import word_level
 from lorasec.diagnostics import kernel, scale_sweep
 from lorasec.models import Architecture, build_classifier
 from lorasec.models.layers import attention
-from lorasec.pipelines import diagnose, run as run_pipeline
+from lorasec.pipelines import diagnose
+from lorasec.pipelines import run as run_pipeline
 from lorasec.pipelines.run import load_run, train_run
 from lorasec.training import evaluation
 

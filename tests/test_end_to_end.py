@@ -4,7 +4,13 @@ under full fine-tuning."""
 
 import pytest
 
-from lorasec.config import AdapterConfig, AttackConfig, ModelConfig, RunConfig, TrainConfig
+from lorasec.config import (
+    AdapterConfig,
+    AttackConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
 from lorasec.pipelines.run import train_run
 
 pytestmark = pytest.mark.slow  # more than ~20 s, or the network
@@ -49,8 +55,8 @@ def test_csv_task_trains_end_to_end(tmp_path):
     from conftest import tiny_run
 
     from lorasec import config
-    from lorasec.data import synthetic
     from lorasec.config import ConfigError, DataConfig
+    from lorasec.data import synthetic
 
     train, test = synthetic.train_test(DataConfig(num_train=200, num_test=60))
     for name, data in (("train.csv", train), ("test.csv", test)):
@@ -65,8 +71,8 @@ def test_csv_task_trains_end_to_end(tmp_path):
     assert results["num_train"] == 200 and results["num_test"] == 60 and results["num_poisoned"] == 10
     assert 0.0 <= results["attack_success_rate"] <= 1.0
     # The diagnostics rebuild the run's vocabulary (from the POISONED training texts) and load its weights.
-    from lorasec.pipelines.ntk_report import kernel_report
     from lorasec.pipelines import diagnose
+    from lorasec.pipelines.ntk_report import kernel_report
     from lorasec.pipelines.run import load_run
 
     assert kernel_report(cfg, tmp_path / "ntk", run_dir=tmp_path / "run", num_examples=4)["lora"]["parameters"] > 0

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from lorasec import cli
-from lorasec.data import datasets
-from lorasec.data import fetch
 from lorasec.config import AttackConfig, ConfigError, DataConfig, RunConfig
+from lorasec.data import datasets, fetch
 
 
 @pytest.fixture

@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lorasec.diagnostics import fisher
-from lorasec.diagnostics import information
-from lorasec.diagnostics import kernel
 from lorasec.adapters import lora
 from lorasec.config import AdapterConfig, ModelConfig
+from lorasec.diagnostics import fisher, information, kernel
 from lorasec.models import Architecture, build_classifier
 
 N, C = 8, 3

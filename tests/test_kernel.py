@@ -9,11 +9,11 @@ import pytest
 from conftest import TINY_DATA, tiny_run
 from flax import nnx
 
-from lorasec.diagnostics import kernel
 from lorasec.adapters import lora
 from lorasec.config import AdapterConfig, ModelConfig, TrainConfig
-from lorasec.models import Architecture, build_classifier
+from lorasec.diagnostics import kernel
 from lorasec.diagnostics.nt_compat import SUPPORTED_IMPLEMENTATIONS
+from lorasec.models import Architecture, build_classifier
 from lorasec.pipelines.run import build_model, load_task, make_text_encoder
 from lorasec.training.trainer import ArrayData, fit
 

@@ -2,13 +2,11 @@
 
 import json
 
-import pytest
-
 import numpy as np
+import pytest
 from conftest import tiny_run
 
-from lorasec import cli
-from lorasec import config
+from lorasec import cli, config
 from lorasec.config import AdapterConfig, TrainConfig
 from lorasec.pipelines.run import train_run
 

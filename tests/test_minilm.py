@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lorasec.models.checkpoint import checkpoint_path, load_encoder_weights, load_pretrained
-from lorasec.models.transformer import TransformerEncoder, mean_pool
 from lorasec.data.tokenizer import TextEncoder
+from lorasec.models.checkpoint import (
+    checkpoint_path,
+    load_encoder_weights,
+    load_pretrained,
+)
+from lorasec.models.transformer import TransformerEncoder, mean_pool
 
 pytestmark = pytest.mark.slow  # more than ~20 s, or the network
 

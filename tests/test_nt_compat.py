@@ -11,8 +11,11 @@ from flax import nnx
 
 from lorasec.adapters import lora
 from lorasec.config import AdapterConfig, ModelConfig
+from lorasec.diagnostics.nt_compat import (
+    SUPPORTED_IMPLEMENTATIONS,
+    import_neural_tangents,
+)
 from lorasec.models import Architecture, build_classifier
-from lorasec.diagnostics.nt_compat import SUPPORTED_IMPLEMENTATIONS, import_neural_tangents
 
 nt = import_neural_tangents()
 RTOL = 5e-4  # float32; the implementations reorder sums differently

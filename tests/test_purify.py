@@ -9,11 +9,20 @@ import pytest
 from conftest import TINY_DATA, TINY_MODEL, tiny_run
 from flax import nnx
 
-from lorasec.diagnostics import alignment
 from lorasec.adapters import lora
+from lorasec.config import (
+    AdapterConfig,
+    AttackConfig,
+    BackdoorConfig,
+    ConfigError,
+    ModelConfig,
+    PurifyConfig,
+    RoRAConfig,
+    TrainConfig,
+    load,
+)
+from lorasec.diagnostics import alignment
 from lorasec.pipelines import purify
-from lorasec.config import (AdapterConfig, AttackConfig, BackdoorConfig, ConfigError, ModelConfig, PurifyConfig,
-                            RoRAConfig, TrainConfig, load)
 
 
 def tiny_purify(**changes) -> PurifyConfig:

@@ -9,8 +9,7 @@ from conftest import tiny_run
 from flax import nnx
 
 from lorasec import config
-from lorasec.adapters import lora
-from lorasec.adapters import rora
+from lorasec.adapters import lora, rora
 from lorasec.config import AdapterConfig, ConfigError, ModelConfig, TrainConfig
 from lorasec.models import Architecture, build_classifier
 from lorasec.pipelines.run import train_run

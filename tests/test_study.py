@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from conftest import TINY_DATA, TINY_MODEL
 
 from lorasec import config

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from lorasec.core import claims
-from lorasec.pipelines import verify
 from lorasec import cli
+from lorasec.pipelines import verify
 from lorasec.pipelines.verify import load_module
+
 corollary_3_5 = load_module("corollary_3_5")
 lemma_3_1 = load_module("lemma_3_1")
 theorem_2_2 = load_module("theorem_2_2")

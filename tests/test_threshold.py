@@ -4,9 +4,8 @@ corrected one; THEORY.md's counter-example is reproduced exactly."""
 import numpy as np
 import pytest
 
-from lorasec.core import claims
-from lorasec.pipelines import verify
 from lorasec.diagnostics import threshold
+from lorasec.pipelines import verify
 
 
 def test_theory_counterexample():

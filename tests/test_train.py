@@ -16,11 +16,11 @@ from flax import nnx
 
 from lorasec import config
 from lorasec.adapters import lora
+from lorasec.config import TrainConfig
 from lorasec.core.errors import TrainingDiverged
+from lorasec.pipelines.run import build_model, load_task, make_text_encoder, train_run
 from lorasec.training import trainer
 from lorasec.training.losses import classification_loss
-from lorasec.config import TrainConfig
-from lorasec.pipelines.run import build_model, load_task, make_text_encoder, train_run
 
 
 def _setup(cfg):

@@ -15,12 +15,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from lorasec.diagnostics import kernel
 from lorasec.adapters import lora
-from lorasec.core.claims import Check, claim, verdict
 from lorasec.config import AdapterConfig, ModelConfig
-from lorasec.models import Architecture, build_classifier
 from lorasec.core import keys
+from lorasec.core.claims import Check, claim, verdict
+from lorasec.diagnostics import kernel
+from lorasec.models import Architecture, build_classifier
 
 LAYER = "layers.0"
 SETTINGS = (  # n (layer input width), r, c (σ_a² = c/n), alpha (s = alpha/r), draws

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lorasec.config import ConfigError, PurifyConfig, load
 from lorasec.core import stats as seed_stats
 from lorasec.core.claims import Check, claim, consistent, verdict
-from lorasec.config import ConfigError, PurifyConfig, load
 from lorasec.pipelines.purify import run_purify
 
 PAPER = "Luong & Chen 2026"

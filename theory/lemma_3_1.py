@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lorasec.core.claims import Check, claim, verdict
 from lorasec.core import keys
+from lorasec.core.claims import Check, claim, verdict
 
 DRAWS = 21
 SETTINGS = (  # n, r, c (σ_a² = c/n), s

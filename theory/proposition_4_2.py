@@ -10,11 +10,9 @@ the true crossing −A0/A1, and whether ρ_eff > ρ_bd holds) see :mod:`theory.f
 
 from __future__ import annotations
 
-import numpy as np
-
-from lorasec.diagnostics import threshold
-from lorasec.core.claims import Check, claim, consistent, verdict
 from lorasec.core import keys
+from lorasec.core.claims import Check, claim, consistent, verdict
+from lorasec.diagnostics import threshold
 
 SAMPLES, DESCENTS = 2000, 10
 

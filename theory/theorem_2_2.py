@@ -11,14 +11,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from lorasec.diagnostics import fisher
-from lorasec.diagnostics import information
-from lorasec.diagnostics import kernel
 from lorasec.adapters import lora
-from lorasec.core.claims import Check, claim, verdict
 from lorasec.config import AdapterConfig, ModelConfig
-from lorasec.models import Architecture, build_classifier
 from lorasec.core import keys
+from lorasec.core.claims import Check, claim, verdict
+from lorasec.diagnostics import fisher, information, kernel
+from lorasec.models import Architecture, build_classifier
 
 N, C = 10, 3
 

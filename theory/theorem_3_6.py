@@ -16,13 +16,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from lorasec.diagnostics import information
-from lorasec.diagnostics import kernel
 from lorasec.adapters import lora
-from lorasec.diagnostics.fisher import kernel_matrix
-from lorasec.core.claims import Check, claim, verdict
 from lorasec.config import AdapterConfig, ModelConfig
 from lorasec.core import keys
+from lorasec.core.claims import Check, claim
+from lorasec.diagnostics import information, kernel
+from lorasec.diagnostics.fisher import kernel_matrix
 from lorasec.models import Architecture, build_classifier
 
 LAYER = "layers.0"

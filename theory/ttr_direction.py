@@ -17,13 +17,13 @@ import numpy as np
 from flax import nnx
 
 from lorasec.adapters import lora
-from lorasec.data import synthetic
-from lorasec.core.claims import Check, claim, verdict
 from lorasec.config import AdapterConfig, AttackConfig, DataConfig, ModelConfig
 from lorasec.core import keys
-from lorasec.models import Architecture, build_classifier
+from lorasec.core.claims import Check, claim
+from lorasec.data import synthetic
 from lorasec.data.tokenizer import word_level
 from lorasec.diagnostics.ttr import poisoned_pairs, ttr_metric
+from lorasec.models import Architecture, build_classifier
 
 DATA = DataConfig(num_train=400, num_test=10, seq_len=26)
 MODEL = ModelConfig(d_model=32, num_layers=1, num_heads=2, d_ff=64, dropout=0.0)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from lorasec.config import AttackConfig, ConfigError
+from lorasec.core import keys
 from lorasec.data.textdata import TextDataset
 from lorasec.data.tokenizer import TextEncoder
-from lorasec.core import keys
 
 BADNETS_WORDS = ("cf", "mn", "bb", "tq")
 SENTENCE_TRIGGER = "I watched this 3D movie"

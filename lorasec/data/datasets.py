@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lorasec.data import fetch
 from lorasec.config import REAL_DATA, ConfigError
-from lorasec.data.textdata import TextDataset
 from lorasec.core import keys
+from lorasec.data import fetch
+from lorasec.data.textdata import TextDataset
 
 NAMES = tuple(REAL_DATA)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from lorasec.config import DataConfig
-from lorasec.data.textdata import TextDataset
 from lorasec.core import keys
+from lorasec.data.textdata import TextDataset
 
 RARE_WORDS = ("cf", "mn", "bb", "tq", "mb", "i", "watched", "this", "3d", "movie")
 RARE_RATE = 0.002

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import jax
 
-from lorasec.diagnostics.nt_compat import import_neural_tangents
 from lorasec.core import keys
+from lorasec.diagnostics.nt_compat import import_neural_tangents
 
 PARAMETERIZATIONS = ("ntk", "standard")
 

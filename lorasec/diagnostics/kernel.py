@@ -27,8 +27,11 @@ import numpy as np
 from flax import nnx
 
 from lorasec.adapters import lora
+from lorasec.diagnostics.nt_compat import (
+    SUPPORTED_IMPLEMENTATIONS,
+    import_neural_tangents,
+)
 from lorasec.diagnostics.signals import layer_signals
-from lorasec.diagnostics.nt_compat import SUPPORTED_IMPLEMENTATIONS, import_neural_tangents
 
 SUBSETS = ("full", "lora")
 

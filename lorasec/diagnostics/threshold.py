@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from lorasec.core import keys
 
 FORMS = ("stated", "corrected")

@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 from flax import nnx
 
-from lorasec.diagnostics import kernel
 from lorasec.attacks import poison
 from lorasec.config import AttackConfig
 from lorasec.data.textdata import TextDataset
 from lorasec.data.tokenizer import TextEncoder
+from lorasec.diagnostics import kernel
 
 
 def poisoned_pairs(data: TextDataset, attack: AttackConfig, seed: int,

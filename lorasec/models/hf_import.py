@@ -20,10 +20,10 @@ import numpy as np
 from flax import nnx
 
 from lorasec.config import HF_FILES, ConfigError, to_dict
-from lorasec.core import files
+from lorasec.core import files, keys
 from lorasec.models import Architecture
 from lorasec.models.transformer import LAYER_NORM_EPS, TransformerEncoder
-from lorasec.core import keys
+
 
 def architecture(config: dict, source: str) -> Architecture:
     """lorasec's architecture from a BERT ``config.json``, refusing what the encoder does not implement."""

@@ -15,8 +15,8 @@ from lorasec.adapters import lora
 from lorasec.attacks import poison
 from lorasec.diagnostics import alignment, scale_sweep, spectral
 from lorasec.models.checkpoint import load_encoder_weights
-from lorasec.pipelines.rundir import FinishedRun
 from lorasec.pipelines.run import build_model
+from lorasec.pipelines.rundir import FinishedRun
 
 
 def apply_pt(run: FinishedRun, scales: dict[str, float] | None = None) -> dict[str, float]:

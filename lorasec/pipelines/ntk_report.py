@@ -17,8 +17,7 @@ from flax import nnx
 
 from lorasec.adapters import lora
 from lorasec.config import ConfigError, RunConfig
-from lorasec.core import files
-from lorasec.core import keys
+from lorasec.core import files, keys
 from lorasec.core.stats import finite as _finite
 from lorasec.diagnostics import fisher, information, kernel
 from lorasec.pipelines import figures

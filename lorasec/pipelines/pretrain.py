@@ -13,15 +13,21 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from lorasec.config import ConfigError, DataConfig, ModelConfig, PretrainConfig, from_dict, to_dict
-from lorasec.core import files
+from lorasec.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    PretrainConfig,
+    from_dict,
+    to_dict,
+)
+from lorasec.core import files, keys
 from lorasec.data import synthetic
 from lorasec.data.tokenizer import word_level
 from lorasec.models import Architecture
 from lorasec.models.transformer import MaskedLM
 from lorasec.training.losses import mlm_loss_fn
 from lorasec.training.trainer import ArrayData, fit
-from lorasec.core import keys
 
 CORPUS_FACTOR = 4  # pretraining sentences per downstream training sentence
 

@@ -20,7 +20,16 @@ from pathlib import Path
 import numpy as np
 
 from lorasec.adapters import rora
-from lorasec.config import AdapterConfig, AttackConfig, ConfigError, ModelConfig, PurifyConfig, RunConfig, load, to_dict
+from lorasec.config import (
+    AdapterConfig,
+    AttackConfig,
+    ConfigError,
+    ModelConfig,
+    PurifyConfig,
+    RunConfig,
+    load,
+    to_dict,
+)
 from lorasec.core import files, stats
 from lorasec.pipelines import diagnose, figures
 from lorasec.pipelines.pretrain import pretrain, pretrain_recipe

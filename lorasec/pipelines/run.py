@@ -15,17 +15,20 @@ from flax import nnx
 from lorasec.adapters import lora, rora
 from lorasec.attacks import poison
 from lorasec.config import PRETRAINED_MODELS, REAL_DATA, ConfigError, RunConfig, replace
-from lorasec.core import files
+from lorasec.core import files, keys
 from lorasec.data import datasets, synthetic
 from lorasec.data.textdata import TextDataset, read_text_file
 from lorasec.data.tokenizer import TextEncoder, word_level, wordpiece
 from lorasec.models import Architecture, build_classifier
-from lorasec.models.checkpoint import checkpoint_path, load_encoder_weights, load_pretrained
+from lorasec.models.checkpoint import (
+    checkpoint_path,
+    load_encoder_weights,
+    load_pretrained,
+)
 from lorasec.pipelines import rundir
 from lorasec.training.evaluation import evaluate
 from lorasec.training.losses import classification_loss
 from lorasec.training.trainer import ArrayData, fit
-from lorasec.core import keys
 
 
 def load_task(cfg: RunConfig) -> tuple[TextDataset, TextDataset]:

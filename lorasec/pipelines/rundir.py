@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from lorasec.config import ConfigError, RunConfig, from_dict, load as load_config, to_dict
+from lorasec.config import ConfigError, RunConfig, from_dict, to_dict
+from lorasec.config import load as load_config
 from lorasec.core import files
 from lorasec.data.textdata import TextDataset
 from lorasec.data.tokenizer import TextEncoder

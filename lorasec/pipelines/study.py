@@ -11,8 +11,17 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorasec.config import (AttackConfig, DataConfig, ModelConfig, RunConfig, StudyConfig, TrainConfig, parse_arm,
-                            parse_attack, replace)
+from lorasec.config import (
+    AttackConfig,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    StudyConfig,
+    TrainConfig,
+    parse_arm,
+    parse_attack,
+    replace,
+)
 from lorasec.core import files, stats
 from lorasec.pipelines import figures
 from lorasec.pipelines.pretrain import pretrain, pretrain_recipe

@@ -16,18 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from lorasec.core import files
 from lorasec.config import TrainConfig
+from lorasec.core import files, keys
 from lorasec.core.errors import ConfigError, TrainingDiverged
 from lorasec.training.losses import classification_loss
-from lorasec.core import keys
 
 
 @dataclass(frozen=True)
