@@ -42,8 +42,8 @@ def main() -> None:
                                                 dropout=0.0, mlp_hidden=(256, 256)), 500, 32)
     model = build_classifier(arch, 2, rngs=nnx.Rngs(0))
     lora.apply_lora(model, AdapterConfig(rank=8, alpha=16), rngs=nnx.Rngs(1))
-    for layer in lora.lora_layers(model).values():  # a trained-like B, so both kernel terms are live
-        layer.lora_b[...] = 0.05 * jax.random.normal(jax.random.key(2), layer.lora_b[...].shape)
+    for i, layer in enumerate(lora.lora_layers(model).values()):  # trained-like Bs, so both kernel terms are live
+        layer.lora_b[...] = 0.05 * jax.random.normal(jax.random.key(2 + i), layer.lora_b[...].shape)
     tokens = jax.random.randint(jax.random.key(3), (args.n, 32), 5, 500)
     mask = jnp.ones(tokens.shape, bool)
     print(f"{args.kind}, LoRA r=8 on all linear layers, N={args.n}, full (N,N,C,C) kernel, "

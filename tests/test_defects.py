@@ -115,9 +115,14 @@ def test_scale_is_state_so_a_sweep_compiles_once(tmp_path):
     assert curve["attack_success_rate"][2] == pytest.approx(run.results["attack_success_rate"])
 
 
+def _test_set(cfg):
+    return run_pipeline.load_task(cfg)[1]
+
+
 def test_load_run_never_prepares_data(tmp_path, monkeypatch):
     cfg = tiny_run(attack=AttackConfig(kind="badnets", poison_rate=0.1))
     results = train_run(cfg, tmp_path / "run", progress=False)
+    expected_names = _test_set(cfg).label_names
 
     def refuse(*_args, **_kwargs):
         raise AssertionError("load_run replayed data preparation")
@@ -125,6 +130,7 @@ def test_load_run_never_prepares_data(tmp_path, monkeypatch):
     monkeypatch.setattr(run_pipeline, "prepare_data", refuse)
     monkeypatch.setattr(run_pipeline, "load_task", refuse)
     run = load_run(tmp_path / "run")
+    assert len(run.test) == results["num_test"] and run.test.label_names == expected_names
     again = evaluation.evaluate(run.tuned, cfg, run.test, run.encoder)
     assert again.clean_accuracy == results["clean_accuracy"]
     assert again.attack_success_rate == results["attack_success_rate"]

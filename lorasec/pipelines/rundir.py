@@ -66,7 +66,8 @@ def save(out_dir: Path, *, model: nnx.Module, architecture: Architecture, num_cl
          encoder: TextEncoder, test: TextDataset, poisoned_indices: np.ndarray, results: dict) -> None:
     """Write a finished run's files (module docstring), ``results.json`` last."""
     files.write_json(out_dir / "model.json", {"format": FORMAT, "architecture": to_dict(architecture),
-                                              "num_classes": num_classes, "start": start})
+                                              "num_classes": num_classes, "start": start,
+                                              "label_names": list(test.label_names)})
     files.write_text(out_dir / "tokenizer.json", encoder.to_json())
     files.write_text(out_dir / "test.jsonl", "".join(
         json.dumps({"text": text, "label": int(label)}) + "\n" for text, label in zip(test.texts, test.labels)))
@@ -98,7 +99,8 @@ def read_tokenizer(run_dir: Path, seq_len: int) -> TextEncoder:
 
 def read_test(run_dir: Path) -> TextDataset:
     rows = [json.loads(line) for line in (run_dir / "test.jsonl").read_text().splitlines() if line]
-    return TextDataset(tuple(r["text"] for r in rows), np.asarray([r["label"] for r in rows], np.int32))
+    names = tuple(files.read_json(run_dir / "model.json").get("label_names", ()))
+    return TextDataset(tuple(r["text"] for r in rows), np.asarray([r["label"] for r in rows], np.int32), names)
 
 
 def load_params(run_dir: Path, model: nnx.Module) -> nnx.State:
