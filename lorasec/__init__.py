@@ -22,7 +22,7 @@ __version__ = "0.2.0"
 
 _FACADE = {
     # configs
-    "load_config": ("lorasec.config", "load"),
+    "load_config": ("lorasec.config", "load_config"),
     "RunConfig": ("lorasec.config", "RunConfig"),
     "AdapterConfig": ("lorasec.config", "AdapterConfig"),
     "AttackConfig": ("lorasec.config", "AttackConfig"),

@@ -597,6 +597,12 @@ def load(cls: type, path: str | Path | None = None, overrides: list[str] | tuple
     return from_dict(cls, raw).validate()
 
 
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+                kind: type = None) -> Any:
+    """A run config (or ``kind``) from a TOML/JSON file or run directory and dotted overrides, validated."""
+    return load(kind or RunConfig, path, overrides)
+
+
 def replace(cfg: Any, **sections: dict[str, Any]) -> Any:
     """Copy ``cfg`` with some fields of some sections changed: ``replace(cfg, train={'lr': 1e-4})``."""
     changes = {}

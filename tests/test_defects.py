@@ -54,6 +54,20 @@ def test_triggers_survive_truncation_in_training_and_test_sets():
     assert _lost(poison.apply_trigger(data.texts, phrase, seed=1, room=room), encoder, "cf mn bb") == 0.0
 
 
+def test_every_one_of_several_trigger_words_survives():
+    """Regression (review): with num_trigger_words = 2 a later insertion could push the first past the cut."""
+    data = _long_texts(300, 40, seed=3)
+    encoder = word_level([f"w{i}" for i in range(50)] + ["cf", "mn"], seq_len=16)
+    room = poison.Room(encoder)
+    for word in ("cf", "mn"):
+        attack = AttackConfig(kind="badnets", poison_rate=0.5, target_label=0, triggers=(word,), num_trigger_words=2)
+        (trigger,) = poison.triggers_for(attack)
+        texts = poison.apply_trigger(data.texts, trigger, seed=2, room=room)
+        tokens, _ = encoder.encode(texts)
+        (ids,) = room.ids(word)
+        assert ((tokens == ids).sum(axis=1) == 2).all()
+
+
 def test_a_trigger_longer_than_the_sequence_is_refused():
     encoder = word_level(["a", "b", "cf", "mn", "bb"], seq_len=3)
     attack = AttackConfig(kind="sentence", poison_rate=0.5, target_label=0, triggers=("cf mn bb",))

@@ -30,7 +30,7 @@ MODEL = ModelConfig(d_model=32, num_layers=1, num_heads=2, d_ff=64, dropout=0.0)
 RANKS = (2, 8, 32)
 VARIANCES = (0.1, 1.0 / 3.0, 1.0)
 SEEDS = 5
-Z = 2.0  # a direction is decided when the mean difference exceeds Z standard errors
+LEVEL = 0.95  # two-sided: a direction is decided when the mean difference exceeds Student's t quantile × SE
 
 
 def measure(ranks=RANKS, variances=VARIANCES, *, seeds: int = SEEDS, pairs: int = 24) -> dict:
@@ -56,29 +56,34 @@ def measure(ranks=RANKS, variances=VARIANCES, *, seeds: int = SEEDS, pairs: int 
     return out
 
 
-def _difference(high, low) -> tuple[float, float]:
-    """Mean and standard error of ``high − low`` (paired when both come from the same seeds)."""
+def _difference(high, low) -> tuple[float, float, float]:
+    """Mean, standard error and the decision threshold (t quantile × SE) of ``high − low``, paired by seed."""
+    from scipy.stats import t as student
+
     diff = np.subtract(high, low)
-    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
+    if len(diff) < 2:
+        raise ValueError("ttr_direction needs at least 2 seeds to estimate its standard errors")
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+    return float(diff.mean()), se, float(student.ppf(0.5 + LEVEL / 2, len(diff) - 1)) * se
 
 
-def _decide(mean: float, se: float) -> str:
-    return "holds" if mean > Z * se else ("violated" if mean < -Z * se else "inconclusive")
+def _decide(mean: float, se: float, threshold: float) -> str:
+    return "holds" if mean > threshold else ("violated" if mean < -threshold else "inconclusive")
 
 
 @claim("ttr_direction", "Liang et al. 2025",
        "M'_LoRA < M'_FF (LoRA more robust to backdoors in the NTK regime); M'_LoRA grows with r and σ_a²")
 def direction(ranks=RANKS, variances=VARIANCES, seeds: int = SEEDS) -> list[Check]:
     grid = measure(ranks, variances, seeds=seeds)
-    tolerance = f"mean difference vs {Z:g} standard errors over {seeds} independent draws"
+    tolerance = f"paired t, {LEVEL:.0%} two-sided, {seeds} independent draws"
     checks = []
     for r in ranks:
         for c in variances:
-            mean, se = _difference(grid["ff"], grid[r, c])
+            mean, se, threshold = _difference(grid["ff"], grid[r, c])
             checks.append(Check("ttr_direction", f"transformer d32, BadNets pairs, r={r} σ²={c:.3g}/n s=1",
                                 "M'_LoRA < M'_FF", f"M'_FF − M'_LoRA = {mean:.3g} ± {se:.2g} (M'_LoRA "
                                 f"{np.mean(grid[r, c]):.3g}, M'_FF {np.mean(grid['ff']):.3g})", tolerance,
-                                _decide(mean, se)))
+                                _decide(mean, se, threshold)))
     for label, axis in (("r", [[(r, c) for r in ranks] for c in variances]),
                         ("σ_a²", [[(r, c) for c in variances] for r in ranks])):
         for cells in axis:

@@ -88,21 +88,27 @@ class Trigger:
     count: int = 1
 
     def insert(self, text: str, rng: np.random.Generator, room: Room | None = None) -> str:
-        """Insert ``count`` phrases; with ``room``, only where each survives truncation (module docstring)."""
+        """Insert ``count`` phrases; with ``room``, only where all of them survive truncation (module docstring).
+
+        The positions are drawn in the original text's word boundaries up to the last one that leaves room for
+        every phrase, and filled from the right, so a later insertion never pushes an earlier one out."""
         words = text.split()
-        for _ in range(self.count):
-            phrase = self.phrases[int(rng.integers(len(self.phrases)))].split()
-            last = len(words) if room is None else room.last_start(words, phrase)
-            if last < 0:
+        phrases = [self.phrases[int(rng.integers(len(self.phrases)))].split() for _ in range(self.count)]
+        together = [w for phrase in phrases for w in phrase]
+        last = len(words) if room is None else room.last_start(words, together)
+        if last < 0:
+            for phrase in phrases:
                 room.check(" ".join(phrase))
-                raise ConfigError(f"attack: the trigger {' '.join(phrase)!r} cannot fit with the other trigger "
-                                  f"words in data.seq_len = {room.seq_len} tokens; raise data.seq_len")
-            if self.position == "prefix":
-                at = 0
-            elif self.position == "suffix":
-                at = last
-            else:
-                at = int(rng.integers(last + 1))
+            raise ConfigError(f"attack: the {self.count} trigger phrases {' '.join(together)!r} do not fit together "
+                              f"in data.seq_len = {room.seq_len} tokens; raise data.seq_len or lower "
+                              f"attack.num_trigger_words")
+        if self.position == "prefix":
+            positions = [0] * self.count
+        elif self.position == "suffix":
+            positions = [last] * self.count
+        else:
+            positions = [int(rng.integers(last + 1)) for _ in range(self.count)]
+        for at, phrase in sorted(zip(positions, phrases), key=lambda item: -item[0]):
             words[at:at] = phrase
         return " ".join(words)
 

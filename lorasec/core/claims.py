@@ -60,7 +60,9 @@ def claim(name: str, paper: str, statement: str, *, trains: bool = False):
     """Register ``fn() -> list[Check]`` under ``name`` (``fn(purify_dir)`` when it ``trains`` models)."""
 
     def register(fn):
-        if name in REGISTRY and REGISTRY[name].run.__qualname__ != fn.__qualname__:
+        previous = REGISTRY.get(name)
+        if previous is not None and (previous.run.__module__, previous.run.__qualname__) != (fn.__module__,
+                                                                                            fn.__qualname__):
             raise ValueError(f"claim {name!r} registered twice")
         REGISTRY[name] = Claim(name, paper, statement, fn, trains)
         return fn

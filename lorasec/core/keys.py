@@ -6,8 +6,9 @@
 
 A run's streams: ``params`` (the classifier's initialisation), ``adapters`` (LoRA factors), ``dropout`` (one key per
 training step), ``batches`` (one data order per epoch), ``poison`` (which samples, where the trigger goes),
-``triggers`` (test-time insertions). A data set's: ``corpus`` (synthetic sentences per split), ``split`` (the real
-sets' train / validation / test split). Diagnostics and claim checks draw from the others. numpy's generators are
+``triggers`` (test-time insertions); masked-LM pretraining draws its masks from the step's ``dropout`` key. A
+data set's: ``corpus`` (synthetic sentences per split), ``split`` (the real sets' train / validation / test
+split). Diagnostics and claim checks draw from the others. numpy's generators are
 seeded with a branch's key data (:func:`numpy_rng`), so they hang from the same tree; no stream is a function of
 another's seed arithmetic.
 """
@@ -17,20 +18,19 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-STREAMS = {name: i for i, name in enumerate((
-    "params", "adapters", "dropout", "batches", "poison", "triggers",   # a run
-    "corpus", "split",                                                  # a data set
-    "pretrain_masking",                                                 # masked-LM pretraining
-    "probe_adapters",   # adapters put on a full fine-tuning model to read its LoRA kernel (lorasec ntk)
-    "hutchinson",       # Rademacher probes of trace estimates
-    "lanczos",          # start vectors of stochastic Lanczos quadrature
-    "monte_carlo",      # finite networks averaged against an infinite-width kernel
-    "inputs",           # random token inputs of the claim checks
-    "labels",           # random labels of the claim checks
-    "factors",          # random LoRA factors of the claim checks
-    "init_draws",       # independent networks and draws of A in the claim checks
-    "instances",        # random instances of the threshold search
-))}
+STREAMS = {
+    "params": 0, "adapters": 1, "dropout": 2, "batches": 3, "poison": 4, "triggers": 5,  # a run
+    "corpus": 6, "split": 7,                                                              # a data set
+    "probe_adapters": 9,  # adapters put on a full fine-tuning model to read its LoRA kernel (lorasec ntk)
+    "hutchinson": 10,     # Rademacher probes of trace estimates
+    "lanczos": 11,        # start vectors of stochastic Lanczos quadrature
+    "monte_carlo": 12,    # finite networks averaged against an infinite-width kernel
+    "inputs": 13,         # random token inputs of the claim checks
+    "labels": 14,         # random labels of the claim checks
+    "factors": 15,        # random LoRA factors of the claim checks
+    "init_draws": 16,     # independent networks and draws of A in the claim checks
+    "instances": 17,      # random instances of the threshold search
+}  # ids are fixed once given (8 is retired), so a new stream never moves an old one's draws
 
 
 def key(seed: int, stream: str, *path: int) -> jax.Array:

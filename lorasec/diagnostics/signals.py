@@ -42,7 +42,12 @@ def _signals(graphdef, state, tokens, mask, names: tuple[str, ...] | None):
     cotangents = jnp.broadcast_to(jnp.eye(num_classes, dtype=logits.dtype)[:, None, :],
                                   (num_classes, *logits.shape))
     (deltas,) = jax.vmap(pullback)(cotangents)  # every leaf (C, N, *positions, m)
-    inputs = {_layer_name(path): value.get_value()[0] for path, value in nnx.to_flat_state(captured)}
+    sown = {_layer_name(path): value.get_value() for path, value in nnx.to_flat_state(captured)}
+    repeated = [name for name, calls in sown.items() if len(calls) != 1]
+    if repeated:  # a perturbation would sum the calls' signals while only one input is kept
+        raise ValueError(f"layer {repeated[0]!r} is called {len(sown[repeated[0]])} times in one forward pass; "
+                         f"the structured signals need each Dense layer called once")
+    inputs = {name: calls[0] for name, calls in sown.items()}
     grads = {_layer_name(path): value.get_value() for path, value in nnx.to_flat_state(deltas)}
     out = {}
     for name, x in inputs.items():
@@ -61,5 +66,6 @@ def layer_signals(model: nnx.Module, tokens, mask, names=None) -> dict[str, tupl
     signals = _signals(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask, bool), chosen)
     missing = set(chosen or ()) - set(signals)
     if missing:
-        raise ValueError(f"no linear layer named {sorted(missing)[0]!r}; layers: {', '.join(sorted(signals))}")
+        raise ValueError(f"no Dense layer named {sorted(missing)[0]!r} (only lorasec.models.layers.Dense records "
+                         f"signals); layers: {', '.join(sorted(signals))}")
     return signals

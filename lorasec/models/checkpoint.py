@@ -9,6 +9,7 @@ edited one to a new entry).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -23,11 +24,23 @@ from lorasec.models.transformer import TransformerEncoder
 
 
 def content_key(directory: Path) -> str:
-    """sha256 over the Hugging Face files' bytes: the converted-weights cache key of ``directory``."""
+    """sha256 over the Hugging Face files' bytes: the converted-weights cache key of ``directory`` (hashed once
+    per process and file version: size and modification time)."""
+    stamps = tuple((name, *_stamp(directory / name)) for name in HF_FILES)
+    return _content_key(str(Path(directory).resolve()), stamps)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=16)
+def _content_key(directory: str, stamps: tuple) -> str:
     digest = hashlib.sha256()
-    for name in HF_FILES:
+    for name, *_ in stamps:
         digest.update(name.encode())
-        digest.update(files.sha256_file(directory / name).encode())
+        digest.update(files.sha256_file(Path(directory) / name).encode())
     return digest.hexdigest()[:32]
 
 

@@ -14,7 +14,6 @@ from lorasec import config
 from lorasec.adapters import lora
 from lorasec.attacks import poison
 from lorasec.diagnostics import alignment, scale_sweep, spectral
-from lorasec.models.checkpoint import load_encoder_weights
 from lorasec.pipelines.run import build_model
 from lorasec.pipelines.rundir import FinishedRun
 
@@ -38,21 +37,26 @@ def update_pairs(run: FinishedRun, base: str | None = None) -> dict[str, tuple[n
                                  "frozen weight)")
     reference = build_model(config.replace(run.cfg, model={"pretrained": base, "init_from": ""},
                                            adapter={"method": "full"}), run.encoder.vocab_size)
-    load_encoder_weights(reference.encoder, base)
     before = lora.linear_layers(reference)
     return {name: (np.asarray(before[name].kernel[...]), tuned) for name, (_, tuned) in pairs.items()}
+
+
+FORMAT = 2  # diagnosis records of format 1 were measured before Pt's rescale; they are recomputed
 
 
 def diagnose(run: FinishedRun, *, base: str | None = None, k: int = 10, epsilon: float = 0.5,
              with_alignment: bool = True, with_sweep: bool = True) -> dict:
     """``{"spectral": per matrix, "alignment": per matrix, "sweep": curve}`` (the last two where they apply)."""
-    apply_pt(run)
+    pt_scales = apply_pt(run)
     pairs = update_pairs(run, base)
-    report = {"spectral": {name: spectral.pair_report(pre, tuned, k=k, epsilon=epsilon)
-                           for name, (pre, tuned) in pairs.items()}}
+    report = {"format": FORMAT, "spectral": {name: spectral.pair_report(pre, tuned, k=k, epsilon=epsilon)
+                                             for name, (pre, tuned) in pairs.items()}}
     if poison.triggers_for(run.cfg.attack):
         if with_alignment:
             report["alignment"] = alignment.run_alignment(run)
         if with_sweep and run.cfg.adapter.plain_lora:
             report["sweep"] = scale_sweep.sweep(run)
+            if pt_scales:
+                report["sweep"]["note"] = ("one uniform s on every adapter; the run was evaluated with Pt's "
+                                           "per-layer scales, so s_train = α/r is the scale it trained at")
     return report

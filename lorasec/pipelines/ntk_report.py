@@ -21,11 +21,12 @@ from lorasec.core import files, keys
 from lorasec.core.stats import finite as _finite
 from lorasec.diagnostics import fisher, information, kernel
 from lorasec.pipelines import figures
+from lorasec.pipelines.diagnose import apply_pt
 from lorasec.pipelines.run import build_model, load_run, prepare_data
 
 
 def _with_probe_adapters(model: nnx.Module, cfg: RunConfig) -> nnx.Module:
-    """A full fine-tuning model gets the config's LoRA adapters (B = 0), drawn from the run's ``probe`` key."""
+    """A full fine-tuning model gets the config's LoRA adapters (B = 0), from the ``probe_adapters`` key."""
     if cfg.adapter.method == "full":
         lora_cfg = dataclasses.replace(cfg.adapter, method="lora")
         lora.apply_lora(model, lora_cfg, rngs=nnx.Rngs(params=keys.key(cfg.seed, "probe_adapters")))
@@ -39,7 +40,11 @@ def kernel_report(cfg: RunConfig, out_dir: str | Path, *, run_dir: str | Path | 
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
         run = load_run(run_dir)
-        cfg, test, encoder, model = run.cfg, run.test, run.encoder, run.tuned
+        if run.cfg.adapter.method != cfg.adapter.method:
+            raise ConfigError(f"ntk --set adapter.method = {cfg.adapter.method!r}: the run in {str(run_dir)!r} "
+                              f"was trained with {run.cfg.adapter.method!r}; a finished run's method is fixed")
+        apply_pt(run)  # the kernels of the model as the run was evaluated
+        test, encoder, model = run.test, run.encoder, run.tuned
     else:
         _, test, encoder = prepare_data(cfg)
         model = build_model(cfg, encoder.vocab_size)

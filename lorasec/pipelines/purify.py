@@ -34,7 +34,7 @@ from lorasec.core import files, stats
 from lorasec.pipelines import diagnose, figures
 from lorasec.pipelines.pretrain import pretrain, pretrain_recipe
 from lorasec.pipelines.run import build_model, load_run, prepare_data, train_run
-from lorasec.training.evaluation import evaluate
+from lorasec.training.evaluation import evaluate, evaluation_fields
 
 POST_HOC = {"rora_pt": "lora"}  # defences that transform another defence's runs instead of training
 
@@ -110,8 +110,9 @@ def defence_run(cfg: PurifyConfig, backdoored: Path, out: Path, name: str, seed:
     run_dir = out / "runs" / f"{source}-seed{seed}"
     results = train_run(defence_config(cfg, backdoored, source, seed), run_dir, progress=progress)
     record = run_dir / ("diagnosis.json" if source == name else f"{name}.json")
-    if record.is_file():
-        saved = files.read_json(record)
+    saved = files.read_json(record) if record.is_file() else None
+    current = saved is not None and (saved["diagnosis"] if source != name else saved).get("format") == diagnose.FORMAT
+    if current:
         return (saved["results"], saved["diagnosis"]) if source != name else (results, saved)
     run = load_run(run_dir)
     if source == name:
@@ -120,8 +121,7 @@ def defence_run(cfg: PurifyConfig, backdoored: Path, out: Path, name: str, seed:
         return results, diagnosis
     scales = rora.post_training_rescale(run.tuned, cfg.rora.pt_layers)
     evaluation = evaluate(run.tuned, run.cfg, run.test, run.encoder)
-    results = {**results, "clean_accuracy": evaluation.clean_accuracy,
-               "attack_success_rate": evaluation.attack_success_rate, "rora_pt_scales": scales}
+    results = {**results, **evaluation_fields(evaluation), "rora_pt_scales": scales}
     diagnosis = diagnose.diagnose(run, with_sweep=False)
     files.write_json(record, {"results": results, "diagnosis": diagnosis})
     return results, diagnosis

@@ -14,7 +14,13 @@ from flax import nnx
 
 from lorasec.adapters import lora, rora
 from lorasec.attacks import poison
-from lorasec.config import PRETRAINED_MODELS, REAL_DATA, ConfigError, RunConfig, replace
+from lorasec.config import (
+    REAL_DATA,
+    ConfigError,
+    RunConfig,
+    is_pretrained_reference,
+    replace,
+)
 from lorasec.core import files, keys
 from lorasec.data import datasets, synthetic
 from lorasec.data.textdata import TextDataset, read_text_file
@@ -26,7 +32,7 @@ from lorasec.models.checkpoint import (
     load_pretrained,
 )
 from lorasec.pipelines import rundir
-from lorasec.training.evaluation import evaluate
+from lorasec.training.evaluation import evaluate, evaluation_fields
 from lorasec.training.losses import classification_loss
 from lorasec.training.trainer import ArrayData, fit
 
@@ -94,7 +100,7 @@ def starting_config(cfg: RunConfig) -> RunConfig:
     """The config of the run ``model.init_from`` names, checked to fit ``cfg`` (a full FT classifier, same
     classes, room for ``data.seq_len``)."""
     source = cfg.model.init_from
-    start = rundir.read_config(Path(source))
+    start = rundir.read_config(Path(source), validate=False)
     if start.adapter.method != "full":
         raise ConfigError(f"model.init_from = {source!r}: a {start.adapter.method} run; start from a full "
                           f"fine-tuning run (its weights are one plain classifier)")
@@ -164,11 +170,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path | None = None, *, progress: bo
     evaluation = evaluate(model, cfg, test, encoder)
     trainable_state = nnx.state(model, trainable)
     results = {
-        "clean_accuracy": evaluation.clean_accuracy,
-        "attack_success_rate": evaluation.attack_success_rate,
-        "triggered_accuracy": evaluation.triggered_accuracy,
-        "robust_accuracy": evaluation.robust_accuracy,
-        "per_trigger": evaluation.per_trigger,
+        **evaluation_fields(evaluation),
         "steps": fitted.steps,
         "resumed_from_step": fitted.resumed_from,
         "final_loss": fitted.final_loss,
@@ -183,8 +185,8 @@ def train_run(cfg: RunConfig, out_dir: str | Path | None = None, *, progress: bo
         "rora_pt_scales": pt_scales,
     }
     if out_dir is not None:
-        start = {"pretrained": str(checkpoint_path(cfg.model.pretrained)) if cfg.model.pretrained else "",
-                 "init_from": cfg.model.init_from}
+        start = {"pretrained": str(checkpoint_path(cfg.model.pretrained).resolve()) if cfg.model.pretrained else "",
+                 "init_from": str(Path(cfg.model.init_from).resolve()) if cfg.model.init_from else ""}
         rundir.save(out_dir, model=model, architecture=architecture(cfg, encoder.vocab_size),
                     num_classes=cfg.data.num_classes, start=start, encoder=encoder, test=test,
                     poisoned_indices=poisoned.indices, results=results)
@@ -192,12 +194,13 @@ def train_run(cfg: RunConfig, out_dir: str | Path | None = None, *, progress: bo
 
 
 def load_run(run_dir: str | Path) -> rundir.FinishedRun:
-    """A finished run rebuilt from its directory alone: no data preparation, poisoning or fetch (a directory of
-    format 1, which stored no tokenizer or test set, has them replayed from its config)."""
+    """A finished run rebuilt from its directory and the local files it started from (module docstring of
+    :mod:`lorasec.pipelines.rundir`): no data preparation, poisoning or fetch, except for a directory of format 1,
+    which stored no tokenizer or test set and has them replayed from its config."""
     run_dir = Path(run_dir)
     if not (run_dir / "params").is_dir() or not (run_dir / "results.json").is_file():
         raise ConfigError(f"{str(run_dir)!r}: not a finished lorasec run (params/ or results.json missing)")
-    cfg = rundir.read_config(run_dir)
+    cfg = rundir.read_config(run_dir, validate=False)
     if rundir.describes_itself(run_dir):
         meta = rundir.read_model(run_dir)
         encoder, test = rundir.read_tokenizer(run_dir, cfg.data.seq_len), rundir.read_test(run_dir)
@@ -215,10 +218,13 @@ def load_run(run_dir: str | Path) -> rundir.FinishedRun:
 
 
 def _start_model(cfg: RunConfig, start: dict, vocab_size: int) -> nnx.Module:
-    """The plain classifier as the run's training started, from local files only (never a fetch)."""
-    pretrained = start.get("pretrained", "")
-    if pretrained and pretrained not in PRETRAINED_MODELS and not (Path(pretrained) / "model.json").is_file():
+    """The plain classifier as the run's training started, from the local files ``start`` names."""
+    pretrained, init_from = start.get("pretrained", ""), start.get("init_from", "")
+    if pretrained and not is_pretrained_reference(pretrained):
         raise ConfigError(f"the pretrained checkpoint this run started from is gone ({pretrained!r}); "
                           f"`lorasec fetch {cfg.model.pretrained}` or the original directory restores it")
-    local = replace(cfg, model={"pretrained": pretrained}, adapter={"method": "full"})
+    if init_from and not (Path(init_from) / "params").is_dir():
+        raise ConfigError(f"the run this run started from is gone ({init_from!r}); its starting weights cannot "
+                          f"be rebuilt")
+    local = replace(cfg, model={"pretrained": pretrained, "init_from": init_from}, adapter={"method": "full"})
     return build_model(local, vocab_size)

@@ -9,8 +9,10 @@
                   scales are in the results)
 ``poisoned_indices.json``, ``results.json``   written last: ``results.json`` marks the run complete
 
-:func:`lorasec.pipelines.run.load_run` rebuilds a finished run from these files alone: it never prepares data,
-poisons or fetches.
+:func:`lorasec.pipelines.run.load_run` rebuilds a finished run from these files and the local files its training
+started from (the pretrained checkpoint directory or the starting run, both stored as absolute paths): it never
+prepares data, poisons or fetches. Directories of format 1 stored no tokenizer or test set; for those alone the
+data preparation is replayed from the config.
 """
 
 from __future__ import annotations
@@ -76,9 +78,13 @@ def save(out_dir: Path, *, model: nnx.Module, architecture: Architecture, num_cl
     files.write_json(out_dir / "results.json", results)
 
 
-def read_config(run_dir: Path) -> RunConfig:
+def read_config(run_dir: Path, *, validate: bool = True) -> RunConfig:
+    """The run's config; ``validate=False`` skips the checks of paths on this machine (the run was validated
+    when it trained; loading it must not depend on where it is loaded from)."""
     if not (run_dir / "config.json").is_file():
         raise ConfigError(f"{str(run_dir)!r}: not a lorasec run directory (config.json missing)")
+    if not validate:
+        return from_dict(RunConfig, files.read_json(run_dir / "config.json"))
     return load_config(RunConfig, run_dir / "config.json")
 
 

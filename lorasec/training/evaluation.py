@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import jax
@@ -44,6 +45,11 @@ class Evaluation:
     triggered_accuracy: float | None
     robust_accuracy: float | None
     per_trigger: dict
+
+
+def evaluation_fields(evaluation: Evaluation) -> dict:
+    """The evaluation as the fields of a run's ``results.json``."""
+    return dataclasses.asdict(evaluation)
 
 
 def evaluate(model: nnx.Module, cfg: RunConfig, test: TextDataset, encoder: TextEncoder) -> Evaluation:
