@@ -114,6 +114,10 @@ def _ntk(args) -> int:
     from lorasec import config
     from lorasec.pipelines.ntk_report import kernel_report
 
+    if args.n < 2:
+        raise ConfigError(f"ntk --n {args.n}: must be at least 2 examples")
+    if args.block_size < 0:
+        raise ConfigError(f"ntk --block-size {args.block_size}: must be 0 (no blocks) or a positive block size")
     source = Path(args.source)
     is_run = source.is_dir() and (source / "results.json").is_file()
     if source.is_dir() and not is_run:
@@ -236,6 +240,9 @@ def _study(args) -> int:
     from lorasec.pipelines.study import run_study
 
     plan = None
+    if args.overrides and not args.config:
+        raise ConfigError(f"study --set {args.overrides[0]!r}: the built-in study takes no overrides; write a study "
+                          f"config (see experiments/rt_minilm_cpu.toml) and pass it with --set")
     if args.config:
         from lorasec import config
         from lorasec.pipelines.study import plan_from_config

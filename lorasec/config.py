@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +29,7 @@ MODEL_KINDS = ("transformer", "mlp")
 POOLINGS = ("mean", "cls")
 REAL_DATA = {"rotten-tomatoes": 2, "bbc-news": 5, "sms-spam": 2}  # pinned registry sets -> number of classes
 DATA_SOURCES = ("synthetic", "file", *REAL_DATA)
+INT_LIMIT = 2**63
 PRETRAINED_MODELS = ("minilm-l6",)  # pinned registry models (lorasec.data.fetch.PINS)
 HF_FILES = ("config.json", "model.safetensors", "tokenizer.json")  # a BERT directory in Hugging Face's layout
 
@@ -92,6 +96,7 @@ class DataConfig:
 
     def validate(self, p: str = "data") -> None:
         _one_of(f"{p}.source", self.source, DATA_SOURCES)
+        _at_least(f"{p}.seed", self.seed, 0)
         _at_least(f"{p}.num_classes", self.num_classes, 2)
         _at_least(f"{p}.seq_len", self.seq_len, 2)
         if self.source == "synthetic":
@@ -228,6 +233,13 @@ class AdapterConfig:
         _rate(f"{p}.dropout", self.dropout, upper_open=True)
         if self.method == "lora" and not self.targets:
             _fail(f"{p}.targets", [], "must name at least one layer pattern (or 'all-linear')")
+        for field_name in ("targets", "modules_to_save"):
+            for pattern in getattr(self, field_name):
+                if pattern.startswith("re:"):
+                    try:
+                        re.compile(pattern[3:])
+                    except re.error as err:
+                        _fail(f"{p}.{field_name}", pattern, f"not a valid regular expression ({err})")
         _rate(f"{p}.rora_cl", self.rora_cl, upper_open=True)
         _at_least(f"{p}.rora_tr", self.rora_tr, 0.0)
         _at_least(f"{p}.rora_tr_k", self.rora_tr_k, 1)
@@ -288,6 +300,35 @@ class TrainConfig:
             _fail(f"{p}.mask_prob", self.mask_prob, "must lie in (0, 1)")
 
 
+def physical_memory() -> int:
+    """Bytes of physical memory on this machine (16 GiB when the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 16 * 2**30
+
+
+def check_memory(data: DataConfig, model: ModelConfig, train: TrainConfig, *, budget: float = 0.8) -> None:
+    """Refuse sizes whose arrays cannot fit before anything is allocated: the synthetic corpus's token arrays
+    and texts, and one training step's attention and layer activations (forward and backward, float32). A lower
+    bound for a pretrained model, whose widths are read later; it exists to stop absurd sizes with a message."""
+    limit = budget * physical_memory()
+    examples = data.num_train + data.num_test if data.source == "synthetic" else 0
+    heads, layers = max(model.num_heads, 1), max(model.num_layers, 1)
+    parts = {
+        "data.num_train": examples * (data.seq_len * 5 + data.max_len * 16),
+        "data.seq_len": 3 * 4 * train.batch_size * layers * data.seq_len * (
+            heads * data.seq_len + 6 * model.d_model + model.d_ff),
+    }
+    total = sum(parts.values())
+    if total > limit:
+        field_name = max(parts, key=parts.get)
+        value = getattr(data, field_name.split(".")[1])
+        fix = "lower it" if field_name == "data.num_train" else "lower it or train.batch_size"
+        _fail(field_name, value, f"needs about {total / 2**30:.3g} GiB (more than {budget:.0%} of this machine's "
+                                 f"{physical_memory() / 2**30:.3g} GiB); {fix}")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One fine-tuning run: ``lorasec train``."""
@@ -317,6 +358,7 @@ class RunConfig:
                       f"must be >= data.max_len + 1 = {self.data.max_len + 1} (room for [CLS])")
         if self.model.kind == "mlp" and self.model.pooling == "cls":
             _fail("model.pooling", "cls", "the MLP classifier averages its embeddings; use 'mean'")
+        check_memory(self.data, self.model, self.train)
         return self
 
 
@@ -341,6 +383,7 @@ class PretrainConfig:
             _fail("model.kind", self.model.kind, "pretraining builds a 'transformer' encoder")
         if self.model.pretrained:
             _fail("model.pretrained", self.model.pretrained, "must be empty when pretraining")
+        check_memory(self.data, self.model, self.train)
         return self
 
 
@@ -491,6 +534,7 @@ class PurifyConfig:
                 (self.adapter.rora_cl, self.adapter.rora_tr, self.adapter.rora_pt_layers)):
             _fail("adapter", "…", "holds the plain LoRA settings shared by the defences (method = 'lora'); "
                                   "choose DoRA, PiSSA and RoRA through `defences` and the [rora] section")
+        check_memory(self.data, self.model, self.train)
         if self.backdoor.attack.target_label >= self.data.num_classes:
             _fail("backdoor.attack.target_label", self.backdoor.attack.target_label,
                   f"must be < data.num_classes = {self.data.num_classes}")
@@ -514,12 +558,17 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             _fail(name, value, "must be true or false")
         return value
     if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or int(value) != value):
             _fail(name, value, "must be an integer")
+        if not -INT_LIMIT <= value < INT_LIMIT:
+            _fail(name, value, "must lie within ±2**63 (a 64-bit integer)")
         return int(value)
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(name, value, "must be a number")
+        if not math.isfinite(value):
+            _fail(name, value, "must be a finite number (inf and nan are not allowed)")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
@@ -573,7 +622,12 @@ def read_file(path: str | Path) -> dict[str, Any]:
         path = path / "config.json"
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r}: not found")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {str(path)!r}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"config file {str(path)!r}: cannot be read ({err.strerror})") from None
     try:
         if path.suffix == ".json":
             return json.loads(text)

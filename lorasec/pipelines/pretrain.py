@@ -26,6 +26,7 @@ from lorasec.data import synthetic
 from lorasec.data.tokenizer import word_level
 from lorasec.models import Architecture
 from lorasec.models.transformer import MaskedLM
+from lorasec.pipelines.rundir import exclusive
 from lorasec.training.losses import mlm_loss_fn
 from lorasec.training.trainer import ArrayData, fit
 
@@ -41,8 +42,14 @@ def pretrain_recipe(data: DataConfig, model: ModelConfig, steps: int) -> Pretrai
 
 
 def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True) -> Path:
-    """Pretrain (or resume pretraining) into ``out_dir``; returns it. A finished checkpoint is left as it is."""
+    """Pretrain (or resume pretraining) into ``out_dir``; returns it. A finished checkpoint is left as it is; no
+    other lorasec process may write to ``out_dir`` meanwhile."""
     out_dir = Path(out_dir)
+    with exclusive(out_dir):
+        return _pretrain(cfg, out_dir, progress)
+
+
+def _pretrain(cfg: PretrainConfig, out_dir: Path, progress: bool) -> Path:
     if (out_dir / "model.json").is_file():
         made_by = files.read_json(out_dir / "model.json")["pretrain_config"]
         if made_by is None or to_dict(from_dict(PretrainConfig, made_by)) != to_dict(cfg):

@@ -148,16 +148,28 @@ def build_model(cfg: RunConfig, vocab_size: int) -> nnx.Module:
 
 
 def train_run(cfg: RunConfig, out_dir: str | Path | None = None, *, progress: bool = True) -> dict:
-    """Fine-tune under the configured attack and evaluate; resumes an interrupted run in ``out_dir``."""
-    began = time.perf_counter()
-    out_dir = Path(out_dir) if out_dir is not None else None
-    if out_dir is not None:
+    """Fine-tune under the configured attack and evaluate; resumes an interrupted run in ``out_dir``, which no
+    other lorasec process may write to meanwhile (:func:`lorasec.pipelines.rundir.exclusive`)."""
+    if out_dir is None:
+        return _train_run(cfg, None, progress)
+    out_dir = Path(out_dir)
+    with rundir.exclusive(out_dir):
         finished = rundir.claim(cfg, out_dir)
         if finished is not None:
             return finished
-    poisoned, test, encoder = prepare_data(cfg)
-    tokens, mask = encoder.encode(poisoned.data.texts)
-    model = build_model(cfg, encoder.vocab_size)
+        return _train_run(cfg, out_dir, progress)
+
+
+def _train_run(cfg: RunConfig, out_dir: Path | None, progress: bool) -> dict:
+    began = time.perf_counter()
+    try:
+        poisoned, test, encoder = prepare_data(cfg)
+        tokens, mask = encoder.encode(poisoned.data.texts)
+        model = build_model(cfg, encoder.vocab_size)
+    except BaseException:
+        if out_dir is not None:
+            rundir.release_claim(out_dir)
+        raise
     trainable = lora.trainable_filter(cfg.adapter)
     loss_fn = classification_loss
     if cfg.adapter.rora_tr > 0:

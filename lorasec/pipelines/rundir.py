@@ -17,7 +17,10 @@ data preparation is replayed from the config.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +47,45 @@ def _first_difference(a, b, prefix=""):
     return None if a == b else (prefix.rstrip("."), a, b)
 
 
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def exclusive(directory: Path):
+    """Hold ``directory/.lock`` (an advisory lock of the operating system, released when the process ends,
+    however it ends) for the block: a second lorasec process writing to the same directory is refused at once."""
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"--out {str(directory)!r} is a file, not a directory; choose another --out")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle = open(directory / LOCK, "a+")
+    except OSError as err:
+        raise ConfigError(f"--out {str(directory)!r}: cannot be written ({err.strerror}); "
+                          f"choose another --out") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            raise ConfigError(f"--out {str(directory)!r} is in use by another lorasec process"
+                              f"{f' (pid {holder})' if holder else ''}; wait for it or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the lock
+
+
+def _is_empty(directory: Path) -> bool:
+    return not any(p.name != LOCK for p in directory.iterdir())
+
+
 def claim(cfg: RunConfig, out_dir: Path) -> dict | None:
     """Prepare ``out_dir`` for ``cfg``: returns finished results if the same run already completed there;
-    refuses a directory that holds a different run (never overwrite work)."""
+    refuses a directory that holds a different run (never overwrite work). Call it under :func:`exclusive`."""
     resolved = to_dict(cfg)
     config_path = out_dir / "config.json"
     if config_path.is_file():
@@ -58,10 +97,17 @@ def claim(cfg: RunConfig, out_dir: Path) -> dict | None:
                               f"{diff[1]!r}); choose another --out or remove that directory")
         if (out_dir / "results.json").is_file():
             return files.read_json(out_dir / "results.json")
-    elif out_dir.exists() and any(out_dir.iterdir()):
+    elif out_dir.exists() and not _is_empty(out_dir):
         raise ConfigError(f"--out {str(out_dir)!r} exists and is not a lorasec run directory; choose another")
     files.write_json(config_path, resolved)
     return None
+
+
+def release_claim(out_dir: Path) -> None:
+    """Undo a fresh :func:`claim` whose run failed before training wrote anything (a bad config or data set must
+    not leave the directory claimed for that config)."""
+    if not (out_dir / "checkpoints").exists() and not (out_dir / "metrics.jsonl").exists():
+        (out_dir / "config.json").unlink(missing_ok=True)
 
 
 def save(out_dir: Path, *, model: nnx.Module, architecture: Architecture, num_classes: int, start: dict,
