@@ -77,3 +77,111 @@ def test_two_processes_on_one_directory(tmp_path):
     assert len(refused) == 1 and "is in use by another lorasec process" in refused[0]
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == list(range(25, 601, 25))  # one writer's metrics
+
+
+def _csv(path, rows):
+    path.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in rows))
+    return str(path)
+
+
+def test_wrong_setups_are_refused(tmp_path):
+    train = [(f"good words {i}", i % 2) for i in range(40)]
+    cases = {
+        "labels outside the training classes": ([(f"t {i}", i % 3) for i in range(10)], "not among the training"),
+        "names against integers": ([(f"t {i}", "pos" if i % 2 else "neg") for i in range(10)],
+                                   "not among the training"),
+    }
+    for name, (test_rows, message) in cases.items():
+        cfg = tiny_run(data=config.DataConfig(source="file", train_file=_csv(tmp_path / "train.csv", train),
+                                              test_file=_csv(tmp_path / f"{name}.csv", test_rows), seq_len=16))
+        with pytest.raises(ConfigError, match=message):
+            train_run(cfg, None, progress=False)
+    gap = [(f"w {i}", 2 * (i % 2)) for i in range(40)]  # classes 0 and 2: class 1 never trained
+    cfg = tiny_run(data=config.DataConfig(source="file", num_classes=3, train_file=_csv(tmp_path / "gap.csv", gap),
+                                          test_file=_csv(tmp_path / "t.csv", gap), seq_len=16))
+    with pytest.raises(ConfigError, match="class '1' has no training example"):
+        train_run(cfg, None, progress=False)
+    unknown = tiny_run(attack=config.AttackConfig(kind="badnets", poison_rate=0.1, triggers=("zzqx",)))
+    with pytest.raises(ConfigError, match=r"'zzqx' contains words the tokenizer does not know"):
+        train_run(unknown, None, progress=False)
+    stray = tiny_run(adapter=config.AdapterConfig(rank=4, alpha=8, modules_to_save=("head", "classifier")))
+    with pytest.raises(ConfigError, match="'classifier' matches no module"):
+        train_run(stray, None, progress=False)
+
+
+def test_damaged_run_directories_are_named(tmp_path):
+    cfg = tiny_run()
+    first = train_run(cfg, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    # An edited config.json no longer returns the old results.
+    edited = json.loads((run / "config.json").read_text())
+    edited["adapter"]["rank"] = 8
+    original = (run / "config.json").read_text()
+    (run / "config.json").write_text(json.dumps(edited))
+    with pytest.raises(ConfigError, match="was changed after the run finished"):
+        train_run(config.from_dict(RunConfig, edited).validate(), run, progress=False)
+    (run / "config.json").write_text(original)
+    assert train_run(cfg, run, progress=False) == first
+    # A damaged results.json is named, not a traceback.
+    saved = (run / "results.json").read_text()
+    (run / "results.json").write_text(saved[:40])
+    with pytest.raises(ConfigError, match="results.json' is damaged"):
+        train_run(cfg, run, progress=False)
+    (run / "results.json").write_text(saved)
+    # One bad line in metrics.jsonl no longer drops every valid line after it.
+    from lorasec.core import files
+
+    metrics = run / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], '{"step": 5, "lo', *lines[1:]]) + "\n")
+    files.truncate_jsonl(metrics, 20)
+    assert metrics.read_text().splitlines() == lines
+
+
+_FIELDS = {
+    "seed": "int", "data.seed": "int", "data.num_train": "int", "data.seq_len": "int", "data.label_noise": "float",
+    "data.source": "str", "attack.kind": "str", "attack.poison_rate": "float", "attack.target_label": "int",
+    "attack.triggers": "list", "model.d_model": "int", "model.num_heads": "int", "model.dropout": "float",
+    "model.kind": "str", "adapter.rank": "int", "adapter.alpha": "float", "adapter.init_scale": "float",
+    "adapter.targets": "list", "adapter.rora_cl": "float", "train.lr": "float", "train.steps": "int",
+    "train.batch_size": "int", "train.weight_decay": "float", "train.grad_clip": "float",
+    "train.warmup_steps": "int", "no.such": "int", "train.lrr": "float",
+}
+
+
+def test_fuzzed_configs_are_valid_or_one_line_errors():
+    """Property: any mix of overrides of the wrong type, out of range, non-finite or unknown either validates
+    into a config whose every number is finite and in range, or fails with a one-line ConfigError naming a
+    field; nothing else escapes."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    values = st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_infinity=True),
+                       st.booleans(), st.text(max_size=8), st.lists(st.text(max_size=4), max_size=3),
+                       st.sampled_from(["synthetic", "file", "lora", "badnets", "mlp", "re:((", "all-linear"]))
+    overrides = st.dictionaries(st.sampled_from(sorted(_FIELDS)), values, max_size=5)
+
+    @settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(overrides)
+    def check(chosen):
+        raw: dict = {}
+        for dotted, value in chosen.items():
+            *parents, last = dotted.split(".")
+            node = raw
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+        try:
+            cfg = config.from_dict(RunConfig, raw).validate()
+        except ConfigError as err:
+            message = str(err)
+            assert "\n" not in message and " = " in message or ": unknown field" in message, message
+            return
+        for section in (cfg.data, cfg.attack, cfg.model, cfg.adapter, cfg.train):
+            for value in section.__dict__.values():
+                if isinstance(value, float):
+                    assert value == value and abs(value) != float("inf")
+        assert 0 <= cfg.attack.poison_rate <= 1 and cfg.train.lr > 0 and cfg.adapter.rank >= 1
+        assert cfg.seed >= 0 and cfg.data.seed >= 0 and cfg.train.steps >= 1
+
+    check()

@@ -140,6 +140,12 @@ def _set_child(model: nnx.Module, name: str, module: nnx.Module) -> None:
 def apply_lora(model: nnx.Module, cfg: AdapterConfig, *, rngs: nnx.Rngs) -> list[str]:
     """Wrap each target ``nnx.Linear`` of ``model`` in place with :class:`LoRALinear`; return their names."""
     layers = linear_layers(model)
+    modules = [_path_name(path) for path, _ in nnx.iter_modules(model) if path]
+    for pattern in cfg.modules_to_save:
+        if not any(_matches(name, pattern) for name in modules):
+            raise ConfigError(f"adapter.modules_to_save = {list(cfg.modules_to_save)!r}: {pattern!r} matches no "
+                              f"module, so nothing of it would train; top-level modules: "
+                              f"{', '.join(n for n in modules if '.' not in n)}")
     names = select_targets(model, cfg.targets, exclude=cfg.modules_to_save)
     for name in names:
         base = layers[name]

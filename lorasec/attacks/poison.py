@@ -68,6 +68,16 @@ class Room:
             last = at
         return last
 
+    def check_known(self, cfg: AttackConfig) -> None:
+        """Refuse trigger words the tokenizer maps to [UNK]: two such triggers would be the same backdoor."""
+        unknown = self.tokenizer.token_to_id("[UNK]")
+        for trigger in triggers_for(cfg):
+            for phrase in trigger.phrases:
+                if unknown is not None and unknown in self.ids(phrase):
+                    raise ConfigError(f"attack.triggers: {phrase!r} contains words the tokenizer does not know "
+                                      f"(they become [UNK], the same token for any unknown word); choose words "
+                                      f"in its vocabulary")
+
     def check(self, phrase: str, field: str = "attack.triggers") -> None:
         need = self.tokens(phrase)
         if need > self.budget:

@@ -53,12 +53,13 @@ def truncate_jsonl(path: str | Path, last_step: int) -> None:
     if not path.exists():
         return
     kept = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            if json.loads(line).get("step", 0) <= last_step:
-                kept.append(line)
+            record = json.loads(line)
         except json.JSONDecodeError:
-            break  # a line cut short by a kill: it and anything after it go
+            continue  # a line cut short by a kill (or damaged): it goes, the valid lines around it stay
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= last_step:
+            kept.append(line)
     write_text(path, "".join(line + "\n" for line in kept))
 
 

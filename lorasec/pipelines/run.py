@@ -10,6 +10,7 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 from flax import nnx
 
 from lorasec.adapters import lora, rora
@@ -21,7 +22,7 @@ from lorasec.config import (
     is_pretrained_reference,
     replace,
 )
-from lorasec.core import files, keys
+from lorasec.core import keys
 from lorasec.data import datasets, synthetic
 from lorasec.data.textdata import TextDataset, read_text_file
 from lorasec.data.tokenizer import TextEncoder, word_level, wordpiece
@@ -52,6 +53,16 @@ def load_task(cfg: RunConfig) -> tuple[TextDataset, TextDataset]:
     if train.num_classes != d.num_classes:
         raise ConfigError(f"data.num_classes = {d.num_classes}: the training file has {train.num_classes} "
                           f"labels ({', '.join(train.label_names)})")
+    absent = [name for name, n in zip(train.label_names, np.bincount(train.labels, minlength=train.num_classes))
+              if n == 0]
+    if absent:
+        raise ConfigError(f"data.train_file = {d.train_file!r}: class {absent[0]!r} has no training example "
+                          f"(labels {', '.join(train.label_names)}); every class must be trained")
+    foreign = sorted(set(test.label_names) - set(train.label_names))
+    if foreign:
+        raise ConfigError(f"data.test_file = {d.test_file!r}: labels {foreign[:5]} are not among the training "
+                          f"labels {list(train.label_names)} (integer labels in one file and names in the other "
+                          f"cannot be matched either)")
     return train, test
 
 
@@ -92,7 +103,9 @@ def prepare_data(cfg: RunConfig) -> tuple[poison.Poisoned, TextDataset, TextEnco
     that every trigger is placed where it survives truncation to ``data.seq_len``."""
     train, test = load_task(cfg)
     encoder = make_text_encoder(cfg, train)
-    poisoned = poison.poison(train, cfg.attack, seed=cfg.seed, room=poison.Room(encoder))
+    room = poison.Room(encoder)
+    room.check_known(cfg.attack)
+    poisoned = poison.poison(train, cfg.attack, seed=cfg.seed, room=room)
     return poisoned, test, encoder
 
 
@@ -195,6 +208,7 @@ def _train_run(cfg: RunConfig, out_dir: Path | None, progress: bool) -> dict:
         "total_parameters": lora.count_params(nnx.state(model, nnx.Param)),
         "adapted_layers": sorted(lora.lora_layers(model)),
         "rora_pt_scales": pt_scales,
+        "config_sha256": rundir.config_hash(cfg),
     }
     if out_dir is not None:
         start = {"pretrained": str(checkpoint_path(cfg.model.pretrained).resolve()) if cfg.model.pretrained else "",
@@ -226,7 +240,7 @@ def load_run(run_dir: str | Path) -> rundir.FinishedRun:
         lora.apply_lora(tuned, cfg.adapter, rngs=nnx.Rngs(params=keys.key(cfg.seed, "adapters")))
     nnx.update(tuned, rundir.load_params(run_dir, tuned))
     return rundir.FinishedRun(cfg, _start_model(cfg, start, encoder.vocab_size), tuned, encoder, test,
-                              files.read_json(run_dir / "results.json"))
+                              rundir.read_results(run_dir, cfg))
 
 
 def _start_model(cfg: RunConfig, start: dict, vocab_size: int) -> nnx.Module:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -83,6 +84,31 @@ def _is_empty(directory: Path) -> bool:
     return not any(p.name != LOCK for p in directory.iterdir())
 
 
+def config_hash(cfg: RunConfig) -> str:
+    """sha256 of the resolved config, stored with the results so an edited ``config.json`` is noticed."""
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
+
+
+def read_results(run_dir: Path, cfg: RunConfig) -> dict:
+    """``results.json`` of a finished run, checked: readable, made for this ``config.json``, weights present."""
+    path = run_dir / "results.json"
+    try:
+        results = files.read_json(path)
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(f"{str(path)!r} is damaged (not JSON); remove it and run the same command again to "
+                          f"redo the evaluation from the last checkpoint") from None
+    if not isinstance(results, dict):
+        raise ConfigError(f"{str(path)!r} is damaged (not a table of results); remove it and run again")
+    stored = results.get("config_sha256")
+    if stored is not None and stored != config_hash(cfg):
+        raise ConfigError(f"{str(run_dir / 'config.json')!r} was changed after the run finished (its hash differs "
+                          f"from the one in results.json); restore it, or train the new config in another --out")
+    if not (run_dir / "params").is_dir():
+        raise ConfigError(f"{str(run_dir)!r}: params/ is missing, so the results cannot be reproduced; remove "
+                          f"results.json and run the same command again to rebuild it from the last checkpoint")
+    return results
+
+
 def claim(cfg: RunConfig, out_dir: Path) -> dict | None:
     """Prepare ``out_dir`` for ``cfg``: returns finished results if the same run already completed there;
     refuses a directory that holds a different run (never overwrite work). Call it under :func:`exclusive`."""
@@ -96,7 +122,7 @@ def claim(cfg: RunConfig, out_dir: Path) -> dict | None:
             raise ConfigError(f"--out {str(out_dir)!r} holds a run with {diff[0]} = {diff[2]!r} (this config: "
                               f"{diff[1]!r}); choose another --out or remove that directory")
         if (out_dir / "results.json").is_file():
-            return files.read_json(out_dir / "results.json")
+            return read_results(out_dir, cfg)
     elif out_dir.exists() and not _is_empty(out_dir):
         raise ConfigError(f"--out {str(out_dir)!r} exists and is not a lorasec run directory; choose another")
     files.write_json(config_path, resolved)
