@@ -10,8 +10,8 @@ peft's effective weight exactly, with ``s = alpha / r`` or ``alpha / sqrt(r)`` (
 ``A`` is drawn with variance ``init_scale / fan_in`` (peft's default, kaiming-uniform with a = sqrt(5), is
 ``init_scale = 1/3``). The scale s is state (:class:`LoRAScale`, never trained), so a rescale (RoRA's Pt, a scale
 sweep) is a state update that reuses the compiled program. ``init='pissa'`` is PiSSA (Meng et al. 2024, eq. 2-3,
-peft's scaling convention): with ``W0 = U S Vᵀ``, ``B = U_r √(S_r/s)``, ``A = √(S_r/s) V_rᵀ`` and the frozen weight becomes the residual
-``W0 − s·B A``, so the effective weight at init is W0 exactly.
+peft's scaling convention): with ``W0 = U S Vᵀ``, ``B = U_r √(S_r/s)``, ``A = √(S_r/s) V_rᵀ`` and the frozen
+weight becomes the residual ``W0 − s·B A``, so the effective weight at init is W0 exactly.
 """
 
 from __future__ import annotations
