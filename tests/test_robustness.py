@@ -185,3 +185,37 @@ def test_fuzzed_configs_are_valid_or_one_line_errors():
         assert cfg.seed >= 0 and cfg.data.seed >= 0 and cfg.train.steps >= 1
 
     check()
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, capsys):
+    import shutil
+
+    import numpy as np
+
+    cfg = tiny_run(train=config.TrainConfig(steps=30, batch_size=16, checkpoint_every=10, log_every=5))
+    straight = train_run(cfg, tmp_path / "straight", progress=False)
+    run = tmp_path / "run"
+    train_run(cfg, run, progress=False)
+    for name in ("results.json", "poisoned_indices.json"):
+        (run / name).unlink()
+    shutil.rmtree(run / "params")
+    for path in (run / "checkpoints" / "30").rglob("*"):  # the newest checkpoint, damaged
+        if path.is_file():
+            path.write_bytes(b"\0garbage" * 8)
+    again = train_run(cfg, run, progress=False)
+    assert "checkpoints/30' is damaged" in capsys.readouterr().err
+    assert again["resumed_from_step"] == 20
+    for key in ("clean_accuracy", "final_loss"):
+        assert again[key] == straight[key]
+    from lorasec.pipelines.run import load_run
+
+    for x, y in zip(*(jax_leaves(load_run(d).tuned) for d in (run, tmp_path / "straight"))):
+        np.testing.assert_array_equal(x, y)
+
+
+def jax_leaves(model):
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    return [np.asarray(v) for v in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param))]

@@ -85,8 +85,11 @@ def _is_empty(directory: Path) -> bool:
 
 
 def config_hash(cfg: RunConfig) -> str:
-    """sha256 of the resolved config, stored with the results so an edited ``config.json`` is noticed."""
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
+    """sha256 of the resolved config, stored with the results so an edited ``config.json`` is noticed. Taken
+    after a round trip through the file form, so a config built in Python (``alpha=8``) and the same config read
+    back (``alpha = 8.0``) hash alike."""
+    normal = to_dict(from_dict(RunConfig, to_dict(cfg)))
+    return hashlib.sha256(json.dumps(normal, sort_keys=True).encode()).hexdigest()
 
 
 def read_results(run_dir: Path, cfg: RunConfig) -> dict:

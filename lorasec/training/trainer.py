@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,6 +104,29 @@ def _checkpoint_manager(run_dir: Path, cfg: TrainConfig) -> ocp.CheckpointManage
     return ocp.CheckpointManager((run_dir / "checkpoints").resolve(), options=options)
 
 
+def _restore_newest_readable(manager: ocp.CheckpointManager, run_dir: Path,
+                             target: dict) -> tuple[dict | None, int]:
+    """(state, step) of the newest checkpoint that restores; a damaged one is named on stderr and skipped for the
+    one kept before it (resume from it is exact as well). No checkpoint: (None, 0); none readable: an error."""
+    steps = sorted(manager.all_steps(), reverse=True)
+    damaged = []
+    for step in steps:
+        try:
+            restored = manager.restore(step, args=ocp.args.StandardRestore(files.jax_abstract(target)))
+        except Exception as err:  # orbax / tensorstore raise many kinds for damaged files
+            damaged.append(step)
+            print(f"lorasec: checkpoint {str(run_dir / 'checkpoints' / str(step))!r} is damaged "
+                  f"({type(err).__name__}); trying the one kept before it", file=sys.stderr)
+            continue
+        for bad in damaged:  # so that training past them writes fresh ones
+            manager.delete(bad)
+        return restored, step
+    if damaged:
+        raise ConfigError(f"--out {str(run_dir)!r}: every kept checkpoint is damaged (steps {damaged}); remove "
+                          f"{str(run_dir / 'checkpoints')!r} to train from the start")
+    return None, 0
+
+
 def fit(model: nnx.Module, trainable_filter, data: ArrayData, cfg: TrainConfig, *, seed: int,
         loss_fn: LossFn = classification_loss, run_dir: Path | None = None, progress: bool = True,
         description: str = "train") -> FitResult:
@@ -126,12 +150,10 @@ def fit(model: nnx.Module, trainable_filter, data: ArrayData, cfg: TrainConfig, 
         run_dir.mkdir(parents=True, exist_ok=True)
         manager = _checkpoint_manager(run_dir, cfg)
         metrics_path = run_dir / "metrics.jsonl"
-        latest = manager.latest_step()
-        if latest is not None:
-            target = {"trainable": trainable, "opt_state": opt_state, "loss": 0.0}
-            restored = manager.restore(latest, args=ocp.args.StandardRestore(files.jax_abstract(target)))
+        target = {"trainable": trainable, "opt_state": opt_state, "loss": 0.0}
+        restored, start = _restore_newest_readable(manager, run_dir, target)
+        if restored is not None:
             trainable, opt_state, last_finite = restored["trainable"], restored["opt_state"], restored["loss"]
-            start = latest
         files.truncate_jsonl(metrics_path, start)
 
     def save(step: int) -> None:
