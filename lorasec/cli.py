@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -259,6 +260,18 @@ def _study(args) -> int:
     return 0
 
 
+def _check_out(out: str | None) -> None:
+    """Refuse an --out that cannot hold results before any work starts."""
+    if not out:
+        return
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {out!r} is a file, not a directory; choose another --out")
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK):
+        raise ConfigError(f"--out {out!r}: {str(existing)!r} is not writable; choose another --out")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries()
@@ -268,9 +281,17 @@ def main(argv: list[str] | None = None) -> int:
                 "ntk": _ntk, "spectral": _spectral, "purify": _purify,
                 "fetch": _fetch}
     try:
+        _check_out(getattr(args, "out", None))
         return handlers[args.command](args)
     except ConfigError as err:
         print(f"lorasec: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the machine's files: a full disk, a read-only or vanished directory
+        if err.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOENT):
+            raise
+        where = f" {err.filename!r}" if err.filename else ""
+        print(f"lorasec: error: cannot write{where}: {err.strerror}; fix that and run the same command again "
+              f"(finished work and the last checkpoint are kept)", file=sys.stderr)
         return 2
     except TrainingDiverged as err:
         print(f"lorasec: training diverged: {err}", file=sys.stderr)

@@ -126,6 +126,8 @@ class DataConfig:
                 value = getattr(self, name)
                 if not value:
                     _fail(f"{p}.{name}", value, "is required when data.source = 'file' (a CSV or JSONL path)")
+                if Path(value).is_dir():
+                    _fail(f"{p}.{name}", value, "is a directory; name the CSV or JSONL file in it")
                 if not Path(value).is_file():
                     _fail(f"{p}.{name}", value, "file not found")
                 if Path(value).suffix.lower() not in (".csv", ".jsonl", ".json"):

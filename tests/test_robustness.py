@@ -219,3 +219,132 @@ def jax_leaves(model):
     from flax import nnx
 
     return [np.asarray(v) for v in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param))]
+
+
+def test_bad_data_files_are_one_line_errors(tmp_path):
+    from lorasec.data.textdata import read_text_file
+
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufefftext,label\nhello there,0\nbye now,1\n".encode("utf-8"))
+    assert read_text_file(bom).texts == ("hello there", "bye now")  # was: "no field 'text' (fields: \ufefftext, ...)"
+    long = tmp_path / "long.csv"
+    long.write_text("text,label\n" + "w " * 100_000 + ",0\nshort,1\n")  # a 200,000-character field
+    assert len(read_text_file(long).texts[0]) == 200_000
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text,label\ncaf\xe9,0\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"^data.train_file = .*not UTF-8 text"):
+        read_text_file(latin)
+    with pytest.raises(ConfigError, match="is a directory"):
+        read_text_file(tmp_path)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "a", "label": 0}\n{"text": \n')
+    with pytest.raises(ConfigError, match="line 2 is not JSON"):
+        read_text_file(broken)
+
+
+def test_fuzzed_data_files_are_read_or_refused_in_one_line(tmp_path):
+    """Property: 60 generated data files (random bytes, broken CSV and JSONL, odd encodings, missing fields,
+    wrong label types) either read as a data set or fail with a one-line ConfigError naming the file."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from lorasec.data.textdata import read_text_file
+
+    rows = st.lists(st.tuples(st.text(max_size=12), st.one_of(st.integers(-3, 5), st.text(max_size=4))),
+                    max_size=6)
+    csv_text = rows.map(lambda rs: "text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rs))
+    jsonl_text = rows.map(lambda rs: "".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in rs))
+    contents = st.one_of(st.binary(max_size=64), csv_text.map(str.encode), jsonl_text.map(str.encode),
+                         csv_text.map(lambda s: ("\ufeff" + s).encode("utf-16")),
+                         jsonl_text.map(lambda s: s[: len(s) // 2].encode()),
+                         st.just(b"label,text\n0,a\n"), st.just(b"[1, 2, 3]\n"), st.just(b""))
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(contents, st.sampled_from([".csv", ".jsonl"]))
+    def check(content, suffix):
+        path = tmp_path / f"data{suffix}"
+        path.write_bytes(content)
+        try:
+            data = read_text_file(path)
+        except ConfigError as err:
+            assert "\n" not in str(err) and str(path) in str(err), str(err)
+            return
+        assert len(data.texts) == len(data.labels) > 0 and (data.labels >= 0).all()
+
+    check()
+
+
+@pytest.mark.slow
+def test_fuzzed_damage_to_a_run_directory_resumes_or_is_named(tmp_path):
+    """Damage of each kind to a finished run's files: the same command either finishes with the original numbers
+    or stops with a one-line ConfigError naming what is damaged; never a traceback or other numbers."""
+    import shutil
+
+    cfg = tiny_run(train=config.TrainConfig(steps=20, batch_size=16, checkpoint_every=10, log_every=5))
+    original = tmp_path / "original"
+    first = train_run(cfg, original, progress=False)
+    rng = __import__("random").Random(0)
+
+    def scramble(path):
+        data = bytearray(path.read_bytes())
+        for _ in range(max(1, len(data) // 10)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        path.write_bytes(bytes(data))
+
+    damages = {
+        "results.json truncated": lambda d: (d / "results.json").write_text((d / "results.json").read_text()[:30]),
+        "results.json scrambled": lambda d: scramble(d / "results.json"),
+        "results.json a list": lambda d: (d / "results.json").write_text("[]"),
+        "config.json edited": lambda d: (d / "config.json").write_text(
+            (d / "config.json").read_text().replace('"steps": 20', '"steps": 21')),
+        "config.json scrambled": lambda d: scramble(d / "config.json"),
+        "params deleted": lambda d: shutil.rmtree(d / "params"),
+        "metrics.jsonl scrambled": lambda d: scramble(d / "metrics.jsonl"),
+        "results and params gone, newest checkpoint scrambled": lambda d: (
+            (d / "results.json").unlink(), shutil.rmtree(d / "params"),
+            [scramble(p) for p in (d / "checkpoints" / "20").rglob("*") if p.is_file()]),
+        "results gone, every checkpoint scrambled": lambda d: (
+            (d / "results.json").unlink(),
+            [scramble(p) for p in (d / "checkpoints").rglob("*") if p.is_file() and p.stat().st_size]),
+        "tokenizer.json deleted": lambda d: (d / "tokenizer.json").unlink(),
+    }
+    for name, damage in damages.items():
+        run = tmp_path / name.replace(" ", "_").replace(",", "")
+        shutil.copytree(original, run)
+        damage(run)
+        arg = str(run / "config.json") if (run / "config.json").is_file() else str(run)
+        try:
+            again = train_run(config.load(RunConfig, arg), run, progress=False)
+        except ConfigError as err:
+            assert "\n" not in str(err), (name, str(err))
+            continue
+        assert again["clean_accuracy"] == first["clean_accuracy"] and again["final_loss"] == first["final_loss"], name
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    from lorasec.pipelines import ntk_report
+
+    monkeypatch.setattr(ntk_report, "kernel_report", lambda *a, **k: pytest.fail("work started"))
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps(config.to_dict(tiny_run())))
+    assert cli.main(["ntk", str(cfg), "--out", str(a_file)]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_a_full_disk_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    import errno
+    import os as os_module
+
+    from lorasec.core import files
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, os_module.strerror(errno.ENOSPC), str(tmp_path / "run" / "results.json"))
+
+    monkeypatch.setattr(files, "write_json", full)
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps(config.to_dict(tiny_run())))
+    assert cli.main(["train", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and "run the same command again" in err[0]

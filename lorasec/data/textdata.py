@@ -38,14 +38,32 @@ class TextDataset:
         return TextDataset(tuple(self.texts[i] for i in indices), self.labels[indices], self.label_names)
 
 
+MAX_FIELD = 2**24  # characters in one CSV field (the csv module's default stops at 131,072)
+
+
 def _rows(path: Path, field_name: str):
+    """(line, row) pairs of a CSV (header first; a byte-order mark is allowed) or JSONL file, with one-line errors
+    for what cannot be read."""
+    try:
+        yield from _read_rows(path, field_name)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{field_name} = {str(path)!r}: not UTF-8 text (byte {err.start}); "
+                          f"save it as UTF-8") from None
+    except csv.Error as err:
+        raise ConfigError(f"{field_name} = {str(path)!r}: not a readable CSV file ({err})") from None
+    except OSError as err:
+        raise ConfigError(f"{field_name} = {str(path)!r}: cannot be read ({err.strerror})") from None
+
+
+def _read_rows(path: Path, field_name: str):
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
+        csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD))
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             for line, row in enumerate(reader, start=2):
                 yield line, row
         return
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:
         for line, text in enumerate(handle, start=1):
             if not text.strip():
                 continue
@@ -66,6 +84,8 @@ def read_text_file(path: str | Path, text_field: str = "text", label_field: str 
     file when not given), so a test file reuses its training file's mapping.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{field_name} = {str(path)!r}: is a directory; name the CSV or JSONL file in it")
     if not path.is_file():
         raise ConfigError(f"{field_name} = {str(path)!r}: file not found")
     texts, raw_labels = [], []
