@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", help="also write the checks to this JSON file")
     verify.add_argument("--purify", default="runs/verify/purify",
                         help="a `lorasec purify` output read by paper 2's trained-model claims; made there with the "
-                             "default synthetic setting (about 10 min on 2 cores) when absent, reused after")
+                             "default synthetic setting (about 6 min on 2 cores) when absent, reused after")
     return parser
 
 
