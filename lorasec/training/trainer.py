@@ -3,7 +3,8 @@
 The model is split once into (graph, trainable state, frozen state); the jitted step takes the two states as
 arguments, so one compiled step serves every iteration. Batches and dropout keys are pure functions of
 (seed, step), branches of the run's key tree (:mod:`lorasec.core.keys`), and checkpoints hold the trainable state,
-the optimizer state and the step: a run resumed from its latest checkpoint repeats exactly the computation of an uninterrupted one (bit for bit on CPU).
+the optimizer state and the step: a run resumed from its latest checkpoint repeats exactly the computation of an
+uninterrupted one (bit for bit on CPU).
 """
 
 from __future__ import annotations
