@@ -11,7 +11,7 @@ import numpy as np
 
 from lorasec.adapters import lora
 from lorasec.config import ConfigError
-from lorasec.training.evaluation import evaluate
+from lorasec.training.evaluation import evaluation_inputs, score
 
 DEFAULT_FACTORS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 
@@ -26,11 +26,12 @@ def sweep(run, scales=None) -> dict:
     s_train = cfg.adapter.scaling
     scales = np.asarray(scales if scales is not None else [f * s_train for f in DEFAULT_FACTORS], float)
     trained = lora.scales(run.tuned)
+    inputs = evaluation_inputs(cfg, run.test, run.encoder)  # tokenised once for every point
     cacc, asr = [], []
     try:
         for s in scales:
             lora.set_scales(run.tuned, float(s))
-            result = evaluate(run.tuned, cfg, run.test, run.encoder)
+            result = score(run.tuned, cfg, inputs)
             cacc.append(result.clean_accuracy)
             asr.append(result.attack_success_rate)
     finally:

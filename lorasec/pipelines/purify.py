@@ -4,8 +4,10 @@
 2. The backdoored model: full fine-tuning on a poisoned proxy set; refused (:class:`BackdoorTooWeak`) unless its
    proxy-test ASR reaches ``backdoor.min_asr``.
 3. Each defence × seed fine-tunes the backdoored classifier on the clean downstream set and is evaluated (CACC,
-   ASR with the backdoor's trigger), then diagnosed: spectral strength per adapted matrix, alignment and the
-   critical scale (:mod:`lorasec.diagnostics.alignment`), and for plain-LoRA defences the scale sweep.
+   ASR with the backdoor's trigger), then diagnosed (:mod:`lorasec.pipelines.diagnose`): spectral strength per
+   adapted matrix, alignment and the critical scale, and for plain-LoRA defences the scale sweep. ``rora_pt``
+   trains nothing: it is RoRA's post-training rescale applied to the ``lora`` runs of the same seeds, evaluated
+   and diagnosed after the rescale.
 
 Every run has its own directory under ``out``, so an interrupted pipeline resumes where it stopped; the summary
 (mean ± sd over seeds, never best-of-runs) goes to ``summary.json``, ``report.md``, ``purify.png`` and

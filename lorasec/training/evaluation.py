@@ -52,25 +52,45 @@ def evaluation_fields(evaluation: Evaluation) -> dict:
     return dataclasses.asdict(evaluation)
 
 
-def evaluate(model: nnx.Module, cfg: RunConfig, test: TextDataset, encoder: TextEncoder) -> Evaluation:
-    """CACC on the clean test set; with a trigger attack, ASR / triggered / robust accuracy per trigger
-    (averaged over triggers for the headline numbers)."""
-    batch = cfg.train.eval_batch_size
-    tokens, mask = encoder.encode(test.texts)
-    cacc = metrics.clean_accuracy(predict(model, tokens, mask, batch), test.labels)
-    per_trigger = {}
+@dataclass(frozen=True)
+class EvaluationInputs:
+    """A test set tokenised once: the clean inputs and, per trigger, the triggered ones (placed where the
+    tokenizer keeps them), so that scoring many models or scales repeats no tokenisation."""
+
+    labels: np.ndarray
+    clean: tuple[np.ndarray, np.ndarray]
+    triggered: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def evaluation_inputs(cfg: RunConfig, test: TextDataset, encoder: TextEncoder) -> EvaluationInputs:
     room = poison.Room(encoder)
+    triggered = {}
     for trigger in poison.triggers_for(cfg.attack):
         texts = poison.apply_trigger(test.texts, trigger, seed=cfg.seed, room=room)
-        t_tokens, t_mask = encoder.encode(texts)
-        pred = predict(model, t_tokens, t_mask, batch)
-        per_trigger[" | ".join(trigger.phrases)] = {
-            "attack_success_rate": metrics.attack_success_rate(pred, test.labels, cfg.attack.target_label),
-            "triggered_accuracy": metrics.triggered_accuracy(pred, test.labels),
-            "robust_accuracy": metrics.robust_accuracy(pred, test.labels, cfg.attack.target_label),
+        triggered[" | ".join(trigger.phrases)] = encoder.encode(texts)
+    return EvaluationInputs(test.labels, encoder.encode(test.texts), triggered)
+
+
+def score(model: nnx.Module, cfg: RunConfig, inputs: EvaluationInputs) -> Evaluation:
+    """CACC on the clean inputs; with a trigger attack, ASR / triggered / robust accuracy per trigger (averaged
+    over triggers for the headline numbers)."""
+    batch, labels, target = cfg.train.eval_batch_size, inputs.labels, cfg.attack.target_label
+    cacc = metrics.clean_accuracy(predict(model, *inputs.clean, batch), labels)
+    per_trigger = {}
+    for name, (tokens, mask) in inputs.triggered.items():
+        pred = predict(model, tokens, mask, batch)
+        per_trigger[name] = {
+            "attack_success_rate": metrics.attack_success_rate(pred, labels, target),
+            "triggered_accuracy": metrics.triggered_accuracy(pred, labels),
+            "robust_accuracy": metrics.robust_accuracy(pred, labels, target),
         }
     if not per_trigger:
         return Evaluation(cacc, None, None, None, {})
     mean = {k: float(np.mean([v[k] for v in per_trigger.values()])) for k in next(iter(per_trigger.values()))}
     return Evaluation(cacc, mean["attack_success_rate"], mean["triggered_accuracy"], mean["robust_accuracy"],
                       per_trigger)
+
+
+def evaluate(model: nnx.Module, cfg: RunConfig, test: TextDataset, encoder: TextEncoder) -> Evaluation:
+    """:func:`score` on :func:`evaluation_inputs`."""
+    return score(model, cfg, evaluation_inputs(cfg, test, encoder))
