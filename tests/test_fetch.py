@@ -174,3 +174,11 @@ def test_damaged_entries_are_found_and_fetched_again(tmp_path, fake_pin, capsys)
     with pytest.raises(fetch.FetchError, match=r"is damaged \(a.txt differs.*could not be fetched again"):
         fetch.fetch("toy", cache=cache, wheel=tmp_path / "no-such.whl")
     assert (entry / "a.txt").read_text() == "ALPHA"
+
+
+def test_config_names_exactly_the_pinned_models_and_sets():
+    """config.py lists the pinned names without importing the data layer; they must stay in step with the pins."""
+    from lorasec.config import PRETRAINED_MODELS, REAL_DATA
+
+    models = {name for name, pin in fetch.PINS.items() if "model.safetensors" in pin.members}
+    assert set(PRETRAINED_MODELS) == models and set(REAL_DATA) == set(fetch.PINS) - models
