@@ -267,7 +267,8 @@ class AdapterConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation (optax AdamW), logging and checkpointing."""
+    """Optimisation (optax AdamW), logging and checkpointing. ``steps_per_dispatch`` steps run in one call to the
+    device (``lax.scan``), fewer where a log or checkpoint step falls; the host reads losses once per call."""
 
     steps: int = 300
     batch_size: int = 32
@@ -281,6 +282,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     eval_batch_size: int = 256
     mask_prob: float = 0.15
+    steps_per_dispatch: int = 25
 
     def validate(self, p: str = "train") -> None:
         _at_least(f"{p}.steps", self.steps, 1)
@@ -298,6 +300,7 @@ class TrainConfig:
         _at_least(f"{p}.checkpoint_every", self.checkpoint_every, 1)
         _at_least(f"{p}.keep_checkpoints", self.keep_checkpoints, 1)
         _at_least(f"{p}.eval_batch_size", self.eval_batch_size, 1)
+        _at_least(f"{p}.steps_per_dispatch", self.steps_per_dispatch, 1)
         if not 0.0 < self.mask_prob < 1.0:
             _fail(f"{p}.mask_prob", self.mask_prob, "must lie in (0, 1)")
 

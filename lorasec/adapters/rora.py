@@ -31,14 +31,20 @@ def trigger_penalty(layer: lora.LoRALinear, bases: tuple[jax.Array, jax.Array]) 
     return jnp.sum((layer.lora_b[...] @ u_k) ** 2) + jnp.sum((v_k.T @ layer.lora_a[...]) ** 2)
 
 
-def penalised_loss(base_loss, weight: float, k: int, model: nnx.Module):
-    """``loss + λ Σ_layers Ω``; the bases come from the frozen weights once, before training."""
+def penalty_terms(model: nnx.Module, weight: float, k: int) -> dict:
+    """Tr's per-run inputs to :func:`penalised_loss`: the weight λ and the bases of every adapted matrix, taken from
+    the frozen weights once, before training (a pytree, so an ensemble stacks one per member)."""
     bases = {name: top_singular_bases(layer, k) for name, layer in lora.lora_layers(model).items()}
+    return {"weight": jnp.asarray(weight, jnp.float32), "bases": bases}
 
-    def loss(model, batch, key):
+
+def penalised_loss(base_loss):
+    """``loss + λ Σ_layers Ω``, with λ and the bases passed as the loss's ``terms`` (:func:`penalty_terms`)."""
+
+    def loss(model, batch, key, terms):
         layers = lora.lora_layers(model)
-        penalty = sum(trigger_penalty(layers[name], basis) for name, basis in bases.items())
-        return base_loss(model, batch, key) + weight * penalty
+        penalty = sum(trigger_penalty(layers[name], basis) for name, basis in terms["bases"].items())
+        return base_loss(model, batch, key, None) + terms["weight"] * penalty
 
     return loss
 

@@ -67,18 +67,32 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def _this_process_only() -> ocp.options.MultiprocessingOptions:
+    """Orbax options under which this process reads and writes alone (one run's files belong to one process of
+    a multi-process sweep, so no other process joins)."""
+    import jax
+
+    index = jax.process_index()
+    return ocp.options.MultiprocessingOptions(primary_host=index, active_processes={index})
+
+
 def save_state(path: str | Path, state: nnx.State) -> None:
-    """Save an NNX state (parameters) as an orbax checkpoint directory (replacing an older one)."""
+    """Save an NNX state (parameters) as an orbax checkpoint directory (replacing an older one), from host copies,
+    by this process alone."""
+    import jax
+    import numpy as np
+
     path = Path(path).resolve()
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(path, state, force=True)
+    host = jax.tree.map(np.asarray, state)
+    with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as checkpointer:
+        checkpointer.save(path, host, force=True)
 
 
 def load_state(path: str | Path, target: nnx.State) -> nnx.State:
     """Restore what :func:`save_state` wrote into the structure, shapes and dtypes of ``target``."""
     path = Path(path).resolve()
     abstract = jax_abstract(target)
-    with ocp.StandardCheckpointer() as checkpointer:
+    with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as checkpointer:
         return checkpointer.restore(path, abstract)
 
 

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -35,7 +38,7 @@ from lorasec.models.checkpoint import (
 from lorasec.pipelines import rundir
 from lorasec.training.evaluation import evaluate, evaluation_fields
 from lorasec.training.losses import classification_loss
-from lorasec.training.trainer import ArrayData, fit
+from lorasec.training.trainer import ArrayData, Member, fit
 
 
 def load_task(cfg: RunConfig) -> tuple[TextDataset, TextDataset]:
@@ -173,38 +176,54 @@ def train_run(cfg: RunConfig, out_dir: str | Path | None = None, *, progress: bo
         return _train_run(cfg, out_dir, progress)
 
 
-def _train_run(cfg: RunConfig, out_dir: Path | None, progress: bool) -> dict:
-    began = time.perf_counter()
-    try:
-        poisoned, test, encoder = prepare_data(cfg)
-        tokens, mask = encoder.encode(poisoned.data.texts)
-        model = build_model(cfg, encoder.vocab_size)
-    except BaseException:
-        if out_dir is not None:
-            rundir.release_claim(out_dir)
-        raise
+@dataclass
+class PreparedRun:
+    """A run as training starts: its data, tokenizer, model and trainer member (:func:`prepare_run`)."""
+
+    cfg: RunConfig
+    poisoned: poison.Poisoned
+    test: TextDataset
+    encoder: TextEncoder
+    member: Member
+
+    @property
+    def model(self) -> nnx.Module:
+        return self.member.model
+
+
+def loss_function(cfg: RunConfig):
+    """The training objective of ``cfg``: cross-entropy, plus RoRA Tr's penalty when ``adapter.rora_tr > 0``."""
+    return rora.penalised_loss(classification_loss) if cfg.adapter.rora_tr > 0 else classification_loss
+
+
+def prepare_run(cfg: RunConfig, out_dir: Path | None = None) -> PreparedRun:
+    """Data, tokenizer, model and the trainer's member of one run (metrics to ``out_dir/metrics.jsonl``)."""
+    poisoned, test, encoder = prepare_data(cfg)
+    tokens, mask = encoder.encode(poisoned.data.texts)
+    model = build_model(cfg, encoder.vocab_size)
+    terms = (rora.penalty_terms(model, cfg.adapter.rora_tr, cfg.adapter.rora_tr_k) if cfg.adapter.rora_tr > 0
+             else None)
+    member = Member(model, ArrayData(tokens, mask, poisoned.data.labels), cfg.seed, cfg.train, terms,
+                    None if out_dir is None else out_dir / "metrics.jsonl")
+    return PreparedRun(cfg, poisoned, test, encoder, member)
+
+
+def finish_run(run: PreparedRun, trained: nnx.State, training: dict, out_dir: Path | None) -> dict:
+    """Evaluate the trained run (after RoRA's Pt, if configured) and write its directory; ``training`` holds
+    steps, resumed_from_step, final_loss, wall_seconds and train_step_compilations."""
+    cfg, model = run.cfg, run.model
     trainable = lora.trainable_filter(cfg.adapter)
-    loss_fn = classification_loss
-    if cfg.adapter.rora_tr > 0:
-        loss_fn = rora.penalised_loss(classification_loss, cfg.adapter.rora_tr, cfg.adapter.rora_tr_k, model)
-    fitted = fit(model, trainable, ArrayData(tokens, mask, poisoned.data.labels), cfg.train, seed=cfg.seed,
-                 loss_fn=loss_fn, run_dir=out_dir, progress=progress,
-                 description=f"{cfg.adapter.method} seed {cfg.seed}")
+    nnx.update(model, jax.tree.map(jnp.asarray, trained))
     # Pt changes only the evaluated model's scales; params/ keeps the trained factors, results the new scales.
     pt_scales = rora.post_training_rescale(model, cfg.adapter.rora_pt_layers) if cfg.adapter.rora_pt_layers else {}
-    evaluation = evaluate(model, cfg, test, encoder)
-    trainable_state = nnx.state(model, trainable)
+    evaluation = evaluate(model, cfg, run.test, run.encoder)
     results = {
         **evaluation_fields(evaluation),
-        "steps": fitted.steps,
-        "resumed_from_step": fitted.resumed_from,
-        "final_loss": fitted.final_loss,
-        "wall_seconds": time.perf_counter() - began,
-        "train_step_compilations": fitted.compilations,
-        "num_poisoned": int(len(poisoned.indices)),
-        "num_train": len(poisoned.data),
-        "num_test": len(test),
-        "trainable_parameters": lora.count_params(trainable_state),
+        **training,
+        "num_poisoned": int(len(run.poisoned.indices)),
+        "num_train": len(run.poisoned.data),
+        "num_test": len(run.test),
+        "trainable_parameters": lora.count_params(nnx.state(model, trainable)),
         "total_parameters": lora.count_params(nnx.state(model, nnx.Param)),
         "adapted_layers": sorted(lora.lora_layers(model)),
         "rora_pt_scales": pt_scales,
@@ -213,10 +232,26 @@ def _train_run(cfg: RunConfig, out_dir: Path | None, progress: bool) -> dict:
     if out_dir is not None:
         start = {"pretrained": str(checkpoint_path(cfg.model.pretrained).resolve()) if cfg.model.pretrained else "",
                  "init_from": str(Path(cfg.model.init_from).resolve()) if cfg.model.init_from else ""}
-        rundir.save(out_dir, model=model, architecture=architecture(cfg, encoder.vocab_size),
-                    num_classes=cfg.data.num_classes, start=start, encoder=encoder, test=test,
-                    poisoned_indices=poisoned.indices, results=results)
+        rundir.save(out_dir, model=model, architecture=architecture(cfg, run.encoder.vocab_size),
+                    num_classes=cfg.data.num_classes, start=start, encoder=run.encoder, test=run.test,
+                    poisoned_indices=run.poisoned.indices, results=results)
     return results
+
+
+def _train_run(cfg: RunConfig, out_dir: Path | None, progress: bool) -> dict:
+    began = time.perf_counter()
+    try:
+        run = prepare_run(cfg, out_dir)
+    except BaseException:
+        if out_dir is not None:
+            rundir.release_claim(out_dir)
+        raise
+    fitted = fit(run.model, lora.trainable_filter(cfg.adapter), run.member.data, cfg.train, seed=cfg.seed,
+                 loss_fn=loss_function(cfg), terms=run.member.terms, run_dir=out_dir, progress=progress,
+                 description=f"{cfg.adapter.method} seed {cfg.seed}")
+    training = {"steps": fitted.steps, "resumed_from_step": fitted.resumed_from, "final_loss": fitted.final_loss,
+                "wall_seconds": time.perf_counter() - began, "train_step_compilations": fitted.compilations}
+    return finish_run(run, nnx.state(run.model, lora.trainable_filter(cfg.adapter)), training, out_dir)
 
 
 def load_run(run_dir: str | Path) -> rundir.FinishedRun:

@@ -9,8 +9,9 @@ import optax
 from flax import nnx
 
 
-def classification_loss(model: nnx.Module, batch: dict, key: jax.Array | None) -> jax.Array:
-    """Mean softmax cross-entropy; dropout is active when a key is given."""
+def classification_loss(model: nnx.Module, batch: dict, key: jax.Array | None, terms=None) -> jax.Array:
+    """Mean softmax cross-entropy; dropout is active when a key is given. ``terms`` (a run's extra loss inputs,
+    see :func:`lorasec.training.trainer.fit_ensemble`) is unused."""
     rngs = None if key is None else nnx.Rngs(dropout=key)
     logits = model(batch["tokens"], batch["mask"], rngs=rngs)
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
@@ -21,7 +22,7 @@ def mlm_loss_fn(mask_prob: float, mask_id: int, vocab_size: int, special_ids: np
     cross-entropy on the picked positions."""
     specials = jnp.asarray(special_ids)
 
-    def loss(model, batch, key):
+    def loss(model, batch, key, terms=None):
         tokens, mask = batch["tokens"], batch["mask"]
         k_pick, k_mode, k_rand, k_drop = jax.random.split(key, 4)
         maskable = mask & ~jnp.isin(tokens, specials)
