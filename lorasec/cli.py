@@ -48,6 +48,27 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--out", default=None, help="output directory (default: runs/study or runs/study-quick)")
     study.add_argument("--no-progress", action="store_true")
 
+    sweep = sub.add_parser("sweep", help="every (cell, seed) of a spec: axes of config fields x seeds, trained as "
+                                         "vmapped ensembles over every device -> results.csv, summary.csv")
+    sweep.add_argument("spec", help="sweep spec (TOML/JSON): base run config, axes, zip groups, seeds")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a field of the base run config (repeatable)")
+    sweep.add_argument("--out", help="sweep directory (default: runs/sweep-<spec name>)")
+    sweep.add_argument("--no-progress", action="store_true")
+    sweep.add_argument("--distributed", action="store_true",
+                       help="join a multi-process job with jax.distributed (cluster settings from the environment "
+                            "unless given below)")
+    sweep.add_argument("--coordinator", default="", help="HOST:PORT of process 0 (implies --distributed)")
+    sweep.add_argument("--num-processes", type=int, default=0, help="processes in the job (implies --distributed)")
+    sweep.add_argument("--process-id", type=int, default=-1, help="this process's index (implies --distributed)")
+
+    plot = sub.add_parser("plot", help="plot a sweep's table: mean and 95%% interval of a metric against a field")
+    plot.add_argument("sweep_dir", help="a finished sweep directory")
+    plot.add_argument("--x", required=True, help="axis field on the x axis, e.g. attack.poison_rate")
+    plot.add_argument("--y", default="attack_success_rate", help="metric (default attack_success_rate)")
+    plot.add_argument("--hue", help="field whose values get one line each, e.g. adapter.method")
+    plot.add_argument("--out", help="file stem (default: <sweep dir>/plot-<y>-vs-<x>); writes .png and .pdf")
+
     ntk = sub.add_parser("ntk", help="NTKs of LoRA and full fine-tuning side by side: kernels, spectra, summaries")
     ntk.add_argument("source", help="TOML/JSON config (model as training would start) or a finished run directory")
     ntk.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -260,6 +281,52 @@ def _study(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from lorasec.sweep_spec import load_spec
+
+    distributed = args.distributed or args.coordinator or args.num_processes or args.process_id >= 0
+    if args.num_processes < 0:
+        raise ConfigError(f"sweep --num-processes {args.num_processes}: must be >= 1")
+    if args.process_id >= 0 and args.num_processes and args.process_id >= args.num_processes:
+        raise ConfigError(f"sweep --process-id {args.process_id}: must be < --num-processes {args.num_processes}")
+    spec = load_spec(args.spec, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / f"sweep-{spec.name}"
+    if distributed:
+        from lorasec.training import placement
+
+        placement.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    import jax
+
+    from lorasec.pipelines.sweep import run_sweep
+
+    summary = run_sweep(spec, out, progress=not args.no_progress)
+    if jax.process_index() == 0:
+        from lorasec.pipelines.figures import sweep_table
+
+        print(sweep_table(summary, spec.fields))
+        print(f"written: {out / 'results.csv'}, {out / 'summary.csv'} ({len(summary)} cells x "
+              f"{len(spec.seeds)} seeds)")
+    return 0
+
+
+def _plot(args) -> int:
+    from lorasec.pipelines import figures
+    from lorasec.pipelines.sweep import read_table
+
+    rows = read_table(args.sweep_dir)
+    for flag, name in (("--x", args.x), ("--hue", args.hue)):
+        if name and name not in rows[0]:
+            fields = [k for k in rows[0] if k not in ("cell", "run")]
+            raise ConfigError(f"plot {flag} {name!r}: not a column of this sweep; columns: {', '.join(fields)}")
+    if args.y not in rows[0]:
+        raise ConfigError(f"plot --y {args.y!r}: not a metric of this sweep; metrics: "
+                          f"{', '.join(k for k in rows[0] if isinstance(rows[0][k], float))}")
+    stem = Path(args.out) if args.out else Path(args.sweep_dir) / f"plot-{args.y}-vs-{args.x}"
+    written = figures.sweep_plot(rows, args.x, args.y, args.hue, stem)
+    print("written: " + ", ".join(map(str, written)))
+    return 0
+
+
 def _check_out(out: str | None) -> None:
     """Refuse an --out that cannot hold results before any work starts."""
     if not out:
@@ -279,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"train": _train, "pretrain": _pretrain, "study": _study, "verify": _verify,
                 "ntk": _ntk, "spectral": _spectral, "purify": _purify,
-                "fetch": _fetch}
+                "fetch": _fetch, "sweep": _sweep, "plot": _plot}
     try:
         _check_out(getattr(args, "out", None))
         return handlers[args.command](args)

@@ -175,3 +175,88 @@ def ntk_spectrum_figure(spectra: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _interval(values: list[float]) -> tuple[float, float]:
+    """Mean and 95% Student-t half-width (0 for one value)."""
+    from scipy import stats as scipy_stats
+
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, float(scipy_stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
+
+
+def _sortable(value):
+    return (0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, str(value))
+
+
+def sweep_plot(rows: list[dict], x: str, y: str, hue: str | None, stem: Path) -> list[Path]:
+    """Mean of ``y`` over seeds against ``x``, one line per ``hue`` value, with its 95% t-interval as a band;
+    fields that vary but are neither x nor hue are pooled (and named in the title). Writes PNG and PDF."""
+    plt = _pyplot()
+    groups: dict = {}
+    for row in rows:
+        value = row.get(y)
+        if value is None or not np.isfinite(value):
+            continue
+        groups.setdefault(row.get(hue) if hue else y, {}).setdefault(row[x], []).append(float(value))
+    skip = {"cell", "seed", "run", x, y, *(k for k in (hue,) if k)}
+    fixed = {k for k in rows[0] if k not in skip and isinstance(rows[0][k], (int, float, str))
+             and not k.endswith(("accuracy", "rate", "loss", "seconds", "steps", "step", "members"))}
+    pooled = sorted(k for k in fixed if len({json_key(r.get(k)) for r in rows}) > 1)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    numeric = all(isinstance(r[x], (int, float)) and not isinstance(r[x], bool) for r in rows)
+    for label, by_x in sorted(groups.items(), key=lambda kv: _sortable(kv[0])):
+        xs = sorted(by_x, key=_sortable)
+        stats_ = [_interval(by_x[v]) for v in xs]
+        position = xs if numeric else list(range(len(xs)))
+        means = np.array([m for m, _ in stats_])
+        half = np.array([h for _, h in stats_])
+        ax.plot(position, means, marker="o", label=f"{hue} = {label}" if hue else y)
+        ax.fill_between(position, means - half, means + half, alpha=0.2)
+        if not numeric:
+            ax.set_xticks(position, [str(v) for v in xs])
+    if numeric and all(r[x] > 0 for r in rows) and max(r[x] for r in rows) / min(r[x] for r in rows) >= 100:
+        ax.set_xscale("log")
+    seeds = len({r["seed"] for r in rows})
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    title = f"{y}: mean and 95% interval over {seeds} seed{'s' * (seeds > 1)}"
+    if pooled:
+        title += f"\npooled over {', '.join(pooled)}"
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = [stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.pdf"]
+    for path in written:
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return written
+
+
+def json_key(value) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)
+
+
+def sweep_table(summary: list[dict], fields: list[str]) -> str:
+    """A sweep's per-cell summary as Markdown: each axis value, then mean ± 95% half-width (n) per metric."""
+    metrics = ("clean_accuracy", "attack_success_rate", "final_loss")
+    header = [*fields, "runs", *metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for cell in summary:
+        cols = [str(cell[f]) for f in fields] + [str(cell["runs"])]
+        for metric in metrics:
+            s = cell[metric]
+            if s["mean"] is None:
+                cols.append("n/a")
+            else:
+                scale = 100.0 if metric != "final_loss" else 1.0
+                half = f" ± {s['ci95'] * scale:.3g}" if s["ci95"] is not None else ""
+                cols.append(f"{s['mean'] * scale:.3g}{half} ({s['n']})")
+        lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines) + "\n\naccuracy and ASR in %; ± is the 95% t-interval half-width over seeds (n runs)\n"

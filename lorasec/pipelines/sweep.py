@@ -1,0 +1,245 @@
+"""A sweep: every (cell, seed) of a spec (:mod:`lorasec.sweep_spec`), trained as few programs as shapes allow.
+
+Runs whose model structure and shape-setting training fields agree form a group and train together as one
+ensemble (:func:`lorasec.training.trainer.fit_ensemble`): seeds, learning rate, weight decay, clip norm, the A-init
+variance, LoRA α, RoRA Tr's λ and the attack (each member with its own poisoned data) vary inside a group. Ranks,
+dropout rates and sizes set shapes or code, so they form separate groups. Each run gets an ordinary run directory
+(``runs/``; ``lorasec ntk``, ``spectral`` and ``load_run`` read it), and the table is written from those:
+
+    out/results.jsonl, results.csv    one row per (cell, seed): axis values, metrics, steps, wall time
+    out/summary.json, summary.csv     per cell: mean, sd, 95% t-interval and n of every metric
+    out/groups/<id>/checkpoints       an interrupted group resumes from here
+    out/runs/<cell>-seed<k>/          run directories
+
+A restarted sweep skips finished runs and resumes interrupted groups; a second sweep on the same directory is
+refused. Under ``jax.distributed`` every process runs this same function: the groups span every device of every
+process, process ``p`` evaluates and writes the runs ``i`` with ``i mod P = p``, and process 0 writes the table.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+from scipy import stats as scipy_stats
+from tqdm.auto import tqdm
+
+from lorasec.adapters import lora
+from lorasec.config import RunConfig, replace, to_dict
+from lorasec.core import files, stats
+from lorasec.pipelines import rundir
+from lorasec.pipelines.pretrain import pretrain, pretrain_recipe
+from lorasec.pipelines.run import PreparedRun, finish_run, loss_function, prepare_run
+from lorasec.sweep_spec import Cell, SweepSpec
+from lorasec.training import placement
+from lorasec.training.trainer import fit_ensemble
+
+METRICS = ("clean_accuracy", "attack_success_rate", "triggered_accuracy", "robust_accuracy", "final_loss")
+MEMBER_FIELDS = {"seed", "train.lr", "train.weight_decay", "train.grad_clip", "adapter.init_scale",
+                 "adapter.alpha", "adapter.rora_tr"}  # vary inside one program; attack.* too (its own data)
+
+
+def run_name(cell: Cell, seed: int) -> str:
+    """``007-adapter.rank=8,attack.poison_rate=0.05-seed3``: readable, shortened with a hash when long."""
+    label = ",".join(f"{k}={v}" for k, v in cell.values.items()) or "base"
+    label = re.sub(r"[^\w.=,+-]", "_", label)
+    if len(label) > 80:
+        label = label[:60] + "-" + hashlib.sha256(label.encode()).hexdigest()[:12]
+    return f"{cell.index:03d}-{label}-seed{seed}"
+
+
+def _group_key(cfg: RunConfig) -> str:
+    """The config with the fields that may vary inside one program blanked (:data:`MEMBER_FIELDS`, attack)."""
+    raw = to_dict(cfg)
+    raw.pop("seed")
+    raw.pop("attack")
+    for section, name in (("train", "lr"), ("train", "weight_decay"), ("adapter", "init_scale"),
+                          ("adapter", "alpha")):
+        raw[section].pop(name)
+    raw["train"]["grad_clip"] = raw["train"]["grad_clip"] > 0
+    raw["adapter"]["rora_tr"] = raw["adapter"]["rora_tr"] > 0
+    return json.dumps(raw, sort_keys=True)
+
+
+def _structure(run: PreparedRun) -> str:
+    """What must agree for runs to share a program once built: the model's state layout and shapes, the data's
+    width and the loss terms' layout."""
+    state = nnx.state(run.model)
+    shapes = [(tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(state)]
+    return repr((str(jax.tree.structure(state)), shapes, run.member.data.tokens.shape[1:],
+                 str(jax.tree.structure(run.member.terms))))
+
+
+def _ci95(values: list[float]) -> float | None:
+    """Half-width of the 95% Student-t interval of the mean (None for fewer than two values)."""
+    if len(values) < 2:
+        return None
+    return float(scipy_stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
+def summarise(rows: list[dict], fields: list[str]) -> list[dict]:
+    """Per cell: its axis values and, per metric, mean, sd, 95% interval half-width and n (finite runs only)."""
+    cells: dict[int, list[dict]] = {}
+    for row in rows:
+        cells.setdefault(row["cell"], []).append(row)
+    out = []
+    for index, members in sorted(cells.items()):
+        entry = {"cell": index, **{f: members[0][f] for f in fields}, "runs": len(members)}
+        for metric in METRICS:
+            values = [float(r[metric]) for r in members if r.get(metric) is not None
+                      and math.isfinite(float(r[metric]))]
+            summary = stats.mean_sd(values)
+            entry[metric] = {**summary, "ci95": _ci95(values)}
+        out.append(entry)
+    return out
+
+
+def _write_tables(out_dir: Path, spec: SweepSpec, rows: list[dict]) -> list[dict]:
+    fields = spec.fields
+    files.write_text(out_dir / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    columns = ["cell", *fields, "seed", *METRICS, "steps", "resumed_from_step", "wall_seconds", "group_members",
+               "diverged_steps", "run"]
+    files.write_text(out_dir / "results.csv", _csv(columns, rows))
+    summary = summarise(rows, fields)
+    files.write_json(out_dir / "summary.json", {"spec": spec.to_dict(), "cells": summary})
+    flat = [{"cell": c["cell"], **{f: c[f] for f in fields}, "runs": c["runs"],
+             **{f"{m}_{k}": c[m][k] for m in METRICS for k in ("mean", "sd", "ci95", "n")}} for c in summary]
+    summary_columns = ["cell", *fields, "runs", *(f"{m}_{k}" for m in METRICS for k in ("mean", "sd", "ci95", "n"))]
+    files.write_text(out_dir / "summary.csv", _csv(summary_columns, flat))
+    return summary
+
+
+def _csv(columns: list[str], rows: list[dict]) -> str:
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
+    return buffer.getvalue()
+
+
+def _row(cell: Cell, seed: int, name: str, results: dict) -> dict:
+    return {"cell": cell.index, **cell.values, "seed": seed, **{m: results.get(m) for m in METRICS},
+            **{k: results.get(k) for k in ("steps", "resumed_from_step", "wall_seconds", "group_members",
+                                           "diverged_steps")}, "run": name}
+
+
+def run_sweep(spec: SweepSpec, out_dir: str | Path, *, progress: bool = True) -> list[dict]:
+    """Run every (cell, seed) of ``spec`` into ``out_dir`` (module docstring); returns the per-cell summary."""
+    out_dir = Path(out_dir)
+    if jax.process_index() == 0:
+        with rundir.exclusive(out_dir):
+            return _run_sweep(spec, out_dir, progress)
+    return _run_sweep(spec, out_dir, progress)
+
+
+def _run_sweep(spec: SweepSpec, out_dir: Path, progress: bool) -> list[dict]:
+    primary = jax.process_index() == 0
+    cells = spec.cells()
+    if primary:
+        files.write_json(out_dir / "spec.json", spec.to_dict())
+    start = _pretrained(spec, cells, out_dir, progress)
+    todo: dict[str, list[tuple[Cell, RunConfig, str]]] = {}
+    for cell in cells:
+        for cfg in cell.configs:
+            if start:
+                cfg = replace(cfg, model={"pretrained": start})
+            name = run_name(cell, cfg.seed)
+            if primary:  # refuses a run directory that holds another config
+                rundir.claim(cfg, out_dir / "runs" / name)
+            todo.setdefault(_group_key(cfg), []).append((cell, cfg, name))
+    placement.barrier("lorasec sweep claimed")
+    todo = {key: [e for e in entries if not (out_dir / "runs" / e[2] / "results.json").is_file()]
+            for key, entries in todo.items()}
+    total = sum(len(v) for v in todo.values())
+    bar = tqdm(total=total, desc=f"sweep {spec.name}", unit="run", disable=not (progress and primary),
+               dynamic_ncols=True)
+    for entries in todo.values():
+        prepared = [(cell, name, prepare_run(cfg, out_dir / "runs" / name)) for cell, cfg, name in entries]
+        by_structure: dict[str, list] = {}
+        for item in prepared:
+            by_structure.setdefault(_structure(item[2]), []).append(item)
+        for members in by_structure.values():
+            size = spec.max_members or len(members)
+            for begin in range(0, len(members), size):
+                _train_group(members[begin:begin + size], out_dir, progress)
+                bar.update(len(members[begin:begin + size]))
+    bar.close()
+    placement.barrier("lorasec sweep trained")
+    rows = []
+    for cell in cells:
+        for seed in spec.seeds:
+            name = run_name(cell, seed)
+            results = files.read_json(out_dir / "runs" / name / "results.json")
+            rows.append(_row(cell, seed, name, results))
+    summary = summarise(rows, spec.fields)
+    if primary:
+        summary = _write_tables(out_dir, spec, rows)
+    return summary
+
+
+def _pretrained(spec: SweepSpec, cells: list[Cell], out_dir: Path, progress: bool) -> str:
+    """The encoder every run starts from when the spec pretrains one (process 0 trains it), else ''."""
+    base = cells[0].configs[0]
+    if not spec.pretrain_steps or base.model.pretrained or base.model.init_from:
+        return ""
+    if base.data.source != "synthetic" or base.model.kind != "transformer":
+        return ""
+    if jax.process_index() == 0:
+        pretrain(pretrain_recipe(base.data, base.model, spec.pretrain_steps), out_dir / "pretrained",
+                 progress=progress)
+    placement.barrier("lorasec sweep pretrained")
+    return str((out_dir / "pretrained").resolve())
+
+
+def _train_group(members: list[tuple[Cell, str, PreparedRun]], out_dir: Path, progress: bool) -> None:
+    began = time.perf_counter()
+    names = [name for _, name, _ in members]
+    group_id = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+    group_dir = out_dir / "groups" / group_id
+    if jax.process_index() == 0:
+        files.write_json(group_dir / "group.json", {"runs": names})
+    first = members[0][2].cfg
+    result = fit_ensemble([run.member for _, _, run in members], lora.trainable_filter(first.adapter),
+                          loss_fn=loss_function(first), run_dir=group_dir, progress=progress,
+                          description=f"{len(members)} run{'s' * (len(members) > 1)} ({first.adapter.method})")
+    wall = time.perf_counter() - began
+    processes = jax.process_count()
+    for i, (_, name, run) in enumerate(members):
+        if i % processes != jax.process_index():
+            continue
+        run_dir = out_dir / "runs" / name
+        training = {"steps": result.steps, "resumed_from_step": result.resumed_from,
+                    "final_loss": result.final_loss[i], "wall_seconds": wall,
+                    "train_step_compilations": result.compilations, "group": group_id,
+                    "group_members": len(members), "diverged_steps": result.diverged[i]}
+        if result.diverged[i] is not None:
+            files.write_json(run_dir / "results.json", {
+                **{m: None for m in METRICS}, **training, "config_sha256": rundir.config_hash(run.cfg)})
+            continue
+        finish_run(run, result.trainable[i], training, run_dir)
+    placement.barrier(f"lorasec group {group_id}")
+
+
+def read_table(sweep_dir: str | Path) -> list[dict]:
+    """The rows of a finished sweep's ``results.jsonl`` (``pandas.read_csv(sweep_dir / 'results.csv')`` gives the
+    same table as a data frame)."""
+    path = Path(sweep_dir) / "results.jsonl"
+    if not path.is_file():
+        from lorasec.config import ConfigError
+
+        raise ConfigError(f"{str(sweep_dir)!r}: not a finished sweep (results.jsonl missing); run `lorasec sweep`")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+__all__ = ["run_sweep", "summarise", "read_table", "run_name", "METRICS"]

@@ -1,0 +1,232 @@
+"""A sweep specification: a base run config, axes of dotted config fields, and seeds (``lorasec sweep SPEC``).
+
+A spec file (TOML or JSON)::
+
+    base = "synthetic_badnets_lora.toml"     # a run config file (relative to the spec), or a [base] table
+    seeds = [0, 1, 2, 3, 4]
+    pretrain_steps = 0                       # > 0: pretrain the synthetic encoder once, start every run from it
+    max_members = 0                          # most runs trained as one program (0: no limit)
+    [axes]                                   # the product of these lists
+    "attack.poison_rate" = [0.01, 0.05, 0.1]
+    [[zip]]                                  # fields that move together (equal-length lists); several allowed
+    "adapter.method" = ["full", "full", "lora"]
+    "train.lr" = [1e-3, 1e-4, 1e-3]
+
+Cells are the product of the axes and of every zip group; each cell runs once per seed. Every cell's config is
+validated before anything trains; an error is one line naming the field and the cell.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorasec.config import ConfigError, RunConfig, from_dict, read_file
+
+SPEC_FIELDS = ("base", "seeds", "axes", "zip", "pretrain_steps", "max_members", "name")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid: its index, the axis values that define it, and its config per seed."""
+
+    index: int
+    values: dict[str, Any]
+    configs: tuple[RunConfig, ...]
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.values.items()) or "base"
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    base: dict
+    seeds: tuple[int, ...]
+    axes: dict[str, tuple]
+    zips: tuple[dict[str, tuple], ...]
+    pretrain_steps: int = 0
+    max_members: int = 0
+
+    @property
+    def fields(self) -> list[str]:
+        return [*self.axes, *(name for group in self.zips for name in group)]
+
+    def cells(self) -> list[Cell]:
+        """Every cell, in the order the axes are written (the last axis varies fastest), configs validated."""
+        blocks = [[{name: v} for v in values] for name, values in self.axes.items()]
+        blocks += [[dict(zip(group, column)) for column in zip(*group.values())] for group in self.zips]
+        out = []
+        for index, combination in enumerate(itertools.product(*blocks)):
+            values = {k: v for part in combination for k, v in part.items()}
+            configs = tuple(_cell_config(self.base, values, seed, index) for seed in self.seeds)
+            out.append(Cell(index, values, configs))
+        return out
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "base": self.base, "seeds": list(self.seeds),
+                "axes": {k: list(v) for k, v in self.axes.items()},
+                "zip": [{k: list(v) for k, v in g.items()} for g in self.zips],
+                "pretrain_steps": self.pretrain_steps, "max_members": self.max_members}
+
+
+def _cell_config(base: dict, values: dict, seed: int, index: int) -> RunConfig:
+    raw = _deep_copy(base)
+    raw["seed"] = seed
+    for name, value in values.items():
+        node = raw
+        parts = name.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    label = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "base"
+    try:
+        return from_dict(RunConfig, raw).validate()
+    except ConfigError as err:
+        raise ConfigError(f"{err} (sweep cell {index}: {label}, seed {seed})") from None
+
+
+def _deep_copy(raw: Any) -> Any:
+    if isinstance(raw, dict):
+        return {k: _deep_copy(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_deep_copy(v) for v in raw]
+    return raw
+
+
+def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"attack": {"poison_rate": [..]}}`` and ``{"attack.poison_rate": [..]}`` alike -> dotted keys."""
+    out = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _check_field(where: str, name: str) -> None:
+    """``name`` must be a dotted path to a value field of :class:`RunConfig` (not a section, not ``seed``)."""
+    if name == "seed":
+        raise ConfigError(f"{where}.seed: list the seeds in `seeds`, not as an axis")
+    cls: Any = RunConfig
+    parts = name.split(".")
+    for depth, part in enumerate(parts):
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            close = difflib.get_close_matches(part, names, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "allowed: " + ", ".join(names)
+            raise ConfigError(f"{where}.{'.'.join(parts[:depth + 1])}: unknown field; {hint}")
+        cls = hints[part]
+        if dataclasses.is_dataclass(cls) and depth == len(parts) - 1:
+            raise ConfigError(f"{where}.{name}: is a section; name one of its fields, e.g. {name}."
+                              f"{dataclasses.fields(cls)[0].name}")
+        if not dataclasses.is_dataclass(cls) and depth < len(parts) - 1:
+            raise ConfigError(f"{where}.{'.'.join(parts[:depth + 1])}: is a value, not a section")
+
+
+def _values(where: str, value: Any) -> tuple:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where} = {value!r}: must be a non-empty list of values")
+    return tuple(value)
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
+    """Read and validate a spec file; ``overrides`` (``KEY=VALUE``) change fields of the base run config."""
+    from lorasec.config import parse_override
+
+    path = Path(path)
+    raw = read_file(path)
+    for key in raw:
+        if key not in SPEC_FIELDS:
+            close = difflib.get_close_matches(key, SPEC_FIELDS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "allowed: " + ", ".join(SPEC_FIELDS)
+            raise ConfigError(f"{key}: unknown sweep field; {hint}")
+    base = raw.get("base", {})
+    if isinstance(base, str):
+        base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+        if not base_path.is_file():
+            raise ConfigError(f"base = {base!r}: run config file not found (looked at {str(base_path)!r})")
+        base = read_file(base_path)
+    if not isinstance(base, dict):
+        raise ConfigError(f"base = {base!r}: must be a run config file name or a [base] table")
+    base = _deep_copy(base)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = base
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {k} is a value, not a section")
+        node[keys[-1]] = value
+    try:
+        from_dict(RunConfig, base)
+    except ConfigError as err:
+        raise ConfigError(f"base.{err}") from None
+    seeds = raw.get("seeds", [0])
+    if (not isinstance(seeds, list) or not seeds
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
+        raise ConfigError(f"seeds = {seeds!r}: must be a non-empty list of integers >= 0")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds = {seeds!r}: lists a seed twice")
+    axes_raw = raw.get("axes", {})
+    if not isinstance(axes_raw, dict):
+        raise ConfigError(f"axes = {axes_raw!r}: must be a table of FIELD = [values]")
+    axes = {}
+    for name, value in _flatten(axes_raw).items():
+        _check_field("axes", name)
+        axes[name] = _values(f"axes.{name}", value)
+    zips_raw = raw.get("zip", [])
+    if isinstance(zips_raw, dict):
+        zips_raw = [zips_raw]
+    if not isinstance(zips_raw, list) or any(not isinstance(g, dict) for g in zips_raw):
+        raise ConfigError("zip: must be a table, or a list of tables ([[zip]]), of FIELD = [values]")
+    zips = []
+    for number, group in enumerate(zips_raw):
+        flat = _flatten(group)
+        if not flat:
+            raise ConfigError(f"zip[{number}]: is empty; list at least one FIELD = [values]")
+        checked = {}
+        for name, value in flat.items():
+            _check_field(f"zip[{number}]", name)
+            checked[name] = _values(f"zip[{number}].{name}", value)
+        lengths = {name: len(v) for name, v in checked.items()}
+        first = next(iter(lengths))
+        for name, n in lengths.items():
+            if n != lengths[first]:
+                raise ConfigError(f"zip[{number}].{name}: has {n} values but {first} has {lengths[first]}; "
+                                  f"fields that move together need as many values each")
+        zips.append(checked)
+    seen: set[str] = set()
+    for name in [*axes, *(n for g in zips for n in g)]:
+        if name in seen:
+            raise ConfigError(f"{name}: appears in two axes; list it once (in one zip group to move it with others)")
+        seen.add(name)
+    integers = {}
+    for key in ("pretrain_steps", "max_members"):
+        value = raw.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{key} = {value!r}: must be an integer >= 0")
+        integers[key] = value
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str):
+        raise ConfigError(f"name = {name!r}: must be a string")
+    spec = SweepSpec(name, base, tuple(seeds), axes, tuple(zips), **integers)
+    if spec.pretrain_steps:
+        varied = [n for n in spec.fields if n.startswith(("model.", "data."))]
+        if varied:
+            raise ConfigError(f"axes: {varied[0]} cannot vary when the sweep pretrains one encoder "
+                              f"(pretrain_steps > 0); pretrain with `lorasec pretrain` and set model.pretrained")
+    spec.cells()  # validates every cell's config now, before anything trains
+    return spec
+
+
+__all__ = ["Cell", "SweepSpec", "load_spec"]
