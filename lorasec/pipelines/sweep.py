@@ -220,7 +220,7 @@ def _train_group(members: list[tuple[Cell, str, PreparedRun]], out_dir: Path, pr
             continue
         run_dir = out_dir / "runs" / name
         training = {"steps": result.steps, "resumed_from_step": result.resumed_from,
-                    "final_loss": result.final_loss[i], "wall_seconds": wall,
+                    "final_loss": stats.finite(result.final_loss[i]), "wall_seconds": wall,
                     "train_step_compilations": result.compilations, "group": group_id,
                     "group_members": len(members), "diverged_steps": result.diverged[i]}
         if result.diverged[i] is not None:
