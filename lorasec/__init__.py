@@ -8,9 +8,10 @@ The public facade, so notebooks import from one place::
     run = lorasec.load_run("runs/demo")
     K = lorasec.structured_lora_ntk(run.tuned, *run.encoder.encode(run.test.texts[:32]))
     checks = lorasec.verify(["lemma_3_1"])
+    summary = lorasec.run_sweep(lorasec.load_spec("experiments/sweep_poison_rate.toml"), "runs/sweep")
 
 The layers below it import one way (README's architecture section; enforced by tests/test_architecture.py):
-core → config → data → attacks → models → adapters → training → diagnostics → pipelines → cli. Names are
+core → config → sweep_spec → data → attacks → models → adapters → training → diagnostics → pipelines → cli. Names are
 resolved on first use, so ``import lorasec`` stays cheap.
 """
 
@@ -36,6 +37,12 @@ _FACADE = {
     "train_run": ("lorasec.pipelines.run", "train_run"),
     "load_run": ("lorasec.pipelines.run", "load_run"),
     "evaluate": ("lorasec.training.evaluation", "evaluate"),
+    # sweeps
+    "load_spec": ("lorasec.sweep_spec", "load_spec"),
+    "run_sweep": ("lorasec.pipelines.sweep", "run_sweep"),
+    "read_table": ("lorasec.pipelines.sweep", "read_table"),
+    "fit_ensemble": ("lorasec.training.trainer", "fit_ensemble"),
+    "prepare_run": ("lorasec.pipelines.run", "prepare_run"),
     # models and adapters
     "Architecture": ("lorasec.models", "Architecture"),
     "build_classifier": ("lorasec.models", "build_classifier"),

@@ -6,6 +6,7 @@ A spec file (TOML or JSON)::
     seeds = [0, 1, 2, 3, 4]
     pretrain_steps = 0                       # > 0: pretrain the synthetic encoder once, start every run from it
     max_members = 0                          # most runs trained as one program (0: no limit)
+    pad_ranks = true                         # LoRA ranks share a program, zero-padded to the largest
     [axes]                                   # the product of these lists
     "attack.poison_rate" = [0.01, 0.05, 0.1]
     [[zip]]                                  # fields that move together (equal-length lists); several allowed
@@ -28,7 +29,7 @@ from typing import Any
 
 from lorasec.config import ConfigError, RunConfig, from_dict, read_file
 
-SPEC_FIELDS = ("base", "seeds", "axes", "zip", "pretrain_steps", "max_members", "name")
+SPEC_FIELDS = ("base", "seeds", "axes", "zip", "pretrain_steps", "max_members", "pad_ranks", "name")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class SweepSpec:
     zips: tuple[dict[str, tuple], ...]
     pretrain_steps: int = 0
     max_members: int = 0
+    pad_ranks: bool = True
 
     @property
     def fields(self) -> list[str]:
@@ -73,7 +75,7 @@ class SweepSpec:
         return {"name": self.name, "base": self.base, "seeds": list(self.seeds),
                 "axes": {k: list(v) for k, v in self.axes.items()},
                 "zip": [{k: list(v) for k, v in g.items()} for g in self.zips],
-                "pretrain_steps": self.pretrain_steps, "max_members": self.max_members}
+                "pretrain_steps": self.pretrain_steps, "max_members": self.max_members, "pad_ranks": self.pad_ranks}
 
 
 def _cell_config(base: dict, values: dict, seed: int, index: int) -> RunConfig:
@@ -216,10 +218,13 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{key} = {value!r}: must be an integer >= 0")
         integers[key] = value
+    pad_ranks = raw.get("pad_ranks", True)
+    if not isinstance(pad_ranks, bool):
+        raise ConfigError(f"pad_ranks = {pad_ranks!r}: must be true or false")
     name = raw.get("name", path.stem)
     if not isinstance(name, str):
         raise ConfigError(f"name = {name!r}: must be a string")
-    spec = SweepSpec(name, base, tuple(seeds), axes, tuple(zips), **integers)
+    spec = SweepSpec(name, base, tuple(seeds), axes, tuple(zips), **integers, pad_ranks=pad_ranks)
     if spec.pretrain_steps:
         varied = [n for n in spec.fields if n.startswith(("model.", "data."))]
         if varied:

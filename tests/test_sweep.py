@@ -83,6 +83,26 @@ def test_ensemble_member_equals_the_same_run_trained_alone(swept, tmp_path):
                 assert diff <= 1e-5 * max(1.0, float(np.max(np.abs(np.asarray(x))))), (name, diff)
 
 
+def test_ranks_share_one_program_and_a_padded_member_equals_its_rank_alone(tmp_path):
+    spec = dict(SPEC, seeds=[0], axes={}, zip=[{"adapter.rank": [2, 4, 8], "adapter.alpha": [4.0, 8.0, 16.0]}])
+    path = _write(tmp_path / "spec.json", spec)
+    run_sweep(load_spec(path), tmp_path / "out", progress=False)
+    table = read_table(tmp_path / "out")
+    assert [r["group_members"] for r in table] == [3, 3, 3]  # one program, padded to rank 8
+    for index in (0, 1):
+        cell = load_spec(path).cells()[index]
+        alone = train_run(cell.configs[0], tmp_path / f"alone{index}", progress=False)
+        member_dir = tmp_path / "out" / "runs" / run_name(cell, 0)
+        member = json.loads((member_dir / "results.json").read_text())
+        assert alone["clean_accuracy"] == member["clean_accuracy"]
+        assert alone["attack_success_rate"] == member["attack_success_rate"]
+        assert alone["trainable_parameters"] == member["trainable_parameters"]
+        a, b = _params(tmp_path / f"alone{index}"), _params(member_dir)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            assert np.asarray(x).shape == np.asarray(y).shape  # saved at the run's own rank
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
 def test_tables_hold_every_run_and_cell(swept):
     spec, out = swept
     rows = read_table(out)
@@ -147,6 +167,7 @@ def spec_config(path: Path, cell: int):
     ({"base": {"train": {"lr": "fast"}}}, r"^base\.train\.lr = 'fast': must be a number"),
     ({"sweeps": 3}, r"^sweeps: unknown sweep field"),
     ({"max_members": -1}, r"^max_members = -1: must be an integer >= 0"),
+    ({"pad_ranks": "yes"}, r"^pad_ranks = 'yes': must be true or false"),
     ({"pretrain_steps": 10, "axes": {"model.d_model": [16, 32]}}, r"^axes: model\.d_model cannot vary"),
 ])
 def test_spec_errors_are_one_line_and_name_the_field(tmp_path, change, message):

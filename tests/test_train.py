@@ -64,6 +64,22 @@ def test_schedules():
     assert float(trainer.make_schedule(TrainConfig(lr=0.3))(1000)) == pytest.approx(0.3)
 
 
+@pytest.mark.parametrize("schedule", config.SCHEDULES)
+def test_every_schedule_takes_a_traced_learning_rate_as_ensembles_need(schedule):
+    import jax
+    import optax
+
+    cfg = TrainConfig(lr=0.5, steps=10, warmup_steps=4 if schedule != "constant" else 0, schedule=schedule)
+    steps = np.arange(11)
+    traced = jax.vmap(lambda lr: jax.vmap(trainer.make_schedule(cfg, lr))(steps))(np.float32([0.5, 1.0]))
+    plain = np.array([trainer.make_schedule(cfg)(s) for s in steps])
+    np.testing.assert_allclose(traced[0], plain, rtol=1e-6)
+    np.testing.assert_allclose(traced[1], 2 * plain, rtol=1e-6)
+    if schedule == "warmup_cosine":  # the spelled-out form equals optax's own
+        reference = optax.warmup_cosine_decay_schedule(0.0, 0.5, 4, 10)
+        np.testing.assert_allclose(plain, [reference(s) for s in steps], rtol=1e-6, atol=1e-9)
+
+
 def test_non_finite_loss_stops_with_step_and_last_finite_loss():
     cfg = tiny_run(train=TrainConfig(steps=30, batch_size=16, lr=1e30, grad_clip=0.0))
     model, data = _setup(config.replace(cfg, adapter={"method": "full"}))

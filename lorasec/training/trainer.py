@@ -74,7 +74,11 @@ def make_schedule(cfg: TrainConfig, lr=None) -> optax.Schedule:
         return optax.join_schedules([optax.linear_schedule(0.0, lr, cfg.warmup_steps),
                                      optax.linear_schedule(lr, 0.0, cfg.steps - cfg.warmup_steps)],
                                     [cfg.warmup_steps])
-    return optax.warmup_cosine_decay_schedule(0.0, lr, cfg.warmup_steps, cfg.steps)
+    # optax.warmup_cosine_decay_schedule(0, lr, warmup, steps) spelled out: it branches on lr in Python, and an
+    # ensemble's lr is traced.
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, cfg.warmup_steps),
+                                 optax.cosine_decay_schedule(lr, cfg.steps - cfg.warmup_steps, alpha=0.0)],
+                                [cfg.warmup_steps])
 
 
 def hyperparameters(cfg: TrainConfig) -> dict[str, np.ndarray]:
