@@ -204,7 +204,12 @@ def sweep_plot(rows: list[dict], x: str, y: str, hue: str | None, stem: Path) ->
     skip = {"cell", "seed", "run", x, y, *(k for k in (hue,) if k)}
     fixed = {k for k in rows[0] if k not in skip and isinstance(rows[0][k], (int, float, str))
              and not k.endswith(("accuracy", "rate", "loss", "seconds", "steps", "step", "members"))}
-    pooled = sorted(k for k in fixed if len({json_key(r.get(k)) for r in rows}) > 1)
+    within: dict = {}
+    for row in rows:  # a field is pooled when it takes several values at one (x, hue) point
+        point = (json_key(row[x]), json_key(row.get(hue)) if hue else "")
+        for k in fixed:
+            within.setdefault((point, k), set()).add(json_key(row.get(k)))
+    pooled = sorted({k for (_, k), values in within.items() if len(values) > 1})
     fig, ax = plt.subplots(figsize=(6, 4))
     numeric = all(isinstance(r[x], (int, float)) and not isinstance(r[x], bool) for r in rows)
     for label, by_x in sorted(groups.items(), key=lambda kv: _sortable(kv[0])):
@@ -220,9 +225,11 @@ def sweep_plot(rows: list[dict], x: str, y: str, hue: str | None, stem: Path) ->
     if numeric and all(r[x] > 0 for r in rows) and max(r[x] for r in rows) / min(r[x] for r in rows) >= 100:
         ax.set_xscale("log")
     seeds = len({r["seed"] for r in rows})
+    per_point = sorted({len(v) for by_x in groups.values() for v in by_x.values()})
+    runs = str(per_point[0]) if len(per_point) == 1 else f"{per_point[0]}-{per_point[-1]}"
     ax.set_xlabel(x)
     ax.set_ylabel(y)
-    title = f"{y}: mean and 95% interval over {seeds} seed{'s' * (seeds > 1)}"
+    title = f"{y}: mean and 95% interval, {runs} runs per point ({seeds} seed{'s' * (seeds > 1)})"
     if pooled:
         title += f"\npooled over {', '.join(pooled)}"
     ax.set_title(title, fontsize=10)
