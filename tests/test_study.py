@@ -94,7 +94,11 @@ def test_every_experiment_spec_is_valid():
     assert len(specs) >= 4
     for spec in specs:
         raw = config.read_file(spec)
-        if "base" in raw:
+        if "axes" in raw or "zip" in raw:
+            from lorasec.sweep_spec import load_spec
+
+            load_spec(spec)
+        elif "base" in raw:
             load(StudyConfig, spec)
         elif "backdoor" in raw or "defences" in raw:
             load(PurifyConfig, spec)

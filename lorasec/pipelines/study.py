@@ -1,13 +1,13 @@
 """The main job: LoRA vs full fine-tuning under label flipping and a BadNets backdoor, over seeds.
 
-Pretrains the synthetic encoder once, fine-tunes every (attack, method, seed) cell from it, and writes
-``summary.json`` (mean ± sd per cell and every run's numbers), ``study.png`` and ``report.md``. Each run has
-its own directory, so an interrupted study resumes where it stopped.
+Pretrains the synthetic encoder once, fine-tunes every (attack, method, seed) cell from it as a sweep
+(:mod:`lorasec.pipelines.sweep`: the runs of one method train as one program), and writes ``summary.json``
+(mean ± sd per cell and every run's numbers), ``study.png`` and ``report.md`` beside the sweep's tables. Each
+run has its own directory, so an interrupted study resumes where it stopped.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,11 +21,13 @@ from lorasec.config import (
     parse_arm,
     parse_attack,
     replace,
+    to_dict,
 )
 from lorasec.core import files, stats
 from lorasec.pipelines import figures
 from lorasec.pipelines.pretrain import pretrain, pretrain_recipe
-from lorasec.pipelines.run import train_run
+from lorasec.pipelines.sweep import run_sweep
+from lorasec.sweep_spec import SweepSpec
 
 
 @dataclass(frozen=True)
@@ -80,24 +82,36 @@ def run_study(out_dir: str | Path, *, quick: bool = False, progress: bool = True
         recipe = pretrain_recipe(base.data, base.model, study.pretrain_steps)
         checkpoint = pretrain(recipe, out_dir / "pretrained", progress=progress)
         base = replace(base, model={"pretrained": str(checkpoint)})
+    attack_names = {(a.kind, a.poison_rate, a.target_label): _attack_name(a) for a in study.attacks}
+    spec = SweepSpec(name="study", base=to_dict(base), seeds=tuple(study.seeds), axes={}, zips=(
+        {"attack.kind": tuple(a.kind for a in study.attacks),
+         "attack.poison_rate": tuple(a.poison_rate for a in study.attacks),
+         "attack.target_label": tuple(a.target_label for a in study.attacks)},
+        {"adapter.method": tuple(m for m, _ in study.methods), "train.lr": tuple(lr for _, lr in study.methods)}))
+
+    def attack_of(cell) -> str:
+        v = cell.values
+        return attack_names[v["attack.kind"], v["attack.poison_rate"], v["attack.target_label"]]
+
+    def name(cell, seed: int) -> str:
+        return f"{attack_of(cell)}-{cell.values['adapter.method']}-lr{cell.values['train.lr']:g}-seed{seed}"
+
+    run_sweep(spec, out_dir, progress=progress, names=name)
     cells = []
-    for attack in study.attacks:
-        for method, lr in study.methods:
-            runs = []
-            for seed in study.seeds:
-                cfg = dataclasses.replace(replace(base, attack=attack, adapter={"method": method},
-                                                  train={"lr": lr}), seed=seed)
-                name = f"{_attack_name(attack)}-{method}-lr{lr:g}-seed{seed}"
-                results = train_run(cfg.validate(), out_dir / "runs" / name, progress=progress)
-                runs.append({"seed": seed, "run": name, **{k: results[k] for k in (
-                    "clean_accuracy", "attack_success_rate", "triggered_accuracy", "wall_seconds",
-                    "trainable_parameters")}})
-            cells.append({
-                "attack": _attack_name(attack), "arm": _arm(method, lr), "method": method, "lr": lr,
-                **{k: stats.mean_sd(r[k] for r in runs)
-                   for k in ("clean_accuracy", "attack_success_rate", "triggered_accuracy")},
-                "runs": runs,
-            })
+    for cell in spec.cells():
+        method, lr = cell.values["adapter.method"], cell.values["train.lr"]
+        runs = []
+        for seed in study.seeds:
+            results = files.read_json(out_dir / "runs" / name(cell, seed) / "results.json")
+            runs.append({"seed": seed, "run": name(cell, seed), **{k: results[k] for k in (
+                "clean_accuracy", "attack_success_rate", "triggered_accuracy", "wall_seconds",
+                "trainable_parameters")}})
+        cells.append({
+            "attack": attack_of(cell), "arm": _arm(method, lr), "method": method,
+            "lr": lr, **{k: stats.mean_sd(r[k] for r in runs)
+                         for k in ("clean_accuracy", "attack_success_rate", "triggered_accuracy")},
+            "runs": runs,
+        })
     summary = {"quick": quick, "seeds": list(study.seeds), "steps": base.train.steps,
                "pretrain_steps": study.pretrain_steps if study.base is None or not study.base.model.pretrained
                else None, "task": base.data.source, "model": base.model.pretrained or "from scratch",

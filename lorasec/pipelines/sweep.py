@@ -27,6 +27,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -161,16 +162,18 @@ def _row(cell: Cell, seed: int, name: str, results: dict) -> dict:
                                            "diverged_steps")}, "run": name}
 
 
-def run_sweep(spec: SweepSpec, out_dir: str | Path, *, progress: bool = True) -> list[dict]:
-    """Run every (cell, seed) of ``spec`` into ``out_dir`` (module docstring); returns the per-cell summary."""
+def run_sweep(spec: SweepSpec, out_dir: str | Path, *, progress: bool = True,
+              names: Callable[[Cell, int], str] = run_name) -> list[dict]:
+    """Run every (cell, seed) of ``spec`` into ``out_dir`` (module docstring); returns the per-cell summary.
+    ``names(cell, seed)`` names the run directories (default :func:`run_name`)."""
     out_dir = Path(out_dir)
     if jax.process_index() == 0:
         with rundir.exclusive(out_dir):
-            return _run_sweep(spec, out_dir, progress)
-    return _run_sweep(spec, out_dir, progress)
+            return _run_sweep(spec, out_dir, progress, names)
+    return _run_sweep(spec, out_dir, progress, names)
 
 
-def _run_sweep(spec: SweepSpec, out_dir: Path, progress: bool) -> list[dict]:
+def _run_sweep(spec: SweepSpec, out_dir: Path, progress: bool, names: Callable[[Cell, int], str]) -> list[dict]:
     primary = jax.process_index() == 0
     cells = spec.cells()
     if primary:
@@ -181,7 +184,7 @@ def _run_sweep(spec: SweepSpec, out_dir: Path, progress: bool) -> list[dict]:
         for cfg in cell.configs:
             if start:
                 cfg = replace(cfg, model={"pretrained": start})
-            name = run_name(cell, cfg.seed)
+            name = names(cell, cfg.seed)
             if primary:  # refuses a run directory that holds another config
                 rundir.claim(cfg, out_dir / "runs" / name)
             todo.setdefault(_group_key(cfg, spec.pad_ranks), []).append((cell, cfg, name))
@@ -210,7 +213,7 @@ def _run_sweep(spec: SweepSpec, out_dir: Path, progress: bool) -> list[dict]:
     rows = []
     for cell in cells:
         for seed in spec.seeds:
-            name = run_name(cell, seed)
+            name = names(cell, seed)
             results = files.read_json(out_dir / "runs" / name / "results.json")
             rows.append(_row(cell, seed, name, results))
     summary = summarise(rows, spec.fields)
