@@ -119,6 +119,15 @@ def test_tables_hold_every_run_and_cell(swept):
         assert cell["clean_accuracy"]["ci95"] == pytest.approx(12.706 * np.std(values, ddof=1) / np.sqrt(2), rel=1e-3)
 
 
+def test_a_finished_sweep_run_again_trains_nothing_and_keeps_its_table(swept):
+    spec, out = swept
+    before = read_table(out)
+    stamps = sorted((p, p.stat().st_mtime_ns) for p in (out / "runs").glob("*/results.json"))
+    run_sweep(spec, out, progress=False)
+    assert read_table(out) == before
+    assert sorted((p, p.stat().st_mtime_ns) for p in (out / "runs").glob("*/results.json")) == stamps
+
+
 def test_plot_writes_png_and_pdf_and_names_bad_columns(swept, tmp_path):
     from lorasec.cli import main
 

@@ -189,8 +189,8 @@ def _run_sweep(spec: SweepSpec, out_dir: Path, progress: bool, names: Callable[[
                 rundir.claim(cfg, out_dir / "runs" / name)
             todo.setdefault(_group_key(cfg, spec.pad_ranks), []).append((cell, cfg, name))
     placement.barrier("lorasec sweep claimed")
-    todo = {key: [e for e in entries if not (out_dir / "runs" / e[2] / "results.json").is_file()]
-            for key, entries in todo.items()}
+    todo = {key: unfinished for key, entries in todo.items()
+            if (unfinished := [e for e in entries if not (out_dir / "runs" / e[2] / "results.json").is_file()])}
     total = sum(len(v) for v in todo.values())
     bar = tqdm(total=total, desc=f"sweep {spec.name}", unit="run", disable=not (progress and primary),
                dynamic_ncols=True)
