@@ -136,6 +136,11 @@ def test_plot_writes_png_and_pdf_and_names_bad_columns(swept, tmp_path):
                  "--out", str(tmp_path / "p")]) == 0
     assert (tmp_path / "p.png").stat().st_size > 1000 and (tmp_path / "p.pdf").stat().st_size > 1000
     assert main(["plot", str(out), "--x", "attack.poison_rat"]) == 2
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "results.jsonl").write_text('{"cell": 0,\n')
+    with pytest.raises(ConfigError, match="is damaged .*run the same `lorasec sweep` again"):
+        read_table(damaged)
 
 
 def test_a_second_sweep_on_the_same_directory_is_refused(tmp_path):

@@ -27,6 +27,16 @@ def mean_sd(values) -> dict:
     return {"mean": float(np.mean(data)), "sd": sd, "n": len(data)}
 
 
+def ci95_half_width(values) -> float | None:
+    """Half-width of the 95% Student-t interval of the mean (None for fewer than two values)."""
+    from scipy import stats as scipy_stats
+
+    data = [float(v) for v in values]
+    if len(data) < 2:
+        return None
+    return float(scipy_stats.t.ppf(0.975, len(data) - 1) * np.std(data, ddof=1) / math.sqrt(len(data)))
+
+
 def format_mean_sd(stats: dict, scale: float = 100.0, digits: int = 1) -> str:
     """``'12.3 ± 4.5'`` (percent by default); ``'n/a'`` when there is no value."""
     if stats["mean"] is None or (isinstance(stats["mean"], float) and math.isnan(stats["mean"])):

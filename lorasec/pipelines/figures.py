@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lorasec.core.stats import format_general, format_mean_sd
+from lorasec.core.stats import ci95_half_width, format_general, format_mean_sd
 
 
 def _pyplot():
@@ -177,16 +177,6 @@ def ntk_spectrum_figure(spectra: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _interval(values: list[float]) -> tuple[float, float]:
-    """Mean and 95% Student-t half-width (0 for one value)."""
-    from scipy import stats as scipy_stats
-
-    mean = float(np.mean(values))
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, float(scipy_stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
-
-
 def _sortable(value):
     return (0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, str(value))
 
@@ -206,18 +196,17 @@ def sweep_plot(rows: list[dict], x: str, y: str, hue: str | None, stem: Path) ->
              and not k.endswith(("accuracy", "rate", "loss", "seconds", "steps", "step", "members"))}
     within: dict = {}
     for row in rows:  # a field is pooled when it takes several values at one (x, hue) point
-        point = (json_key(row[x]), json_key(row.get(hue)) if hue else "")
+        point = (_json_key(row[x]), _json_key(row.get(hue)) if hue else "")
         for k in fixed:
-            within.setdefault((point, k), set()).add(json_key(row.get(k)))
+            within.setdefault((point, k), set()).add(_json_key(row.get(k)))
     pooled = sorted({k for (_, k), values in within.items() if len(values) > 1})
     fig, ax = plt.subplots(figsize=(6, 4))
     numeric = all(isinstance(r[x], (int, float)) and not isinstance(r[x], bool) for r in rows)
     for label, by_x in sorted(groups.items(), key=lambda kv: _sortable(kv[0])):
         xs = sorted(by_x, key=_sortable)
-        stats_ = [_interval(by_x[v]) for v in xs]
         position = xs if numeric else list(range(len(xs)))
-        means = np.array([m for m, _ in stats_])
-        half = np.array([h for _, h in stats_])
+        means = np.array([np.mean(by_x[v]) for v in xs])
+        half = np.array([ci95_half_width(by_x[v]) or 0.0 for v in xs])
         ax.plot(position, means, marker="o", label=f"{hue} = {label}" if hue else y)
         ax.fill_between(position, means - half, means + half, alpha=0.2)
         if not numeric:
@@ -244,7 +233,7 @@ def sweep_plot(rows: list[dict], x: str, y: str, hue: str | None, stem: Path) ->
     return written
 
 
-def json_key(value) -> str:
+def _json_key(value) -> str:
     import json
 
     return json.dumps(value, sort_keys=True)

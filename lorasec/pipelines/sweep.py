@@ -34,11 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from scipy import stats as scipy_stats
 from tqdm.auto import tqdm
 
 from lorasec.adapters import lora
-from lorasec.config import RunConfig, replace, to_dict
+from lorasec.config import ConfigError, RunConfig, replace, to_dict
 from lorasec.core import files, stats
 from lorasec.pipelines import rundir
 from lorasec.pipelines.pretrain import pretrain, pretrain_recipe
@@ -106,13 +105,6 @@ def set_rank(model: nnx.Module, rank: int) -> None:
         layer.rank = rank
 
 
-def _ci95(values: list[float]) -> float | None:
-    """Half-width of the 95% Student-t interval of the mean (None for fewer than two values)."""
-    if len(values) < 2:
-        return None
-    return float(scipy_stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values)))
-
-
 def summarise(rows: list[dict], fields: list[str]) -> list[dict]:
     """Per cell: its axis values and, per metric, mean, sd, 95% interval half-width and n (finite runs only)."""
     cells: dict[int, list[dict]] = {}
@@ -125,7 +117,7 @@ def summarise(rows: list[dict], fields: list[str]) -> list[dict]:
             values = [float(r[metric]) for r in members if r.get(metric) is not None
                       and math.isfinite(float(r[metric]))]
             summary = stats.mean_sd(values)
-            entry[metric] = {**summary, "ci95": _ci95(values)}
+            entry[metric] = {**summary, "ci95": stats.ci95_half_width(values)}
         out.append(entry)
     return out
 
@@ -273,10 +265,15 @@ def read_table(sweep_dir: str | Path) -> list[dict]:
     same table as a data frame)."""
     path = Path(sweep_dir) / "results.jsonl"
     if not path.is_file():
-        from lorasec.config import ConfigError
-
         raise ConfigError(f"{str(sweep_dir)!r}: not a finished sweep (results.jsonl missing); run `lorasec sweep`")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{str(path)!r} is damaged ({type(err).__name__}); run the same `lorasec sweep` again to "
+                          f"rewrite it from the run directories") from None
+    if not rows or not all(isinstance(r, dict) for r in rows):
+        raise ConfigError(f"{str(path)!r} holds no rows; run the same `lorasec sweep` again to rewrite it")
+    return rows
 
 
 __all__ = ["run_sweep", "summarise", "read_table", "run_name", "METRICS"]
