@@ -20,6 +20,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lorasec.config import AdapterConfig, ConfigError
@@ -220,3 +221,23 @@ def set_scales(model: nnx.Module, scales: dict[str, float] | float) -> None:
 
 def scales(model: nnx.Module) -> dict[str, float]:
     return {name: float(layer.scale[...]) for name, layer in lora_layers(model).items()}
+
+
+def set_rank(model: nnx.Module, rank: int) -> None:
+    """Give every LoRA factor pair ``rank`` columns of A / rows of B: zeros appended, or removed (which must be
+    zeros). Zero-padded factors stay exactly zero under training (their gradients and AdamW updates are 0), so a
+    rank-r run padded to R trains as the rank-r run, and runs of several ranks can share one program."""
+    for name, layer in lora_layers(model).items():
+        a, b = np.asarray(layer.lora_a[...]), np.asarray(layer.lora_b[...])
+        current = a.shape[1]
+        if rank >= current:
+            a = np.pad(a, ((0, 0), (0, rank - current)))
+            b = np.pad(b, ((0, rank - current), (0, 0)))
+        else:
+            if np.any(a[:, rank:]) or np.any(b[rank:]):
+                raise RuntimeError(f"{name}: the padding of a rank-{rank} adapter is not zero after training "
+                                   f"(a lorasec bug)")
+            a, b = a[:, :rank], b[:rank]
+        layer.lora_a.set_value(jnp.asarray(a))
+        layer.lora_b.set_value(jnp.asarray(b))
+        layer.rank = rank

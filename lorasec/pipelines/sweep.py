@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import re
@@ -32,7 +33,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -48,7 +48,7 @@ from lorasec.training.trainer import fit_ensemble
 
 METRICS = ("clean_accuracy", "attack_success_rate", "triggered_accuracy", "robust_accuracy", "final_loss")
 MEMBER_FIELDS = {"seed", "train.lr", "train.weight_decay", "train.grad_clip", "adapter.init_scale",
-                 "adapter.alpha", "adapter.rora_tr"}  # vary inside one program; attack.* too (its own data)
+                 "adapter.alpha", "adapter.rora_tr"}  # values that may differ inside one program; the attack too
 
 
 def run_name(cell: Cell, seed: int) -> str:
@@ -61,18 +61,17 @@ def run_name(cell: Cell, seed: int) -> str:
 
 
 def _group_key(cfg: RunConfig, pad_ranks: bool) -> str:
-    """The config with the fields that may vary inside one program blanked (:data:`MEMBER_FIELDS`, attack, and
-    the LoRA rank when ranks are padded)."""
+    """The config without the fields that may vary inside one program (:data:`MEMBER_FIELDS`, the attack, and
+    the LoRA rank when ranks are padded); whether clipping and Tr are on still separates programs."""
     raw = to_dict(cfg)
-    if pad_ranks:
-        raw["adapter"].pop("rank")
-    raw.pop("seed")
-    raw.pop("attack")
-    for section, name in (("train", "lr"), ("train", "weight_decay"), ("adapter", "init_scale"),
-                          ("adapter", "alpha")):
-        raw[section].pop(name)
-    raw["train"]["grad_clip"] = raw["train"]["grad_clip"] > 0
-    raw["adapter"]["rora_tr"] = raw["adapter"]["rora_tr"] > 0
+    raw["train"]["grad_clip_on"] = cfg.train.grad_clip > 0
+    raw["adapter"]["rora_tr_on"] = cfg.adapter.rora_tr > 0
+    for name in sorted(MEMBER_FIELDS | {"attack"} | ({"adapter.rank"} if pad_ranks else set())):
+        *sections, last = name.split(".")
+        node = raw
+        for section in sections:
+            node = node[section]
+        node.pop(last)
     return json.dumps(raw, sort_keys=True)
 
 
@@ -83,26 +82,6 @@ def _structure(run: PreparedRun) -> str:
     shapes = [(tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(state)]
     return repr((str(jax.tree.structure(state)), shapes, run.member.data.tokens.shape[1:],
                  str(jax.tree.structure(run.member.terms))))
-
-
-def set_rank(model: nnx.Module, rank: int) -> None:
-    """Give every LoRA factor pair ``rank`` columns of A / rows of B: zeros appended, or removed (which must be
-    zeros). Zero-padded factors stay exactly zero under training (their gradients and AdamW updates are 0), so a
-    rank-r run padded to R trains as the rank-r run; ranks then share one program."""
-    for name, layer in lora.lora_layers(model).items():
-        a, b = np.asarray(layer.lora_a[...]), np.asarray(layer.lora_b[...])
-        current = a.shape[1]
-        if rank >= current:
-            a = np.pad(a, ((0, 0), (0, rank - current)))
-            b = np.pad(b, ((0, rank - current), (0, 0)))
-        else:
-            if np.any(a[:, rank:]) or np.any(b[rank:]):
-                raise RuntimeError(f"{name}: the padding of a rank-{rank} adapter is not zero after training "
-                                   f"(a lorasec bug)")
-            a, b = a[:, :rank], b[:rank]
-        layer.lora_a.set_value(jnp.asarray(a))
-        layer.lora_b.set_value(jnp.asarray(b))
-        layer.rank = rank
 
 
 def summarise(rows: list[dict], fields: list[str]) -> list[dict]:
@@ -138,8 +117,6 @@ def _write_tables(out_dir: Path, spec: SweepSpec, rows: list[dict]) -> list[dict
 
 
 def _csv(columns: list[str], rows: list[dict]) -> str:
-    import io
-
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -191,7 +168,7 @@ def _run_sweep(spec: SweepSpec, out_dir: Path, progress: bool, names: Callable[[
         if spec.pad_ranks:
             largest = max(run.cfg.adapter.rank for _, _, run in prepared)
             for _, _, run in prepared:
-                set_rank(run.model, largest)
+                lora.set_rank(run.model, largest)
         by_structure: dict[str, list] = {}
         for item in prepared:
             by_structure.setdefault(_structure(item[2]), []).append(item)
@@ -254,7 +231,7 @@ def _train_group(members: list[tuple[Cell, str, PreparedRun]], out_dir: Path, pr
                 **{m: None for m in METRICS}, **training, "config_sha256": rundir.config_hash(run.cfg)})
             continue
         nnx.update(run.model, jax.tree.map(jnp.asarray, result.trainable[i]))
-        set_rank(run.model, run.cfg.adapter.rank)
+        lora.set_rank(run.model, run.cfg.adapter.rank)
         trained = nnx.state(run.model, lora.trainable_filter(run.cfg.adapter))
         finish_run(run, trained, training, run_dir)
     placement.barrier(f"lorasec group {group_id}")
