@@ -644,6 +644,12 @@ def read_file(path: str | Path) -> dict[str, Any]:
 def load(cls: type, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Any:
     """Read ``path`` (TOML or JSON, optional), apply dotted overrides, build ``cls`` and validate it."""
     raw: dict[str, Any] = read_file(path) if path is not None else {}
+    apply_overrides(raw, overrides)
+    return from_dict(cls, raw).validate()
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:
+    """Set each dotted ``KEY=VALUE`` of ``overrides`` in the nested dict ``raw`` (in place)."""
     for text in overrides:
         keys, value = parse_override(text)
         node = raw
@@ -653,7 +659,6 @@ def load(cls: type, path: str | Path | None = None, overrides: list[str] | tuple
                 raise ConfigError(f"--set {text!r}: {'.'.join(keys[:depth + 1])} is a value, not a section")
             node = child
         node[keys[-1]] = value
-    return from_dict(cls, raw).validate()
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorasec.config import ConfigError, RunConfig, from_dict, read_file
+from lorasec.config import ConfigError, RunConfig, apply_overrides, from_dict, read_file
 
 SPEC_FIELDS = ("base", "seeds", "axes", "zip", "pretrain_steps", "max_members", "pad_ranks", "name")
 
@@ -143,8 +143,6 @@ def _values(where: str, value: Any) -> tuple:
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
     """Read and validate a spec file; ``overrides`` (``KEY=VALUE``) change fields of the base run config."""
-    from lorasec.config import parse_override
-
     path = Path(path)
     raw = read_file(path)
     for key in raw:
@@ -161,14 +159,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     if not isinstance(base, dict):
         raise ConfigError(f"base = {base!r}: must be a run config file name or a [base] table")
     base = _deep_copy(base)
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = base
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {text!r}: {k} is a value, not a section")
-        node[keys[-1]] = value
+    apply_overrides(base, overrides)
     try:
         from_dict(RunConfig, base)
     except ConfigError as err:

@@ -191,6 +191,15 @@ def test_spec_errors_are_one_line_and_name_the_field(tmp_path, change, message):
     assert "\n" not in str(err.value)
 
 
+def test_set_overrides_change_the_base_of_every_cell(tmp_path):
+    path = _write(tmp_path / "spec.json", SPEC)
+    spec = load_spec(path, ["train.steps=7", "adapter.dropout=0.2"])
+    assert {c.train.steps for cell in spec.cells() for c in cell.configs} == {7}
+    assert {c.adapter.dropout for cell in spec.cells() for c in cell.configs} == {0.2}
+    with pytest.raises(ConfigError, match=r"^train\.steps = 0: must be >= 1 \(sweep cell 0"):
+        load_spec(path, ["train.steps=0"])
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
