@@ -95,11 +95,13 @@ def main() -> None:
     print(f"{args.model}: {args.seeds} seeds, {args.steps} steps of batch 32, devices: {jax.device_count()} "
           f"{jax.devices()[0].platform}; one step {flops / 1e9:.3g} GFLOP (XLA's count); float32 matmul peak "
           f"{peak / 1e9:.0f} GFLOP/s")
+    _train(runs[:1], cfgs[0], short)  # the process's one-time costs (thread pools, first traces) are no arm's
     arms = [("1 seed", runs[:1], 1), (f"{args.seeds} seeds, one ensemble", runs, args.seeds)]
     rows = []
     for name, members, count in arms:
+        before = _train(members, cfgs[0], short)
         wall = _train(members, cfgs[0], args.steps)
-        steady = (wall - _train(members, cfgs[0], short)) / (args.steps - short)
+        steady = (wall - before) / (args.steps - short)
         rows.append((name, wall, steady, count))
     if not args.no_serial:
         wall = sum(_train([r], cfgs[0], args.steps) for r in runs)
