@@ -30,6 +30,8 @@ _FACADE = {
     "ModelConfig": ("lorasec.config", "ModelConfig"),
     "DataConfig": ("lorasec.config", "DataConfig"),
     "TrainConfig": ("lorasec.config", "TrainConfig"),
+    "PurifyConfig": ("lorasec.config", "PurifyConfig"),
+    "replace_config": ("lorasec.config", "replace"),
     "ConfigError": ("lorasec.core.errors", "ConfigError"),
     # runs
     "prepare_data": ("lorasec.pipelines.run", "prepare_data"),
@@ -37,6 +39,8 @@ _FACADE = {
     "train_run": ("lorasec.pipelines.run", "train_run"),
     "load_run": ("lorasec.pipelines.run", "load_run"),
     "evaluate": ("lorasec.training.evaluation", "evaluate"),
+    "pretrain": ("lorasec.pipelines.pretrain", "pretrain"),
+    "run_purify": ("lorasec.pipelines.purify", "run_purify"),
     # sweeps
     "load_spec": ("lorasec.sweep_spec", "load_spec"),
     "run_sweep": ("lorasec.pipelines.sweep", "run_sweep"),
@@ -56,13 +60,30 @@ _FACADE = {
     "layer_signals": ("lorasec.diagnostics.signals", "layer_signals"),
     "fisher_spectrum": ("lorasec.diagnostics.fisher", "fisher_spectrum"),
     "spectrum_summary": ("lorasec.diagnostics.information", "summary"),
+    "renyi_entropy": ("lorasec.diagnostics.information", "renyi_entropy"),
+    "log_power_sum": ("lorasec.diagnostics.information", "log_power_sum"),
+    "information_bits": ("lorasec.diagnostics.information", "information_bits"),
+    # infinite width
+    "stax_mlp": ("lorasec.diagnostics.infinite", "mlp"),
+    "stax_encoder": ("lorasec.diagnostics.infinite", "encoder"),
+    "stax_inputs": ("lorasec.diagnostics.infinite", "one_hot_tokens"),
+    "finite_kernels": ("lorasec.diagnostics.infinite", "finite_kernels"),
+    "relative_error": ("lorasec.diagnostics.infinite", "relative_error"),
+    "infinite_kernels": ("lorasec.diagnostics.infinite", "analytic"),
+    "monte_carlo_kernels": ("lorasec.diagnostics.infinite", "monte_carlo"),
     # paper 2's measures
     "spectral_pair_report": ("lorasec.diagnostics.spectral", "pair_report"),
     "diagnose": ("lorasec.pipelines.diagnose", "diagnose"),
     "scale_sweep": ("lorasec.diagnostics.scale_sweep", "sweep"),
+    "spectral_strength": ("lorasec.diagnostics.spectral", "spectral_strength"),
+    "threshold_counterexample": ("lorasec.diagnostics.threshold", "theory_example"),
+    "search_counterexamples": ("lorasec.diagnostics.threshold", "search"),
+    "update_pairs": ("lorasec.pipelines.diagnose", "update_pairs"),
     # claims
     "verify": ("lorasec.pipelines.verify", "run"),
     "claims_table": ("lorasec.core.claims", "table"),
+    # teaching
+    "check_answer": ("lorasec.core.exercise", "check_answer"),
 }
 
 __all__ = sorted(_FACADE)

@@ -1,16 +1,19 @@
-"""Infinite-width kernels of MLPs through ``neural_tangents.stax``, and their finite-width Monte-Carlo estimates.
+"""Infinite-width kernels through ``neural_tangents.stax``, and their finite-width estimates.
 
 ``mlp(depth, width, ...)`` mirrors lorasec's MLP hidden stack (Dense + ReLU per hidden layer, a Dense readout)
-in the standard or the NTK parameterisation; its ``kernel_fn`` gives the analytic NNGP and NTK, and
-:func:`monte_carlo` averages empirical kernels of finite networks drawn at init (neural-tangents' own check
-that finite networks converge to the analytic limit).
+in the standard or the NTK parameterisation. ``encoder(...)`` describes lorasec's transformer classifier as far as
+stax expresses it (see its docstring for what differs). Each ``kernel_fn`` gives the analytic NNGP and NTK;
+:func:`monte_carlo` averages empirical kernels of finite networks drawn at init and :func:`finite_width_error`
+measures how far one finite network's kernels are from the limit (neural-tangents' own convergence check).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import jax
+import jax.numpy as jnp
 
 from lorasec.core import keys
 from lorasec.diagnostics.nt_compat import import_neural_tangents
@@ -37,6 +40,71 @@ def mlp(depth: int, width: int, num_outputs: int, *, parameterization: str = "nt
     layers.append(stax.Dense(num_outputs, W_std=w_std, b_std=b_std, parameterization=parameterization))
     init_fn, apply_fn, kernel_fn = stax.serial(*layers)
     return StaxNetwork(init_fn, apply_fn, jax.jit(kernel_fn, static_argnames="get"))
+
+
+def encoder(num_layers: int, width: int, num_classes: int, *, ff_ratio: int = 4, parameterization: str = "ntk",
+            w_std: float = 1.0, b_std: float = 0.05) -> StaxNetwork:
+    """lorasec's ``TransformerClassifier`` (post-LN BERT layers, mean pooling, linear head) as a stax network.
+
+    Input: one-hot tokens concatenated with one-hot positions, shape (N, T, vocab + T), so the first Dense is the
+    sum of word and position embeddings. Each layer: ``LN(x + Attn(x))`` then ``LN(x + W2·GELU(W1·x))`` with
+    ``d_ff = ff_ratio·width``; then the mean over positions and a Dense head. What differs from lorasec's model:
+    attention is neural-tangents' tractable variant (query and key weights tied, logits scaled by ``1/width``
+    instead of ``1/√d_head``, one head, always NTK-parameterised; softmax attention with independent Q, K and
+    ``1/√d`` scaling has no closed-form limit), LayerNorms carry no gain or bias, positions are all tokens (no
+    padding mask), and there is no segment embedding or dropout."""
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"parameterization = {parameterization!r}: must be one of {', '.join(PARAMETERIZATIONS)}")
+    stax = import_neural_tangents().stax
+
+    def dense(out):
+        return stax.Dense(out, W_std=w_std, b_std=b_std, parameterization=parameterization)
+
+    def residual(block):
+        return stax.serial(stax.FanOut(2), stax.parallel(stax.Identity(), block), stax.FanInSum(),
+                           stax.LayerNorm(axis=-1))
+
+    # neural-tangents warns, on every call, of what this docstring states: tied query/key weights, and residual
+    # sums that are exact because each branch ends in a zero-mean random layer.
+    warnings.filterwarnings("ignore", message="Linear scaling attention used", module="neural_tangents")
+    warnings.filterwarnings("ignore", message="`FanIn` layers assume independent", module="neural_tangents")
+    attention = stax.GlobalSelfAttention(width, width, width, n_heads=1, linear_scaling=True, W_key_std=w_std,
+                                         W_value_std=w_std, W_query_std=w_std, W_out_std=w_std, b_std=b_std)
+    feed_forward = stax.serial(dense(ff_ratio * width), stax.Gelu(approximate=False), dense(width))
+    layers = [dense(width), stax.LayerNorm(axis=-1)]
+    for _ in range(num_layers):
+        layers += [residual(attention), residual(feed_forward)]
+    layers += [stax.GlobalAvgPool(), dense(num_classes)]
+    init_fn, apply_fn, kernel_fn = stax.serial(*layers)
+    return StaxNetwork(init_fn, apply_fn, jax.jit(kernel_fn, static_argnames="get"))
+
+
+def one_hot_tokens(tokens, vocab_size: int):
+    """``encoder``'s input: one-hot tokens (N, T) concatenated with one-hot positions, (N, T, vocab + T)."""
+    tokens = jnp.asarray(tokens)
+    positions = jnp.broadcast_to(jnp.eye(tokens.shape[1]), (*tokens.shape, tokens.shape[1]))
+    return jnp.concatenate([jax.nn.one_hot(tokens, vocab_size), positions], axis=-1)
+
+
+def finite_kernels(network: StaxNetwork, x1, *, draws: int = 4, seed: int = 0) -> dict:
+    """The empirical NNGP (output Gram per output) and NTK (traced over outputs) of ``draws`` finite networks at
+    init, each (draws, N, N); the network's own ``width`` sets their size."""
+    nt = import_neural_tangents()
+    ntk_fn = jax.jit(nt.empirical_ntk_fn(network.apply_fn, trace_axes=(-1,), implementation=1))
+    nngp, ntk = [], []
+    for draw in range(draws):
+        _, params = network.init_fn(keys.key(seed, "monte_carlo", draw), x1.shape)
+        out = network.apply_fn(params, x1)
+        nngp.append(out @ out.T / out.shape[-1])
+        ntk.append(ntk_fn(x1, None, params))
+    return {"nngp": jnp.stack(nngp), "ntk": jnp.stack(ntk)}
+
+
+def relative_error(finite, limit) -> jax.Array:
+    """``‖K − K_∞‖_F / ‖K_∞‖_F`` for one kernel or a stack of them (the leading axis)."""
+    finite = jnp.asarray(finite)
+    axes = (-2, -1)
+    return jnp.linalg.norm(finite - limit, axis=axes) / jnp.linalg.norm(limit)
 
 
 def analytic(network: StaxNetwork, x1, x2=None) -> dict:
