@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import TINY_DATA, TINY_MODEL
 
 from lorasec import config
 from lorasec.config import ConfigError
@@ -23,8 +24,6 @@ from lorasec.pipelines import rundir
 from lorasec.pipelines.run import train_run
 from lorasec.pipelines.sweep import read_table, run_name, run_sweep
 from lorasec.sweep_spec import load_spec
-
-from conftest import TINY_DATA, TINY_MODEL
 
 BASE = {
     "data": config.to_dict(TINY_DATA),
