@@ -79,6 +79,8 @@ class DataConfig:
     vocab_size: int = 400
     cue_words_per_class: int = 12
     cues_per_example: int = 2
+    cue_strength: float = 1.0
+    distractor_cues: int = 0
     min_len: int = 8
     max_len: int = 24
     label_noise: float = 0.0
@@ -105,7 +107,9 @@ class DataConfig:
             _at_least(f"{p}.vocab_size", self.vocab_size, 1)
             _at_least(f"{p}.cue_words_per_class", self.cue_words_per_class, 1)
             _at_least(f"{p}.cues_per_example", self.cues_per_example, 1)
-            _at_least(f"{p}.min_len", self.min_len, self.cues_per_example)
+            _rate(f"{p}.cue_strength", self.cue_strength)
+            _at_least(f"{p}.distractor_cues", self.distractor_cues, 0)
+            _at_least(f"{p}.min_len", self.min_len, self.cues_per_example + self.distractor_cues)
             if self.max_len < self.min_len:
                 _fail(f"{p}.max_len", self.max_len, f"must be >= data.min_len = {self.min_len}")
             _rate(f"{p}.label_noise", self.label_noise, upper_open=True)

@@ -34,6 +34,34 @@ def test_synthetic_label_noise_rate():
     assert abs(rate - 0.1) < 5 * np.sqrt(0.1 * 0.9 / 4000)
 
 
+def _cue_topics(data, cfg):
+    """Per sentence, the topics of its cue words (cue words are named t<topic>c<j>)."""
+    return [[int(w[1:w.index("c")]) for w in text.split() if w in set().union(
+        *(synthetic.cue_words(cfg, k) for k in range(cfg.num_classes)))] for text in data.texts]
+
+
+def test_cue_strength_and_distractors_set_how_often_cues_tell_the_label():
+    cfg = DataConfig(num_train=3000, cue_strength=0.8, distractor_cues=1, min_len=10)
+    data = synthetic.generate(cfg, cfg.num_train, 0)
+    topics = _cue_topics(data, cfg)
+    assert all(len(t) == 3 for t in topics)
+    # Of 3 cues, 2 come from the label with probability 0.8 each, 1 is a coin flip: 0.8·2/3 + 0.5/3 = 0.7.
+    own = np.mean([np.mean([t == y for t in ts]) for ts, y in zip(topics, data.labels)])
+    assert abs(own - 0.7) < 0.015, own
+    easy = DataConfig(num_train=500)
+    topics = _cue_topics(synthetic.generate(easy, 500, 0), easy)
+    assert all(len(t) == 2 for t in topics)
+
+
+def test_difficulty_knobs_are_validated():
+    with pytest.raises(ConfigError, match="data.cue_strength"):
+        DataConfig(cue_strength=1.5).validate()
+    with pytest.raises(ConfigError, match="data.distractor_cues"):
+        DataConfig(distractor_cues=-1).validate()
+    with pytest.raises(ConfigError, match="data.min_len"):
+        DataConfig(cues_per_example=3, distractor_cues=6, min_len=8).validate()
+
+
 def test_csv_and_jsonl_loaders(tmp_path):
     csv_path = tmp_path / "train.csv"
     csv_path.write_text('text,label\n"good, fine",pos\nbad,neg\nok,pos\n')

@@ -1,7 +1,9 @@
 """A synthetic topic-classification language, deterministic from a seed.
 
 Each sentence belongs to one topic (its label). Its words are filler words drawn from a Zipf law over a neutral
-vocabulary, plus ``cues_per_example`` cue words drawn from its topic's own cue set, at random positions. Rare
+vocabulary, plus ``cues_per_example`` cue words at random positions, each from its topic's own cue set with
+probability ``cue_strength`` (else from another topic's), and ``distractor_cues`` cue words of uniformly drawn
+topics, independent of the label. The three difficulty knobs are these two and ``label_noise``. Rare
 words (the backdoor literature's triggers "cf", "mn", "bb", "tq", "mb" and the words of "I watched this 3D
 movie") belong to the vocabulary and appear as rare label-independent filler, as rare tokens do in a real
 pretrained vocabulary. With ``label_noise`` a label is replaced by a uniformly drawn other label.
@@ -44,9 +46,14 @@ def _sentence(cfg: DataConfig, label: int, rng: np.random.Generator, zipf: np.nd
     rare = rng.random(length) < RARE_RATE
     for pos in np.flatnonzero(rare):
         words[pos] = RARE_WORDS[int(rng.integers(len(RARE_WORDS)))]
-    positions = rng.choice(length, size=cfg.cues_per_example, replace=False)
-    for pos in positions:
-        words[pos] = cues[label][int(rng.integers(len(cues[label])))]
+    positions = rng.choice(length, size=cfg.cues_per_example + cfg.distractor_cues, replace=False)
+    for i, pos in enumerate(positions):
+        topic = label
+        if i >= cfg.cues_per_example:
+            topic = int(rng.integers(cfg.num_classes))
+        elif cfg.cue_strength < 1.0 and rng.random() >= cfg.cue_strength:
+            topic = (label + int(rng.integers(1, cfg.num_classes))) % cfg.num_classes
+        words[pos] = cues[topic][int(rng.integers(len(cues[topic])))]
     return " ".join(words)
 
 
