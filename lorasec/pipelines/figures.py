@@ -1,5 +1,5 @@
-"""Every figure and table lorasec draws, from the summaries the pipelines write (PNG through matplotlib's Agg
-backend; tables as Markdown)."""
+"""Every figure and table lorasec draws, from the summaries the pipelines write (PNG through matplotlib's
+``Figure`` objects, never pyplot: drawing a file leaves a notebook's inline backend alone; tables as Markdown)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,24 @@ import numpy as np
 from lorasec.core.stats import ci95_half_width, format_general, format_mean_sd
 
 
-def _pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
-    import matplotlib
+class _Files:
+    """The two pyplot calls these figures use, on plain ``Figure`` objects: no global backend switch and no
+    figure registered with pyplot (switching to Agg here once turned off a notebook's inline plots)."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    @staticmethod
+    def subplots(nrows: int = 1, ncols: int = 1, *, figsize=None, **kwargs):
+        from matplotlib.figure import Figure
 
-    return plt
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(nrows, ncols, **kwargs)
+
+    @staticmethod
+    def close(fig) -> None:
+        fig.clear()
+
+
+def _pyplot() -> _Files:
+    return _Files()
 
 
 def study_figure(summary: dict, path: Path) -> None:
