@@ -37,6 +37,7 @@ def _tokens(seed, n=5, length=6, vocab=12):
     return infinite.one_hot_tokens(tokens, vocab)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parameterization", infinite.PARAMETERIZATIONS)
 def test_encoder_kernels_match_wide_finite_encoders_within_their_standard_error(parameterization):
     x = _tokens(0)
@@ -56,6 +57,7 @@ def test_encoder_kernels_match_wide_finite_encoders_within_their_standard_error(
     assert np.linalg.norm(draws.mean(0) - np.asarray(other["ntk"])) > 10 * standard_error
 
 
+@pytest.mark.slow
 def test_encoder_ntk_of_one_network_approaches_the_limit_with_width():
     x = _tokens(1)
     errors = {}
