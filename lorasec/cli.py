@@ -76,6 +76,15 @@ def _parser() -> argparse.ArgumentParser:
     ntk.add_argument("--n", type=int, default=64, help="test examples in the kernel (default 64)")
     ntk.add_argument("--block-size", type=int, default=0, help="compute the full kernel in blocks of this size")
 
+    inf = sub.add_parser("infinite", help="finite transformer encoders against their infinite-width (stax) NTK: "
+                                          "error against width, and its slope")
+    inf.add_argument("--out", default="runs/infinite", help="output directory (default runs/infinite)")
+    inf.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512])
+    inf.add_argument("--draws", type=int, default=4, help="finite networks per width (default 4)")
+    inf.add_argument("--layers", type=int, default=1, help="encoder layers (default 1)")
+    inf.add_argument("--n", type=int, default=8, help="random sentences in the kernel (default 8)")
+    inf.add_argument("--parameterization", choices=["ntk", "standard"], default="ntk")
+
     spec = sub.add_parser("spectral", help="spectral diagnostics of a run's updates: strength, ranks, intruders")
     spec.add_argument("run_dir", help="a finished run directory")
     spec.add_argument("--base", help="pretrained checkpoint to compare a full fine-tuning run with")
@@ -154,6 +163,19 @@ def _ntk(args) -> int:
               f"effective rank {k['effective_rank']:.3g}  H'_2 {k['log_power_sum_2']:.4g}  "
               f"IB {k['information_bits']:.4g}  centred alignment {summary[name]['centred_alignment']}")
     print(f"written: {out / 'kernels.npz'}, {out / 'summary.json'}, {out / 'spectrum.png'}")
+    return 0
+
+
+def _infinite(args) -> int:
+    from lorasec.pipelines import infinite_report
+
+    report = infinite_report.run(args.out, args.widths, draws=args.draws, num_layers=args.layers,
+                                 examples=args.n, parameterization=args.parameterization)
+    for width, mean in zip(report["widths"], report["mean"]):
+        print(f"width {width:>5d}  relative NTK error {mean:.4f}")
+    print(f"fitted slope {report['slope']:.2f} (the law of large numbers predicts -0.50)")
+    out = Path(args.out)
+    print(f"written: {out / 'infinite.json'}, {out / 'encoder_convergence.png'}, {out / 'encoder_convergence.pdf'}")
     return 0
 
 
@@ -345,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     from lorasec.core.errors import TrainingDiverged
 
     handlers = {"train": _train, "pretrain": _pretrain, "study": _study, "verify": _verify,
-                "ntk": _ntk, "spectral": _spectral, "purify": _purify,
+                "ntk": _ntk, "infinite": _infinite, "spectral": _spectral, "purify": _purify,
                 "fetch": _fetch, "sweep": _sweep, "plot": _plot}
     try:
         _check_out(getattr(args, "out", None))

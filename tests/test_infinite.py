@@ -1,5 +1,7 @@
 """Infinite-width stax kernels against Monte-Carlo averages of finite networks (neural-tangents' own check)."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,3 +75,24 @@ def test_one_hot_tokens_are_word_and_position_indicators():
     x = infinite.one_hot_tokens(jnp.array([[3, 0]]), 4)
     assert x.shape == (1, 2, 6)
     assert jnp.array_equal(x[0], jnp.array([[0, 0, 0, 1, 1, 0], [1, 0, 0, 0, 0, 1]], dtype=x.dtype))
+
+
+def test_infinite_command_writes_the_convergence_report(tmp_path, capsys):
+    from lorasec.cli import main
+
+    assert main(["infinite", "--out", str(tmp_path), "--widths", "8", "64", "--draws", "3", "--n", "4"]) == 0
+    report = json.loads((tmp_path / "infinite.json").read_text())
+    assert report["widths"] == [8, 64] and np.asarray(report["errors"]).shape == (2, 3)
+    assert report["mean"][1] < report["mean"][0]   # 8x wider: about 2.8x closer
+    assert (tmp_path / "encoder_convergence.png").stat().st_size > 0 and (tmp_path / "encoder_convergence.pdf").exists()
+    assert "fitted slope" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, field", [(["--widths", "64", "32"], "--widths"), (["--widths", "16"], "--widths"),
+                                         (["--draws", "1"], "--draws"), (["--widths", "16", "8192"], "--widths")])
+def test_infinite_command_refuses_bad_arguments(tmp_path, capsys, args, field):
+    from lorasec.cli import main
+
+    assert main(["infinite", "--out", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert f"infinite {field}" in err and "Traceback" not in err

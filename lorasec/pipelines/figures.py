@@ -187,6 +187,32 @@ def ntk_spectrum_figure(spectra: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def convergence_figure(report: dict, stem: Path) -> list[Path]:
+    """Relative NTK error of finite stax encoders against width (per draw and mean), with the n^-1/2 law."""
+    plt = _pyplot()
+    widths, errors = np.asarray(report["widths"]), np.asarray(report["errors"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for draw in range(errors.shape[1]):
+        ax.scatter(widths, errors[:, draw], color="tab:blue", alpha=0.35, s=14)
+    ax.plot(widths, errors.mean(1), "o-", color="tab:blue", label=f"mean of {errors.shape[1]} networks "
+            f"(slope {report['slope']:.2f})")
+    ax.plot(widths, errors.mean(1)[0] * np.sqrt(widths[0] / widths), "k--", label=r"$\propto$ width$^{-1/2}$")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(widths, [str(w) for w in widths])
+    ax.minorticks_off()
+    ax.set_xlabel("width")
+    ax.set_ylabel("relative Frobenius error of the NTK")
+    ax.set_title(f"stax encoder ({report['num_layers']} layer, {report['parameterization']}): finite -> infinite")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    written = [stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.pdf"]
+    for path in written:
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return written
+
+
 def _sortable(value):
     return (0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, str(value))
 
