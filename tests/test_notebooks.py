@@ -80,7 +80,8 @@ def test_notebook_runs_and_its_exercises_check(path):
     nb = _read(path)
     nb.cells.append(nbformat.v4.new_code_cell(_answer_checks(nb, SOLUTIONS[path.stem])))
     start = time.perf_counter()
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}}).execute()
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
+    client.execute()
     print(f"{path.name}: {time.perf_counter() - start:.0f} s")
     figures = sum("image/png" in output.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
                   for output in cell.outputs)

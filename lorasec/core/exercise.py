@@ -1,4 +1,4 @@
-"""Checking a student's answer to a notebook exercise: numbers within a tolerance, words exactly."""
+"""Checking a student's answer to a notebook exercise: numbers within a tolerance, words up to case."""
 
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 ``mlp(depth, width, ...)`` mirrors lorasec's MLP hidden stack (Dense + ReLU per hidden layer, a Dense readout)
 in the standard or the NTK parameterisation. ``encoder(...)`` describes lorasec's transformer classifier as far as
 stax expresses it (see its docstring for what differs). Each ``kernel_fn`` gives the analytic NNGP and NTK;
-:func:`monte_carlo` averages empirical kernels of finite networks drawn at init and :func:`finite_width_error`
-measures how far one finite network's kernels are from the limit (neural-tangents' own convergence check).
+:func:`monte_carlo` averages empirical kernels of finite networks drawn at init and :func:`finite_kernels`
+returns each draw's kernels, to measure how far one finite network is from the limit (neural-tangents' check).
 """
 
 from __future__ import annotations

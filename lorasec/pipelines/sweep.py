@@ -34,9 +34,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from tqdm import (
-    tqdm,  # the text bar: tqdm.auto needs ipywidgets in a notebook and warns without it
-)
+from tqdm import tqdm  # text bars: tqdm.auto warns in a notebook without ipywidgets
 
 from lorasec.adapters import lora
 from lorasec.config import ConfigError, RunConfig, replace, to_dict

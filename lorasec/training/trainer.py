@@ -27,9 +27,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
-from tqdm import (
-    tqdm,  # the text bar: tqdm.auto needs ipywidgets in a notebook and warns without it
-)
+from tqdm import tqdm  # text bars: tqdm.auto warns in a notebook without ipywidgets
 
 from lorasec.config import TrainConfig
 from lorasec.core import files, keys
