@@ -21,13 +21,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from lorasec import config
 from lorasec.adapters import lora
 from lorasec.pipelines.pretrain import pretrain, pretrain_recipe
 from lorasec.pipelines.run import loss_function, prepare_run
-from lorasec.training.trainer import fit_ensemble, make_optimizer, make_train_step
+from lorasec.training.step import TrainStep
+from lorasec.training.trainer import fit_ensemble
 
 
 def _configs(model: str, seeds: int, steps: int, work: Path) -> list[config.RunConfig]:
@@ -58,12 +58,9 @@ def _train(runs, cfg, steps: int) -> float:
 
 def _step_flops(run, cfg) -> float:
     """XLA's count of one run's training step (forward, backward, AdamW)."""
-    graphdef, trainable, frozen = nnx.split(run.model, lora.trainable_filter(cfg.adapter), ...)
-    opt_state = make_optimizer(cfg.train).init(trainable)
-    step = make_train_step(graphdef, loss_function(cfg), cfg.train, run.member.terms)
-    batch = run.member.data.take(np.arange(cfg.train.batch_size))
-    cost = step.lower(trainable, frozen, opt_state, batch, jax.random.key(0)).compile().cost_analysis()
-    return float((cost[0] if isinstance(cost, list) else cost)["flops"])
+    step = TrainStep(run.model, lora.trainable_filter(cfg.adapter), cfg.train, seed=cfg.seed,
+                     loss_fn=loss_function(cfg), terms=run.member.terms)
+    return step.flops(run.member.data.take(np.arange(cfg.train.batch_size)))
 
 
 def _matmul_peak() -> float:

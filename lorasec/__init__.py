@@ -47,6 +47,8 @@ _FACADE = {
     "read_table": ("lorasec.pipelines.sweep", "read_table"),
     "fit_ensemble": ("lorasec.training.trainer", "fit_ensemble"),
     "prepare_run": ("lorasec.pipelines.run", "prepare_run"),
+    "prepare_step": ("lorasec.pipelines.run", "prepare_step"),
+    "TrainStep": ("lorasec.training.step", "TrainStep"),
     # models and adapters
     "Architecture": ("lorasec.models", "Architecture"),
     "build_classifier": ("lorasec.models", "build_classifier"),

@@ -27,11 +27,13 @@ LORA_INITS = ("kaiming_uniform", "gaussian", "pissa")
 SELECTIONS = ("count", "bernoulli")
 MODEL_KINDS = ("transformer", "mlp")
 POOLINGS = ("mean", "cls")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 REAL_DATA = {"rotten-tomatoes": 2, "bbc-news": 5, "sms-spam": 2}  # pinned registry sets -> number of classes
 DATA_SOURCES = ("synthetic", "file", *REAL_DATA)
 INT_LIMIT = 2**63
 PRETRAINED_MODELS = ("minilm-l6",)  # pinned registry models (lorasec.data.fetch.PINS)
-HF_FILES = ("config.json", "model.safetensors", "tokenizer.json")  # a BERT directory in Hugging Face's layout
+HF_FILES = ("config.json", "model.safetensors")  # a BERT directory in Hugging Face's layout (weights)
+HF_TOKENIZER = "tokenizer.json"  # and its tokenizer: needed to encode text, not to build the model
 
 
 def is_pretrained_reference(value: str) -> bool:
@@ -178,6 +180,11 @@ class ModelConfig:
     num_heads: int = 4
     d_ff: int = 128
     dropout: float = 0.1
+    # BERT's attention_probs_dropout_prob; 0 keeps the attention probabilities exact (lorasec's default so far).
+    attention_dropout: float = 0.0
+    # dropout on the pooled features before the head; -1 means model.dropout (lorasec's default so far), 0 what
+    # BERT's encoder alone does.
+    head_dropout: float = -1.0
     pooling: str = "mean"
     mlp_hidden: tuple[int, ...] = (128,)
 
@@ -185,10 +192,13 @@ class ModelConfig:
         _one_of(f"{p}.kind", self.kind, MODEL_KINDS)
         _one_of(f"{p}.pooling", self.pooling, POOLINGS)
         _rate(f"{p}.dropout", self.dropout, upper_open=True)
+        _rate(f"{p}.attention_dropout", self.attention_dropout, upper_open=True)
+        if self.head_dropout != -1.0 and not 0.0 <= self.head_dropout < 1.0:
+            _fail(f"{p}.head_dropout", self.head_dropout, "must lie in [0, 1), or be -1 for model.dropout")
         if self.pretrained:
             if not is_pretrained_reference(self.pretrained):
                 _fail(f"{p}.pretrained", self.pretrained, "not a lorasec checkpoint (model.json), a BERT directory "
-                      "(config.json, model.safetensors, tokenizer.json) or 'minilm-l6'; make a checkpoint with "
+                      "(config.json, model.safetensors) or 'minilm-l6'; make a checkpoint with "
                       "`lorasec pretrain`")
         if self.init_from:
             if self.pretrained:
@@ -287,6 +297,8 @@ class TrainConfig:
     eval_batch_size: int = 256
     mask_prob: float = 0.15
     steps_per_dispatch: int = 25
+    # bfloat16: weights cast to bfloat16 for the forward and backward pass, AdamW on float32 master weights.
+    compute_dtype: str = "float32"
 
     def validate(self, p: str = "train") -> None:
         _at_least(f"{p}.steps", self.steps, 1)
@@ -305,6 +317,7 @@ class TrainConfig:
         _at_least(f"{p}.keep_checkpoints", self.keep_checkpoints, 1)
         _at_least(f"{p}.eval_batch_size", self.eval_batch_size, 1)
         _at_least(f"{p}.steps_per_dispatch", self.steps_per_dispatch, 1)
+        _one_of(f"{p}.compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         if not 0.0 < self.mask_prob < 1.0:
             _fail(f"{p}.mask_prob", self.mask_prob, "must lie in (0, 1)")
 

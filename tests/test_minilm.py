@@ -15,6 +15,7 @@ from lorasec.models.checkpoint import (
     checkpoint_path,
     load_encoder_weights,
     load_pretrained,
+    load_pretrained_tokenizer,
 )
 from lorasec.models.transformer import TransformerEncoder, mean_pool
 
@@ -25,7 +26,7 @@ REFERENCE = np.load(Path(__file__).parent / "fixtures" / "minilm_reference.npz")
 
 @pytest.fixture(scope="module")
 def minilm():
-    arch, tokenizer_json = load_pretrained("minilm-l6")
+    arch, tokenizer_json = load_pretrained("minilm-l6"), load_pretrained_tokenizer("minilm-l6")
     encoder = TransformerEncoder(arch, rngs=nnx.Rngs(0))
     load_encoder_weights(encoder, "minilm-l6")
     return encoder, tokenizer_json
@@ -90,7 +91,7 @@ def test_lora_targets_by_peft_names(minilm):
     from lorasec.config import AdapterConfig
     from lorasec.models import build_classifier
 
-    arch, _ = load_pretrained("minilm-l6")
+    arch = load_pretrained("minilm-l6")
     model = build_classifier(arch, 2, rngs=nnx.Rngs(0))
     names = lora.apply_lora(model, AdapterConfig(targets=("query", "value")), rngs=nnx.Rngs(1))
     assert len(names) == 12 and all(n.endswith((".query", ".value")) for n in names)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tiny_run
@@ -17,10 +18,10 @@ from flax import nnx
 from lorasec import config
 from lorasec.adapters import lora
 from lorasec.config import TrainConfig
-from lorasec.core.errors import TrainingDiverged
+from lorasec.core.errors import ConfigError, TrainingDiverged
 from lorasec.pipelines.run import build_model, load_task, make_text_encoder, train_run
 from lorasec.training import trainer
-from lorasec.training.losses import classification_loss
+from lorasec.training.step import TrainStep
 
 
 def _setup(cfg):
@@ -30,17 +31,50 @@ def _setup(cfg):
     return build_model(cfg, encoder.vocab_size), trainer.ArrayData(tokens, mask, train_set.labels)
 
 
-def test_train_step_does_not_recompile():
+def test_train_step_compiles_once_for_host_committed_and_uncommitted_inputs():
     cfg = tiny_run()
     model, data = _setup(cfg)
-    graphdef, trainable, frozen = nnx.split(model, lora.trainable_filter(cfg.adapter), ...)
-    tx = trainer.make_optimizer(cfg.train)
-    opt_state = tx.init(trainable)
-    step = trainer.make_train_step(graphdef, classification_loss, cfg.train)
-    for k in range(4):
-        batch = data.take(trainer.batch_indices(k, len(data), 16, seed=0))
-        trainable, opt_state, loss = step(trainable, frozen, opt_state, batch, jax.random.key(k))
-    assert step._cache_size() == 1
+    step = TrainStep(model, lora.trainable_filter(cfg.adapter), cfg.train, seed=0)
+    device = jax.devices()[0]
+    host = [data.take(trainer.batch_indices(k, len(data), 16, seed=0)) for k in range(6)]
+    placed = [host[0], host[1], jax.device_put(host[2], device), jax.device_put(host[3]),
+              jax.tree.map(jnp.asarray, host[4]), {**host[5], "tokens": host[5]["tokens"].astype(np.int64)}]
+    losses = [float(step(batch)) for batch in placed]
+    assert step.compilations == 1 and step.steps == 6 and all(np.isfinite(losses))
+
+
+def test_train_step_repeats_fit_and_its_scan_repeats_single_steps():
+    cfg = tiny_run(train=TrainConfig(steps=6, batch_size=16, log_every=3, steps_per_dispatch=3))
+    model, data = _setup(cfg)
+    filt = lora.trainable_filter(cfg.adapter)
+    batches = [data.take(trainer.batch_indices(k, len(data), 16, seed=cfg.seed)) for k in range(6)]
+    single = TrainStep(model, filt, cfg.train, seed=cfg.seed)
+    for batch in batches:
+        single(batch)
+    scanned = TrainStep(model, filt, cfg.train, seed=cfg.seed)
+    stacked = {name: np.stack([b[name] for b in batches]) for name in batches[0]}
+    losses = scanned.run({name: value[:3] for name, value in stacked.items()})
+    scanned.run({name: value[3:] for name, value in stacked.items()})
+    assert losses.shape == (3,) and scanned.compilations == 1
+    fitted = trainer.fit(model, filt, data, cfg.train, seed=cfg.seed, progress=False)
+    trained = nnx.state(model, filt)  # fit wrote its result into the model; the steps left it alone until now
+    for step in (single, scanned):
+        for ours, theirs in zip(jax.tree.leaves(jax.device_get(step.state[0])), jax.tree.leaves(trained)):
+            np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=1e-6)
+    assert np.isfinite(fitted.final_loss)
+
+
+def test_train_step_refuses_a_malformed_batch_by_name():
+    cfg = tiny_run()
+    model, data = _setup(cfg)
+    step = TrainStep(model, lora.trainable_filter(cfg.adapter), cfg.train)
+    batch = data.take(np.arange(16))
+    with pytest.raises(ConfigError, match="missing labels"):
+        step({"tokens": batch["tokens"], "mask": batch["mask"]})
+    with pytest.raises(ConfigError, match="disagree"):
+        step({**batch, "labels": batch["labels"][:8]})
+    with pytest.raises(ConfigError, match="steps, B, L"):
+        step.run(batch)
 
 
 def test_fit_compiles_once_across_checkpoints_and_resume(tmp_path):
@@ -154,3 +188,26 @@ def test_train_on_a_run_directory_uses_it(tmp_path, capsys, monkeypatch):
     assert cli.main(["train", str(run), "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out.split("run directory")[0])["clean_accuracy"] == first["clean_accuracy"]
     assert not (tmp_path / "runs").exists()
+
+
+def test_training_runs_in_float64_under_x64(x64):
+    cfg = tiny_run(train=TrainConfig(steps=6, batch_size=16, log_every=3, steps_per_dispatch=4))
+    results = train_run(cfg, progress=False)  # the last dispatch holds 2 steps and 2 skipped ones
+    model, data = _setup(cfg)
+    step = TrainStep(model, lora.trainable_filter(cfg.adapter), cfg.train)
+    assert step(data.take(np.arange(16))).dtype == np.float64
+    assert np.isfinite(results["final_loss"]) and results["steps"] == 6
+
+
+def test_bfloat16_compute_keeps_float32_master_weights_and_tracks_float32_losses():
+    cfg = tiny_run()
+    model, data = _setup(cfg)
+    filt = lora.trainable_filter(cfg.adapter)
+    batches = [data.take(trainer.batch_indices(k, len(data), 16, seed=0)) for k in range(8)]
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        step = TrainStep(model, filt, config.replace(cfg, train={"compute_dtype": dtype}).train, dropout=False)
+        runs[dtype] = np.array([float(step(b)) for b in batches])
+        assert {leaf.dtype for leaf in jax.tree.leaves(step.state[0])} == {np.dtype(np.float32)}
+    gap = np.abs(runs["bfloat16"] - runs["float32"])
+    assert gap.max() < 0.05 * runs["float32"].max() and gap.max() > 0  # bfloat16 rounds: close, not equal

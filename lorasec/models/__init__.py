@@ -29,11 +29,18 @@ class Architecture:
     pooling: str
     mlp_hidden: tuple[int, ...]
     type_vocab_size: int = 0  # BERT's segment embeddings (imported models); inputs are one segment, type 0
+    attention_dropout: float = 0.0  # on the attention probabilities, as BERT's attention_probs_dropout_prob
+    head_dropout: float = -1.0  # on the pooled features before the head; -1: the same as dropout
+
+    @property
+    def pooled_dropout(self) -> float:
+        return self.dropout if self.head_dropout == -1.0 else self.head_dropout
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, vocab_size: int, max_positions: int) -> Architecture:
         return cls(cfg.kind, vocab_size, max_positions, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.d_ff,
-                   cfg.dropout, cfg.pooling, tuple(cfg.mlp_hidden))
+                   cfg.dropout, cfg.pooling, tuple(cfg.mlp_hidden), attention_dropout=cfg.attention_dropout,
+                   head_dropout=cfg.head_dropout)
 
     @classmethod
     def from_dict(cls, raw: dict) -> Architecture:

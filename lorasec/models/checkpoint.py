@@ -1,7 +1,7 @@
 """Pretrained encoder checkpoints: what ``model.pretrained`` names, resolved to a lorasec checkpoint directory.
 
-A checkpoint directory holds ``model.json`` (the architecture and how it was made), ``tokenizer.json`` and
-``params/`` (the encoder's weights). It comes from ``lorasec pretrain``, from a pinned registry model
+A checkpoint directory holds ``model.json`` (the architecture and how it was made), ``params/`` (the encoder's
+weights) and, unless it was converted from a directory without one, ``tokenizer.json``. It comes from ``lorasec pretrain``, from a pinned registry model
 (``minilm-l6``, fetched once), or from a user's Hugging Face BERT directory; the last two are converted once into
 the cache, under a key made from the files' contents (a moved or copied directory maps to the same entry, an
 edited one to a new entry).
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from flax import nnx
 
-from lorasec.config import HF_FILES, PRETRAINED_MODELS, ConfigError
+from lorasec.config import HF_FILES, HF_TOKENIZER, PRETRAINED_MODELS, ConfigError
 from lorasec.core import files
 from lorasec.data import fetch
 from lorasec.models import Architecture
@@ -26,7 +26,8 @@ from lorasec.models.transformer import TransformerEncoder
 def content_key(directory: Path) -> str:
     """sha256 over the Hugging Face files' bytes: the converted-weights cache key of ``directory`` (hashed once
     per process and file version: size and modification time)."""
-    stamps = tuple((name, *_stamp(directory / name)) for name in HF_FILES)
+    present = [name for name in (*HF_FILES, HF_TOKENIZER) if (Path(directory) / name).is_file()]
+    stamps = tuple((name, *_stamp(directory / name)) for name in present)
     return _content_key(str(Path(directory).resolve()), stamps)
 
 
@@ -65,11 +66,18 @@ def _converted(source: Path, target: Path) -> Path:
     return convert(source, target)
 
 
-def load_pretrained(path: str | Path) -> tuple[Architecture, str]:
-    """Architecture and tokenizer JSON of a pretrained checkpoint."""
-    path = checkpoint_path(path)
-    meta = files.read_json(path / "model.json")
-    return Architecture.from_dict(meta["architecture"]), (path / "tokenizer.json").read_text()
+def load_pretrained(path: str | Path) -> Architecture:
+    """The architecture of a pretrained checkpoint."""
+    return Architecture.from_dict(files.read_json(checkpoint_path(path) / "model.json")["architecture"])
+
+
+def load_pretrained_tokenizer(path: str | Path) -> str:
+    """The tokenizer JSON of a pretrained checkpoint, or an error saying that it has none."""
+    tokenizer = checkpoint_path(path) / HF_TOKENIZER
+    if not tokenizer.is_file():
+        raise ConfigError(f"model.pretrained = {str(path)!r} has no {HF_TOKENIZER}, so text cannot be encoded for "
+                          f"it; add the tokenizer its weights were trained with to that directory")
+    return tokenizer.read_text()
 
 
 def load_encoder_weights(encoder: TransformerEncoder, path: str | Path) -> None:

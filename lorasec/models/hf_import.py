@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from lorasec.config import HF_FILES, ConfigError, to_dict
+from lorasec.config import HF_FILES, HF_TOKENIZER, ConfigError, to_dict
 from lorasec.core import files, keys
 from lorasec.models import Architecture
 from lorasec.models.transformer import LAYER_NORM_EPS, TransformerEncoder
@@ -49,36 +49,63 @@ def _strip_prefix(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return weights
 
 
-def _linear(layer: nnx.Linear, weights: dict, name: str) -> None:
-    layer.kernel[...] = weights[f"{name}.weight"].T
-    layer.bias[...] = weights[f"{name}.bias"]
+def _variables(encoder: TransformerEncoder):
+    """(Hugging Face tensor name, lorasec variable, whether the tensor is the variable transposed) of every
+    weight of ``encoder``: the one name map both directions use."""
+    yield "embeddings.word_embeddings.weight", encoder.word_embeddings.embedding, False
+    yield "embeddings.position_embeddings.weight", encoder.position_embeddings.embedding, False
+    if hasattr(encoder, "token_type_embeddings"):
+        yield "embeddings.token_type_embeddings.weight", encoder.token_type_embeddings.embedding, False
+    yield from _norm(encoder.embedding_norm, "embeddings.LayerNorm")
+    for i, layer in enumerate(encoder.layers):
+        p = f"encoder.layer.{i}"
+        for part in ("query", "key", "value"):
+            yield from _linear(getattr(layer.attention, part), f"{p}.attention.self.{part}")
+        yield from _linear(layer.attention.output, f"{p}.attention.output.dense")
+        yield from _norm(layer.attention_norm, f"{p}.attention.output.LayerNorm")
+        yield from _linear(layer.intermediate, f"{p}.intermediate.dense")
+        yield from _linear(layer.output, f"{p}.output.dense")
+        yield from _norm(layer.output_norm, f"{p}.output.LayerNorm")
 
 
-def _norm(norm: nnx.LayerNorm, weights: dict, name: str) -> None:
-    norm.scale[...] = weights[f"{name}.weight"]
-    norm.bias[...] = weights[f"{name}.bias"]
+def _linear(layer: nnx.Linear, name: str):
+    yield f"{name}.weight", layer.kernel, True
+    yield f"{name}.bias", layer.bias, False
+
+
+def _norm(norm: nnx.LayerNorm, name: str):
+    yield f"{name}.weight", norm.scale, False
+    yield f"{name}.bias", norm.bias, False
 
 
 def load_weights(encoder: TransformerEncoder, weights: dict[str, np.ndarray]) -> None:
     """Copy BERT tensors into ``encoder`` (shapes checked by the assignments; a missing tensor is named)."""
     weights = _strip_prefix(weights)
     try:
-        encoder.word_embeddings.embedding[...] = weights["embeddings.word_embeddings.weight"]
-        encoder.position_embeddings.embedding[...] = weights["embeddings.position_embeddings.weight"]
-        if hasattr(encoder, "token_type_embeddings"):
-            encoder.token_type_embeddings.embedding[...] = weights["embeddings.token_type_embeddings.weight"]
-        _norm(encoder.embedding_norm, weights, "embeddings.LayerNorm")
-        for i, layer in enumerate(encoder.layers):
-            p = f"encoder.layer.{i}"
-            for part in ("query", "key", "value"):
-                _linear(getattr(layer.attention, part), weights, f"{p}.attention.self.{part}")
-            _linear(layer.attention.output, weights, f"{p}.attention.output.dense")
-            _norm(layer.attention_norm, weights, f"{p}.attention.output.LayerNorm")
-            _linear(layer.intermediate, weights, f"{p}.intermediate.dense")
-            _linear(layer.output, weights, f"{p}.output.dense")
-            _norm(layer.output_norm, weights, f"{p}.output.LayerNorm")
+        for name, variable, transposed in _variables(encoder):
+            variable[...] = weights[name].T if transposed else weights[name]
     except KeyError as missing:
         raise ConfigError(f"model.safetensors has no tensor {missing.args[0]!r}: not a BERT encoder") from None
+
+
+def export(encoder: TransformerEncoder, arch: Architecture, out_dir: str | Path) -> Path:
+    """Write ``encoder`` as a Hugging Face BERT directory (``config.json``, ``model.safetensors``; no tokenizer),
+    which ``transformers.BertModel.from_pretrained`` and ``model.pretrained`` both read."""
+    from safetensors.numpy import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {name: np.ascontiguousarray(np.asarray(v[...], np.float32).T if t else np.asarray(v[...], np.float32))
+               for name, v, t in _variables(encoder)}
+    save_file(tensors, str(out_dir / "model.safetensors"))
+    files.write_json(out_dir / "config.json", {
+        "architectures": ["BertModel"], "model_type": "bert", "vocab_size": arch.vocab_size,
+        "hidden_size": arch.d_model, "num_hidden_layers": arch.num_layers, "num_attention_heads": arch.num_heads,
+        "intermediate_size": arch.d_ff, "hidden_act": "gelu", "max_position_embeddings": arch.max_positions,
+        "type_vocab_size": arch.type_vocab_size, "layer_norm_eps": LAYER_NORM_EPS,
+        "hidden_dropout_prob": arch.dropout, "attention_probs_dropout_prob": arch.attention_dropout,
+        "position_embedding_type": "absolute", "pad_token_id": 0, "initializer_range": 0.02})
+    return out_dir
 
 
 def convert(source: Path, out_dir: Path) -> Path:
@@ -97,7 +124,8 @@ def convert(source: Path, out_dir: Path) -> Path:
     partial = Path(tempfile.mkdtemp(prefix=f".partial-{out_dir.name}-", dir=out_dir.parent))
     try:
         files.save_state(partial / "params", nnx.state(encoder, nnx.Param))
-        shutil.copyfile(source / "tokenizer.json", partial / "tokenizer.json")
+        if (source / HF_TOKENIZER).is_file():
+            shutil.copyfile(source / HF_TOKENIZER, partial / HF_TOKENIZER)
         files.write_json(partial / "model.json", {"architecture": to_dict(arch), "imported_from": str(source),
                                                       "pretrain_config": None})
         try:

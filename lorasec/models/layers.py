@@ -44,15 +44,18 @@ def dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Scaled dot-product attention over (batch, length, heads, head_dim) with a key mask (batch, length).
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, dropout_rate: float = 0.0,
+              rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Scaled dot-product attention over (batch, length, heads, head_dim) with a key mask (batch, length), and
+    BERT's dropout on the attention probabilities when ``rngs`` are given.
 
-    The same computation as ``jax.nn.dot_product_attention``'s XLA path (bit for bit in float32), except that the
-    softmax runs in the logits' own precision: float64 under JAX_ENABLE_X64, where JAX's keeps float32."""
+    Without dropout, the same computation as ``jax.nn.dot_product_attention``'s XLA path (bit for bit in float32),
+    except that the softmax runs in the logits' own precision: float64 under JAX_ENABLE_X64, where JAX's keeps
+    float32."""
     dtype = jnp.promote_types(q.dtype, jnp.float32)
     logits = jnp.einsum("BTNH,BSNH->BNTS", q, k, preferred_element_type=dtype)
     logits *= jnp.array(1.0 / np.sqrt(q.shape[-1]), dtype)
     floor = -0.7 * min(float(jnp.finfo(dtype).max), float(jnp.finfo(jnp.float32).max))
     logits = jnp.where(mask[:, None, None, :], logits, jnp.asarray(floor, dtype))
-    probs = jax.nn.softmax(logits, axis=-1).astype(k.dtype)
+    probs = dropout(jax.nn.softmax(logits, axis=-1).astype(k.dtype), dropout_rate, rngs)
     return jnp.einsum("BNTS,BSNH->BTNH", probs, v)

@@ -16,9 +16,10 @@ LAYER_NORM_EPS = 1e-12  # BERT's
 
 
 class SelfAttention(nnx.Module):
-    def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs):
+    def __init__(self, d_model: int, num_heads: int, *, attention_dropout: float = 0.0, rngs: nnx.Rngs):
         dt = default_float()
         self.num_heads = num_heads
+        self.attention_dropout = attention_dropout
         self.query = Dense(d_model, d_model, param_dtype=dt, rngs=rngs)
         self.key = Dense(d_model, d_model, param_dtype=dt, rngs=rngs)
         self.value = Dense(d_model, d_model, param_dtype=dt, rngs=rngs)
@@ -30,15 +31,16 @@ class SelfAttention(nnx.Module):
         q = self.query(x, rngs).reshape(shape)
         k = self.key(x, rngs).reshape(shape)
         v = self.value(x, rngs).reshape(shape)
-        attended = attention(q, k, v, mask)
+        attended = attention(q, k, v, mask, self.attention_dropout, rngs)
         return self.output(attended.reshape(batch, length, d_model), rngs)
 
 
 class EncoderLayer(nnx.Module):
-    def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float, *, rngs: nnx.Rngs):
+    def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float, *, attention_dropout: float = 0.0,
+                 rngs: nnx.Rngs):
         dt = default_float()
         self.dropout = dropout
-        self.attention = SelfAttention(d_model, num_heads, rngs=rngs)
+        self.attention = SelfAttention(d_model, num_heads, attention_dropout=attention_dropout, rngs=rngs)
         self.attention_norm = nnx.LayerNorm(d_model, epsilon=LAYER_NORM_EPS, param_dtype=dt, rngs=rngs)
         self.intermediate = Dense(d_model, d_ff, param_dtype=dt, rngs=rngs)
         self.output = Dense(d_ff, d_model, param_dtype=dt, rngs=rngs)
@@ -61,7 +63,8 @@ class TransformerEncoder(nnx.Module):
         if arch.type_vocab_size:
             self.token_type_embeddings = nnx.Embed(arch.type_vocab_size, arch.d_model, param_dtype=dt, rngs=rngs)
         self.embedding_norm = nnx.LayerNorm(arch.d_model, epsilon=LAYER_NORM_EPS, param_dtype=dt, rngs=rngs)
-        self.layers = nnx.List([EncoderLayer(arch.d_model, arch.num_heads, arch.d_ff, arch.dropout, rngs=rngs)
+        self.layers = nnx.List([EncoderLayer(arch.d_model, arch.num_heads, arch.d_ff, arch.dropout,
+                                             attention_dropout=arch.attention_dropout, rngs=rngs)
                                 for _ in range(arch.num_layers)])
 
     def __call__(self, tokens: jax.Array, mask: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
@@ -81,12 +84,13 @@ def mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 class TransformerClassifier(nnx.Module):
-    """Encoder, pooling (masked mean, or BERT's tanh pooler on [CLS]) and a linear ``head``."""
+    """Encoder, pooling (masked mean, or BERT's tanh pooler on [CLS]), dropout (``arch.pooled_dropout``) and a
+    linear ``head``."""
 
     def __init__(self, arch, num_classes: int, *, rngs: nnx.Rngs):
         dt = default_float()
         self.pooling = arch.pooling
-        self.dropout = arch.dropout
+        self.dropout = arch.pooled_dropout
         self.encoder = TransformerEncoder(arch, rngs=rngs)
         if arch.pooling == "cls":
             self.pooler = Dense(arch.d_model, arch.d_model, param_dtype=dt, rngs=rngs)

@@ -34,10 +34,12 @@ from lorasec.models.checkpoint import (
     checkpoint_path,
     load_encoder_weights,
     load_pretrained,
+    load_pretrained_tokenizer,
 )
 from lorasec.pipelines import rundir
 from lorasec.training.evaluation import evaluate, evaluation_fields
 from lorasec.training.losses import classification_loss
+from lorasec.training.step import TrainStep
 from lorasec.training.trainer import ArrayData, Member, fit
 
 
@@ -82,7 +84,7 @@ def make_text_encoder(cfg: RunConfig, train: TextDataset) -> TextEncoder:
                        else TextEncoder.from_json(prepare_data(start_cfg)[2].to_json(), seq_len))
         else:
             source = cfg.model.pretrained
-            encoder = TextEncoder.from_json(load_pretrained(source)[1], seq_len)
+            encoder = TextEncoder.from_json(load_pretrained_tokenizer(source), seq_len)
         if cfg.data.source == "synthetic":
             vocab = encoder.tokenizer.get_vocab()
             unknown = [w for w in synthetic.vocabulary(cfg.data) if w not in vocab]
@@ -129,26 +131,33 @@ def starting_config(cfg: RunConfig) -> RunConfig:
     return start
 
 
-def architecture(cfg: RunConfig, vocab_size: int) -> Architecture:
+def architecture(cfg: RunConfig, vocab_size: int | None = None) -> Architecture:
     """The classifier's architecture: the starting run's, the pretrained checkpoint's (with this config's dropout
-    and pooling), or the config's own."""
+    and pooling), or the config's own (which needs the tokenizer's ``vocab_size``)."""
     if cfg.model.init_from:
         start_dir = Path(cfg.model.init_from)
         arch = (rundir.read_model(start_dir)["architecture"] if rundir.describes_itself(start_dir)
                 else architecture(starting_config(cfg), vocab_size))
-        return arch.with_(dropout=cfg.model.dropout)
+        return arch.with_(dropout=cfg.model.dropout, attention_dropout=cfg.model.attention_dropout,
+                          head_dropout=cfg.model.head_dropout)
     if cfg.model.pretrained:
-        arch, _ = load_pretrained(cfg.model.pretrained)
+        arch = load_pretrained(cfg.model.pretrained)
         if arch.max_positions < cfg.data.seq_len:
             raise ConfigError(f"data.seq_len = {cfg.data.seq_len}: the pretrained model has only "
                               f"{arch.max_positions} positions")
-        return arch.with_(dropout=cfg.model.dropout, pooling=cfg.model.pooling)
+        return arch.with_(dropout=cfg.model.dropout, attention_dropout=cfg.model.attention_dropout,
+                          head_dropout=cfg.model.head_dropout, pooling=cfg.model.pooling)
+    if vocab_size is None:
+        raise ConfigError("model.pretrained and model.init_from are empty, so the model is built from its config "
+                          "and needs the tokenizer's vocab_size: pass vocab_size (prepare_data(cfg)[2].vocab_size) "
+                          "or set model.pretrained")
     return Architecture.from_config(cfg.model, vocab_size, cfg.data.seq_len)
 
 
-def build_model(cfg: RunConfig, vocab_size: int) -> nnx.Module:
+def build_model(cfg: RunConfig, vocab_size: int | None = None) -> nnx.Module:
     """The classifier as training starts (pretrained encoder or the starting run's whole classifier, a fresh
-    head drawn from ``seed``), with the configured adapters applied."""
+    head drawn from ``seed``), with the configured adapters applied. ``vocab_size`` is needed only for a model
+    built from its config (no ``model.pretrained`` or ``model.init_from``)."""
     if cfg.model.init_from:  # the whole classifier is the starting run's: its own seed draws the (replaced) init
         start_rngs = nnx.Rngs(params=keys.key(starting_config(cfg).seed, "params"))
         model = build_classifier(architecture(cfg, vocab_size), cfg.data.num_classes, rngs=start_rngs)
@@ -161,6 +170,18 @@ def build_model(cfg: RunConfig, vocab_size: int) -> nnx.Module:
     if cfg.adapter.method == "lora":
         lora.apply_lora(model, cfg.adapter, rngs=nnx.Rngs(params=keys.key(cfg.seed, "adapters")))
     return model
+
+
+def prepare_step(cfg: RunConfig, *, vocab_size: int | None = None, dropout: bool = True,
+                 device=None) -> TrainStep:
+    """``cfg``'s model as training starts and its jitted training step (:class:`~lorasec.training.step.TrainStep`:
+    the objective, trainable variables, optimizer and dropout keys of ``lorasec train``), without data, batching
+    or checkpoints."""
+    model = build_model(cfg, vocab_size)
+    terms = (rora.penalty_terms(model, cfg.adapter.rora_tr, cfg.adapter.rora_tr_k) if cfg.adapter.rora_tr > 0
+             else None)
+    return TrainStep(model, lora.trainable_filter(cfg.adapter), cfg.train, seed=cfg.seed,
+                     loss_fn=loss_function(cfg), terms=terms, dropout=dropout, device=device)
 
 
 def train_run(cfg: RunConfig, out_dir: str | Path | None = None, *, progress: bool = True) -> dict:

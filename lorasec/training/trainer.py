@@ -98,13 +98,27 @@ def make_optimizer(cfg: TrainConfig, hparams: dict | None = None) -> optax.Gradi
 LossFn = Callable[[nnx.Module, dict, jax.Array, Any], jax.Array]
 
 
+def compute_cast(cfg: TrainConfig):
+    """The cast applied to every floating-point weight before the forward pass: none for float32 (and float64
+    under JAX_ENABLE_X64); for ``compute_dtype = 'bfloat16'`` a cast to bfloat16, whose gradient flows back to
+    the float32 master weights that AdamW updates."""
+    if cfg.compute_dtype == "float32":
+        return lambda tree: tree
+    dtype = jnp.dtype(cfg.compute_dtype)
+    return lambda tree: jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
 def train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, cfg: TrainConfig):
     """``step(trainable, frozen, opt_state, hparams, terms, batch, key) -> (trainable, opt_state, loss)``: one
-    AdamW step of one run, pure and unjitted (the ensemble vmaps it). ``terms`` are the loss's extra inputs."""
+    AdamW step of one run, pure and unjitted (the ensemble vmaps it; :class:`lorasec.training.step.TrainStep`
+    jits it). ``terms`` are the loss's extra inputs."""
+    cast = compute_cast(cfg)
 
     def step(trainable, frozen, opt_state, hparams, terms, batch, key):
         def objective(params):
-            return loss_fn(nnx.merge(graphdef, params, frozen), batch, key, terms)
+            loss = loss_fn(nnx.merge(graphdef, cast(params), cast(frozen)), batch, key, terms)
+            return loss.astype(jnp.promote_types(loss.dtype, jnp.float32))
 
         loss, grads = jax.value_and_grad(objective)(trainable)
         updates, opt_state = make_optimizer(cfg, hparams).update(grads, opt_state, trainable)
@@ -113,20 +127,8 @@ def train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, cfg: TrainConfig):
     return step
 
 
-def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, cfg: TrainConfig, terms: Any = None):
-    """``step(trainable, frozen, opt_state, batch, key) -> (trainable, opt_state, loss)``, jitted once: one run's
-    step with ``cfg``'s hyperparameters, for callers that batch and loop themselves."""
-    step = train_step(graphdef, loss_fn, cfg)
-    hparams = hyperparameters(cfg)
-
-    def single(trainable, frozen, opt_state, batch, key):
-        return step(trainable, frozen, opt_state, hparams, terms, batch, key)
-
-    return jax.jit(single, donate_argnums=(0, 2))
-
-
 STRUCTURAL_FIELDS = ("steps", "batch_size", "schedule", "warmup_steps", "log_every", "checkpoint_every",
-                     "keep_checkpoints", "steps_per_dispatch")
+                     "keep_checkpoints", "steps_per_dispatch", "compute_dtype")
 
 
 @dataclass(frozen=True)
@@ -262,6 +264,9 @@ def _dispatch_fn(graphdef, loss_fn, cfg: TrainConfig, frozen_layout, data_layout
 
     def dispatch(carry, frozen_shared, frozen_stacked, hparams, terms, data_shared, data_stacked, raw_keys,
                  indices, step_numbers, valid):
+        loss_dtype = jax.eval_shape(members, carry[0], carry[1], frozen_shared, frozen_stacked, hparams, terms,
+                                    data_shared, data_stacked, raw_keys, indices[0], step_numbers[0])[2].dtype
+
         def body(carry, xs):
             batch_indices_, step_number, ok = xs
 
@@ -272,7 +277,7 @@ def _dispatch_fn(graphdef, loss_fn, cfg: TrainConfig, frozen_layout, data_layout
                 return (trainable, opt_state), loss
 
             def skip(carry):
-                return carry, jnp.full(raw_keys.shape[0], jnp.nan, jnp.float32)
+                return carry, jnp.full(raw_keys.shape[0], jnp.nan, loss_dtype)
 
             return jax.lax.cond(ok, run, skip, carry)
 

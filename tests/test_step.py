@@ -1,0 +1,67 @@
+"""The public step API on a model with no tokenizer: a Hugging Face BERT directory lorasec exported, read back
+by ``model.pretrained``, built and stepped without a vocabulary size or ``tokenizer.json``."""
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from lorasec import config
+from lorasec.config import ConfigError
+from lorasec.core import keys
+from lorasec.models import Architecture
+from lorasec.models.hf_import import _variables, export
+from lorasec.models.transformer import TransformerEncoder
+from lorasec.pipelines.run import build_model, prepare_data, prepare_step
+
+ARCH = Architecture(kind="transformer", vocab_size=97, max_positions=24, d_model=16, num_layers=2, num_heads=2,
+                    d_ff=32, dropout=0.1, pooling="mean", mlp_hidden=(), type_vocab_size=2)
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    encoder = TransformerEncoder(ARCH, rngs=nnx.Rngs(params=keys.key(5, "params")))
+    return export(encoder, ARCH, tmp_path_factory.mktemp("tiny-bert")), encoder
+
+
+def _cfg(directory, **adapter):
+    return config.from_dict(config.RunConfig, {
+        "data": {"seq_len": 16, "max_len": 12, "min_len": 4}, "model": {"pretrained": str(directory), "dropout": 0.1, "attention_dropout": 0.1,
+                                           "head_dropout": 0.0},
+        "adapter": {"rank": 2, "alpha": 4, "targets": ["query", "value"], **adapter},
+        "train": {"batch_size": 4, "lr": 1e-3}}).validate()
+
+
+def test_exported_bert_round_trips_and_steps_without_tokenizer(bert_dir):
+    directory, encoder = bert_dir
+    assert sorted(p.name for p in directory.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = build_model(_cfg(directory, method="full")).encoder
+    pairs = list(zip(_variables(loaded), _variables(encoder)))
+    assert len(pairs) == 5 + 16 * ARCH.num_layers
+    for (name, ours, _), (_, theirs, _) in pairs:
+        np.testing.assert_array_equal(np.asarray(ours[...]), np.asarray(theirs[...]), err_msg=name)
+    step = prepare_step(_cfg(directory))
+    rng = np.random.default_rng(0)
+    batch = {"tokens": rng.integers(0, 97, (4, 16)), "mask": np.ones((4, 16), bool),
+             "labels": rng.integers(0, 2, 4)}
+    losses = [float(step(batch)) for _ in range(3)]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0] and step.compilations == 1
+
+
+def test_attention_dropout_draws_new_masks_and_is_off_without_keys(bert_dir):
+    directory, _ = bert_dir
+    model = build_model(_cfg(directory, method="full"))
+    tokens, mask = np.arange(32).reshape(2, 16) % 97, np.ones((2, 16), bool)
+    clean = model(tokens, mask)
+    np.testing.assert_array_equal(clean, model(tokens, mask))
+    noisy = [model(tokens, mask, rngs=nnx.Rngs(dropout=k)) for k in (1, 2)]
+    assert not np.allclose(noisy[0], clean) and not np.allclose(noisy[0], noisy[1])
+    assert model.encoder.layers[0].attention.attention_dropout == 0.1 and model.dropout == 0.0
+
+
+def test_text_needs_the_tokenizer_and_a_config_model_needs_a_vocabulary(bert_dir):
+    directory, _ = bert_dir
+    cfg = _cfg(directory)
+    with pytest.raises(ConfigError, match="has no tokenizer.json"):
+        prepare_data(cfg)
+    with pytest.raises(ConfigError, match="needs the tokenizer's vocab_size"):
+        build_model(config.RunConfig())
