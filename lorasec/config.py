@@ -297,7 +297,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     mask_prob: float = 0.15
     steps_per_dispatch: int = 25
-    # bfloat16: weights cast to bfloat16 for the forward and backward pass, AdamW on float32 master weights.
+    # bfloat16: linear layers multiply in bfloat16, as PyTorch's autocast; weights, gradients and AdamW stay float32.
     compute_dtype: str = "float32"
 
     def validate(self, p: str = "train") -> None:

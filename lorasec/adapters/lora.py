@@ -94,7 +94,10 @@ class LoRALinear(nnx.Module):
             y = y + (scale - 1.0) * (x @ self.base.kernel[...])
         y = apply_dropout(y, self.frozen_dropout, rngs)
         x = apply_dropout(x, self.dropout_rate, rngs)
-        update = self.scale[...] * ((x @ self.lora_a[...]) @ self.lora_b[...])
+        a, b = self.lora_a[...], self.lora_b[...]
+        if self.base.dtype is not None:  # bfloat16 compute (lorasec.models.layers.set_compute_dtype)
+            x, a, b = x.astype(self.base.dtype), a.astype(self.base.dtype), b.astype(self.base.dtype)
+        update = self.scale[...].astype(x.dtype) * ((x @ a) @ b)
         return y + (scale * update if self.dora else update)
 
 

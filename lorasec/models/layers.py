@@ -36,6 +36,16 @@ class Dense(nnx.Linear):
         return self.perturb("outputs", super().__call__(x))
 
 
+def set_compute_dtype(model: nnx.Module, dtype) -> None:
+    """Make every linear layer of ``model`` multiply in ``dtype`` (inputs, kernel and bias cast; output in
+    ``dtype``), as PyTorch's autocast does: embeddings, layer norms, softmax, residual sums and the loss keep
+    their float32, and so do the weights (the cast's gradient flows back to them). For a model merged inside a
+    training step; evaluation builds its own."""
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, nnx.Linear):
+            module.dtype = dtype
+
+
 def dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
     """Inverted dropout drawing from ``rngs.dropout()``; the identity without keys (evaluation) or at rate 0."""
     if rngs is None or rate == 0.0:

@@ -32,6 +32,7 @@ from tqdm import tqdm  # text bars: tqdm.auto warns in a notebook without ipywid
 from lorasec.config import TrainConfig
 from lorasec.core import files, keys
 from lorasec.core.errors import ConfigError, TrainingDiverged
+from lorasec.models.layers import set_compute_dtype
 from lorasec.training import placement
 from lorasec.training.losses import classification_loss
 
@@ -98,26 +99,20 @@ def make_optimizer(cfg: TrainConfig, hparams: dict | None = None) -> optax.Gradi
 LossFn = Callable[[nnx.Module, dict, jax.Array, Any], jax.Array]
 
 
-def compute_cast(cfg: TrainConfig):
-    """The cast applied to every floating-point weight before the forward pass: none for float32 (and float64
-    under JAX_ENABLE_X64); for ``compute_dtype = 'bfloat16'`` a cast to bfloat16, whose gradient flows back to
-    the float32 master weights that AdamW updates."""
-    if cfg.compute_dtype == "float32":
-        return lambda tree: tree
-    dtype = jnp.dtype(cfg.compute_dtype)
-    return lambda tree: jax.tree.map(
-        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
-
 def train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, cfg: TrainConfig):
     """``step(trainable, frozen, opt_state, hparams, terms, batch, key) -> (trainable, opt_state, loss)``: one
     AdamW step of one run, pure and unjitted (the ensemble vmaps it; :class:`lorasec.training.step.TrainStep`
-    jits it). ``terms`` are the loss's extra inputs."""
-    cast = compute_cast(cfg)
+    jits it). ``terms`` are the loss's extra inputs. With ``compute_dtype = 'bfloat16'`` the linear layers
+    compute in bfloat16 (:func:`lorasec.models.layers.set_compute_dtype`) while the weights, their gradients and
+    AdamW stay float32."""
+    compute = None if cfg.compute_dtype == "float32" else jnp.dtype(cfg.compute_dtype)
 
     def step(trainable, frozen, opt_state, hparams, terms, batch, key):
         def objective(params):
-            loss = loss_fn(nnx.merge(graphdef, cast(params), cast(frozen)), batch, key, terms)
+            model = nnx.merge(graphdef, params, frozen)
+            if compute is not None:
+                set_compute_dtype(model, compute)
+            loss = loss_fn(model, batch, key, terms)
             return loss.astype(jnp.promote_types(loss.dtype, jnp.float32))
 
         loss, grads = jax.value_and_grad(objective)(trainable)
