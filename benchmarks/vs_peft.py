@@ -25,7 +25,8 @@ rounds, the side that goes first alternating, each side a fresh process timing `
 (``TrainStep.run``). The report gives medians over rounds of each process's median step, min and max, achieved
 GFLOP/s (model FLOPs: forward, input gradients, and weight gradients of trained weights only, counted from the
 shapes) against the float32 (or bfloat16) matmul peak measured through JAX in the same run, and the speed ratio
-torch time / lorasec time (above 1: lorasec is faster).
+torch time / lorasec time (above 1: lorasec is faster). Both sides start with glibc's huge-page tunable, as the
+``lorasec`` command does (``--huge-pages off`` to measure without: lorasec's single steps lose about a tenth).
 """
 
 from __future__ import annotations
@@ -251,7 +252,15 @@ def _spawn(python: str, side: str, args, extra: list[str]) -> dict:
                "--seq-len", str(args.seq_len), "--method", args.method, "--dropout", str(args.dropout),
                "--dtype", args.dtype, "--device", args.device, "--start", args.start, "--batches", args.batches,
                *extra]
-    done = subprocess.run(command, capture_output=True, text=True)
+    env = dict(os.environ)
+    if args.huge_pages == "on":
+        from lorasec.core.hugepages import environment
+
+        env = environment(env) or env  # as the lorasec command runs; torch is measured in the same environment
+    else:
+        env["GLIBC_TUNABLES"] = ":".join(t for t in env.get("GLIBC_TUNABLES", "").split(":")
+                                         if t and not t.startswith("glibc.malloc.hugetlb"))
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode:
         sys.exit(f"{side} worker failed ({' '.join(command)}):\n{done.stderr[-4000:]}")
     result = json.loads(Path(out).read_text())
@@ -377,6 +386,9 @@ def main(argv=None) -> None:
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--torch-python", default=sys.executable)
+    parser.add_argument("--huge-pages", choices=("on", "off"), default="on",
+                        help="start both sides with glibc's huge-page tunable, as the lorasec command does "
+                             "(lorasec.core.hugepages)")
     parser.add_argument("--work", default="runs/vs_peft", help="where the random BERTs are written once")
     parser.add_argument("--out", default=None, help="JSON of the results (default: WORK/results-DEVICE.json)")
     # worker arguments
@@ -408,12 +420,13 @@ def main(argv=None) -> None:
     peak_run = subprocess.run([sys.executable, __file__, "--peak", "--dtype", args.dtype], capture_output=True,
                               text=True, check=True)
     peak = json.loads(peak_run.stdout.strip().splitlines()[-1])["peak"]
-    print(f"{jax.devices()[0].device_kind}: {args.dtype} matmul peak through JAX {peak / 1e9:.0f} GFLOP/s",
-          flush=True)
+    print(f"{jax.devices()[0].device_kind}: {args.dtype} matmul peak through JAX {peak / 1e9:.0f} GFLOP/s; "
+          f"huge pages {args.huge_pages}", flush=True)
     rows = compare(args, work, args.torch_python, peak)
     print("\n" + _table(rows, peak))
     out = Path(args.out or work / f"results-{args.device}.json")
-    out.write_text(json.dumps({"device": jax.devices()[0].device_kind, "peak_flops": peak, "rows": rows},
+    out.write_text(json.dumps({"device": jax.devices()[0].device_kind, "peak_flops": peak,
+                               "huge_pages": args.huge_pages, "rows": rows},
                               indent=1))
     print(f"\nwritten to {out}")
 

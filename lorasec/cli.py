@@ -391,5 +391,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> int:
+    """The ``lorasec`` command: :func:`main` in a process whose XLA working memory uses huge pages
+    (:mod:`lorasec.core.hugepages`)."""
+    from lorasec.core.hugepages import restart_with_huge_pages
+
+    restart_with_huge_pages()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -1,6 +1,8 @@
 """The public step API on a model with no tokenizer: a Hugging Face BERT directory lorasec exported, read back
 by ``model.pretrained``, built and stepped without a vocabulary size or ``tokenizer.json``."""
 
+import os
+
 import numpy as np
 import pytest
 from flax import nnx
@@ -65,3 +67,43 @@ def test_text_needs_the_tokenizer_and_a_config_model_needs_a_vocabulary(bert_dir
         prepare_data(cfg)
     with pytest.raises(ConfigError, match="needs the tokenizer's vocab_size"):
         build_model(config.RunConfig())
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_the_benchmarks_model_flops_match_xlas_count(method, tmp_path):
+    """benchmarks/vs_peft.py reports GFLOP/s from a count made from the shapes; XLA counts the compiled step
+    (elementwise work and AdamW included), so the two agree to a few percent on a model of realistic shape."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("vs_peft", Path(__file__).parents[1] / "benchmarks" / "vs_peft.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    sizes = dict(num_layers=2, d_model=128, num_heads=4, d_ff=512)
+    arch = Architecture(kind="transformer", vocab_size=2000, max_positions=64, dropout=0.0, pooling="mean",
+                        mlp_hidden=(), type_vocab_size=2, **sizes)
+    directory = export(TransformerEncoder(arch, rngs=nnx.Rngs(params=keys.key(0, "params"))), arch, tmp_path / "b")
+    args = type("Args", (), dict(model_dir=str(directory), seq_len=64, method=method, dropout=0.0,
+                                 dtype="float32"))()
+    batch = bench._batches(1, 64, 2000)[0]
+    counted = bench._lorasec_step(args).flops(batch)
+    assert bench.model_flops(sizes, 64, method) == pytest.approx(counted, rel=0.06)
+
+
+def test_huge_pages_environment_and_restart():
+    import subprocess
+    import sys
+
+    from lorasec.core import hugepages
+
+    assert hugepages.environment({"LORASEC_HUGE_PAGES": "0"}) is None
+    assert hugepages.environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
+    env = hugepages.environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
+    if env is None:
+        pytest.skip("not Linux with glibc 2.35+ and transparent huge pages on request")
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    code = ("import os; from lorasec.core.hugepages import restart_with_huge_pages; print('start', flush=True); "
+            "restart_with_huge_pages(); print(os.environ['GLIBC_TUNABLES'])")
+    clean = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LORASEC_HUGE_PAGES")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean, check=True)
+    assert out.stdout.split() == ["start", "start", "glibc.malloc.hugetlb=1"]  # started twice, then set
