@@ -69,6 +69,7 @@ def test_text_needs_the_tokenizer_and_a_config_model_needs_a_vocabulary(bert_dir
         build_model(config.RunConfig())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_the_benchmarks_model_flops_match_xlas_count(method, tmp_path):
     """benchmarks/vs_peft.py reports GFLOP/s from a count made from the shapes; XLA counts the compiled step

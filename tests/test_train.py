@@ -43,6 +43,7 @@ def test_train_step_compiles_once_for_host_committed_and_uncommitted_inputs():
     assert step.compilations == 1 and step.steps == 6 and all(np.isfinite(losses))
 
 
+@pytest.mark.slow
 def test_train_step_repeats_fit_and_its_scan_repeats_single_steps():
     cfg = tiny_run(train=TrainConfig(steps=6, batch_size=16, log_every=3, steps_per_dispatch=3))
     model, data = _setup(cfg)
@@ -190,6 +191,7 @@ def test_train_on_a_run_directory_uses_it(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_training_runs_in_float64_under_x64(x64):
     cfg = tiny_run(train=TrainConfig(steps=6, batch_size=16, log_every=3, steps_per_dispatch=4))
     results = train_run(cfg, progress=False)  # the last dispatch holds 2 steps and 2 skipped ones
@@ -199,6 +201,7 @@ def test_training_runs_in_float64_under_x64(x64):
     assert np.isfinite(results["final_loss"]) and results["steps"] == 6
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_master_weights_and_tracks_float32_losses():
     cfg = tiny_run()
     model, data = _setup(cfg)
@@ -211,3 +214,15 @@ def test_bfloat16_compute_keeps_float32_master_weights_and_tracks_float32_losses
         assert {leaf.dtype for leaf in jax.tree.leaves(step.state[0])} == {np.dtype(np.float32)}
     gap = np.abs(runs["bfloat16"] - runs["float32"])
     assert gap.max() < 0.05 * runs["float32"].max() and gap.max() > 0  # bfloat16 rounds: close, not equal
+
+
+def test_host_draws_follow_the_key_tree():
+    from lorasec.core import keys
+
+    for seed, stream, path in [(0, "batches", (0,)), (7, "batches", (3,)), (2**31 + 3, "poison", ()),
+                               (12, "dropout", (1, 2, 3))]:
+        reference = np.random.default_rng(np.asarray(jax.random.key_data(keys.key(seed, stream, *path))).tolist())
+        assert np.array_equal(keys.numpy_rng(seed, stream, *path).integers(0, 2**31, 8),
+                              reference.integers(0, 2**31, 8))
+    with pytest.raises(ValueError, match="unknown key stream"):
+        keys.numpy_rng(0, "nope")

@@ -45,4 +45,18 @@ def key(seed: int, stream: str, *path: int) -> jax.Array:
 
 def numpy_rng(seed: int, stream: str, *path: int) -> np.random.Generator:
     """A numpy generator seeded by the key data of :func:`key` (same tree, for host-side draws)."""
-    return np.random.default_rng(np.asarray(jax.random.key_data(key(seed, stream, *path))).tolist())
+    if stream not in STREAMS:
+        raise ValueError(f"unknown key stream {stream!r}; streams: {', '.join(STREAMS)}")
+    root = jax.random.key_data(jax.random.key(seed))
+    folds = np.asarray([STREAMS[stream], *path], np.uint32)
+    return np.random.default_rng(np.asarray(_folded(root, folds)).tolist())
+
+
+@jax.jit
+def _folded(root, folds):
+    """:func:`key`'s folds as one compiled program (one per path length): op by op they cost ~50 ms a call,
+    which a sweep pays for every member's every epoch of batch orders."""
+    node = jax.random.wrap_key_data(root)
+    for index in range(folds.shape[0]):
+        node = jax.random.fold_in(node, folds[index])
+    return jax.random.key_data(node)

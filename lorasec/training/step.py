@@ -48,7 +48,6 @@ class TrainStep:
                  loss_fn: LossFn = classification_loss, terms: Any = None, dropout: bool = True, device=None):
         self.model = model
         self.cfg = cfg
-        self.filter = trainable_filter
         self.device = device or jax.devices()[0]
         placed = jax.sharding.SingleDeviceSharding(self.device)
         graphdef, trainable, frozen = nnx.split(model, trainable_filter, ...)

@@ -259,9 +259,6 @@ def _dispatch_fn(graphdef, loss_fn, cfg: TrainConfig, frozen_layout, data_layout
 
     def dispatch(carry, frozen_shared, frozen_stacked, hparams, terms, data_shared, data_stacked, raw_keys,
                  indices, step_numbers, valid):
-        loss_dtype = jax.eval_shape(members, carry[0], carry[1], frozen_shared, frozen_stacked, hparams, terms,
-                                    data_shared, data_stacked, raw_keys, indices[0], step_numbers[0])[2].dtype
-
         def body(carry, xs):
             batch_indices_, step_number, ok = xs
 
@@ -269,10 +266,10 @@ def _dispatch_fn(graphdef, loss_fn, cfg: TrainConfig, frozen_layout, data_layout
                 trainable, opt_state, loss = members(carry[0], carry[1], frozen_shared, frozen_stacked, hparams,
                                                      terms, data_shared, data_stacked, raw_keys, batch_indices_,
                                                      step_number)
-                return (trainable, opt_state), loss
+                return (trainable, opt_state), loss.astype(jnp.float32)  # only logged: float32 under x64 too
 
             def skip(carry):
-                return carry, jnp.full(raw_keys.shape[0], jnp.nan, loss_dtype)
+                return carry, jnp.full(raw_keys.shape[0], jnp.nan, jnp.float32)
 
             return jax.lax.cond(ok, run, skip, carry)
 
