@@ -79,6 +79,7 @@ _FACADE = {
     "scale_sweep": ("lorasec.diagnostics.scale_sweep", "sweep"),
     "spectral_strength": ("lorasec.diagnostics.spectral", "spectral_strength"),
     "threshold_counterexample": ("lorasec.diagnostics.threshold", "theory_example"),
+    "ThresholdInstance": ("lorasec.diagnostics.threshold", "Instance"),
     "search_counterexamples": ("lorasec.diagnostics.threshold", "search"),
     "update_pairs": ("lorasec.pipelines.diagnose", "update_pairs"),
     # claims
