@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from peak import matmul_peak
 
 from lorasec import config
 from lorasec.adapters import lora
@@ -63,19 +63,6 @@ def _step_flops(run, cfg) -> float:
     return step.flops(run.member.data.take(np.arange(cfg.train.batch_size)))
 
 
-def _matmul_peak() -> float:
-    """FLOP/s of a float32 2048² matmul through JAX on this machine, measured now."""
-    a = jnp.ones((2048, 2048), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    times = []
-    for _ in range(10):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return 2 * 2048**3 / min(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=["tiny", "minilm"], default="tiny")
@@ -87,7 +74,7 @@ def main() -> None:
     short = max(1, min(25, args.steps // 4))
     cfgs = _configs(args.model, args.seeds, args.steps, Path(args.work))
     runs = [prepare_run(c) for c in cfgs]
-    peak = _matmul_peak()
+    peak = matmul_peak()
     flops = _step_flops(runs[0], cfgs[0])
     print(f"{args.model}: {args.seeds} seeds, {args.steps} steps of batch 32, devices: {jax.device_count()} "
           f"{jax.devices()[0].platform}; one step {flops / 1e9:.3g} GFLOP (XLA's count); float32 matmul peak "

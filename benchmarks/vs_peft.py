@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from peak import matmul_peak
+
 BATCH = 32
 MODELS = {  # name: (sequence length, architecture of a random BERT or None for the fetched MiniLM)
     "minilm": (64, None),
@@ -138,23 +140,6 @@ def lorasec_worker(args) -> dict:
         out["dispatch"] = times
     out["compilations"] = step.compilations
     return out
-
-
-def matmul_peak(dtype: str) -> float:
-    """FLOP/s of a square matmul through JAX on this machine (2048 on a CPU, 8192 on a GPU), best of 10."""
-    import jax
-    import jax.numpy as jnp
-
-    n = 8192 if jax.default_backend() == "gpu" else 2048
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    times = []
-    for _ in range(10):
-        began = time.perf_counter()
-        f(a).block_until_ready()
-        times.append(time.perf_counter() - began)
-    return 2 * n**3 / min(times)
 
 
 # ----------------------------------------------------------------------------------------------- torch side

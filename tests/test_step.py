@@ -75,9 +75,12 @@ def test_the_benchmarks_model_flops_match_xlas_count(method, tmp_path):
     """benchmarks/vs_peft.py reports GFLOP/s from a count made from the shapes; XLA counts the compiled step
     (elementwise work and AdamW included), so the two agree to a few percent on a model of realistic shape."""
     import importlib.util
+    import sys
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("vs_peft", Path(__file__).parents[1] / "benchmarks" / "vs_peft.py")
+    folder = Path(__file__).parents[1] / "benchmarks"
+    sys.path.insert(0, str(folder))  # the benchmarks run as scripts from their folder
+    spec = importlib.util.spec_from_file_location("vs_peft", folder / "vs_peft.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     sizes = dict(num_layers=2, d_model=128, num_heads=4, d_ff=512)
