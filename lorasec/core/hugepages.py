@@ -37,10 +37,13 @@ def restart_with_huge_pages() -> None:
     """Replace this process by the same command with the tunable set (same PID, arguments and streams); a no-op
     when :func:`environment` finds nothing to gain."""
     env = environment()
-    if env is not None:
+    if env is not None and sys.executable:
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+        try:
+            os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+        except OSError:
+            pass  # cannot start again (an embedded interpreter, say): run as it is
 
 
 def _glibc_at_least(major: int, minor: int) -> bool:
