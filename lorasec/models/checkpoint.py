@@ -1,7 +1,8 @@
 """Pretrained encoder checkpoints: what ``model.pretrained`` names, resolved to a lorasec checkpoint directory.
 
 A checkpoint directory holds ``model.json`` (the architecture and how it was made), ``params/`` (the encoder's
-weights) and, unless it was converted from a directory without one, ``tokenizer.json``. It comes from ``lorasec pretrain``, from a pinned registry model
+weights) and, unless it was converted from a directory without one, ``tokenizer.json``. It comes from
+``lorasec pretrain``, from a pinned registry model
 (``minilm-l6``, fetched once), or from a user's Hugging Face BERT directory; the last two are converted once into
 the cache, under a key made from the files' contents (a moved or copied directory maps to the same entry, an
 edited one to a new entry).
