@@ -178,8 +178,7 @@ def prepare_step(cfg: RunConfig, *, vocab_size: int | None = None, dropout: bool
     the objective, trainable variables, optimizer and dropout keys of ``lorasec train``), without data, batching
     or checkpoints."""
     model = build_model(cfg, vocab_size)
-    terms = (rora.penalty_terms(model, cfg.adapter.rora_tr, cfg.adapter.rora_tr_k) if cfg.adapter.rora_tr > 0
-             else None)
+    terms = loss_terms(cfg, model)
     return TrainStep(model, lora.trainable_filter(cfg.adapter), cfg.train, seed=cfg.seed,
                      loss_fn=loss_function(cfg), terms=terms, dropout=dropout, device=device)
 
@@ -217,13 +216,17 @@ def loss_function(cfg: RunConfig):
     return rora.penalised_loss(classification_loss) if cfg.adapter.rora_tr > 0 else classification_loss
 
 
+def loss_terms(cfg: RunConfig, model: nnx.Module):
+    """The objective's extra inputs for ``model``: RoRA Tr's bases when ``adapter.rora_tr > 0``, else None."""
+    return rora.penalty_terms(model, cfg.adapter.rora_tr, cfg.adapter.rora_tr_k) if cfg.adapter.rora_tr > 0 else None
+
+
 def prepare_run(cfg: RunConfig, out_dir: Path | None = None) -> PreparedRun:
     """Data, tokenizer, model and the trainer's member of one run (metrics to ``out_dir/metrics.jsonl``)."""
     poisoned, test, encoder = prepare_data(cfg)
     tokens, mask = encoder.encode(poisoned.data.texts)
     model = build_model(cfg, encoder.vocab_size)
-    terms = (rora.penalty_terms(model, cfg.adapter.rora_tr, cfg.adapter.rora_tr_k) if cfg.adapter.rora_tr > 0
-             else None)
+    terms = loss_terms(cfg, model)
     member = Member(model, ArrayData(tokens, mask, poisoned.data.labels), cfg.seed, cfg.train, terms,
                     None if out_dir is None else out_dir / "metrics.jsonl")
     return PreparedRun(cfg, poisoned, test, encoder, member)
