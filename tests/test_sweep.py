@@ -245,6 +245,56 @@ def test_eight_devices_and_two_processes_give_the_table_of_one_device(tmp_path):
     assert {r["group_members"] for r in read_table(two)} == {6}
 
 
+_SAVING_ALONE = """
+import sys, time
+from pathlib import Path
+import jax, numpy as np
+process, port, out = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+jax.distributed.initialize(f"127.0.0.1:{port}", 2, process, initialization_timeout=60)
+import orbax.checkpoint as ocp
+from orbax.checkpoint._src.futures import future
+from lorasec.config import TrainConfig
+from lorasec.core import files
+from lorasec.training import trainer
+
+waiting = future.wait_for_signals
+def late(*args, **kwargs):  # widens the window in which one process's clean-up meets the other's wait
+    time.sleep(0.02)
+    return waiting(*args, **kwargs)
+future.wait_for_signals = late
+state = {"w": np.full((16, 16), process, np.float32)}
+manager = trainer._checkpoint_manager(out / "group", TrainConfig()) if process == 0 else None
+for i in range(15):
+    if manager is not None:
+        manager.save(i + 1, args=ocp.args.StandardSave(state))
+        manager.wait_until_finished()
+    else:
+        files.save_state(out / f"p{process}" / f"extra{i}", state)
+    files.save_state(out / f"p{process}" / str(i), state)
+print("saved", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_saving_alone_at_once_do_not_wait_on_each_other(tmp_path):
+    """Orbax names its directory-creation signals by a counter each process keeps; lorasec's saves (a run's
+    parameters, process 0's group checkpoints) must not share them, or one process's clean-up deletes the signal
+    the other waits for and the sweep hangs for minutes (seen once in three runs of the test above)."""
+    script = tmp_path / "save.py"
+    script.write_text(_SAVING_ALONE)
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port), str(tmp_path)], env=_env(1),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=150)
+            assert proc.returncode == 0 and "saved" in out, err[-2000:]
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert len(list((tmp_path / "p1").iterdir())) == 30
+
+
 @pytest.mark.slow
 def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
     spec = dict(SPEC, axes={}, zip=[{"adapter.method": ["lora", "full"], "train.lr": [3e-3, 1e-3]}])

@@ -76,6 +76,13 @@ def _this_process_only() -> ocp.options.MultiprocessingOptions:
     return ocp.options.MultiprocessingOptions(primary_host=index, active_processes={index})
 
 
+# Orbax's asynchronous directory creation signals through keys in jax.distributed's key-value store named by an
+# operation counter that each process counts on its own; two processes saving alone at once share those keys, and
+# one's clean-up deletes the signal the other waits for (a 5-minute hang, then an error). Every lorasec save is by
+# one process alone, so directories are created synchronously and no signal is shared.
+UNSHARED_SAVES = ocp.options.AsyncOptions(create_directories_asynchronously=False)
+
+
 def save_state(path: str | Path, state: nnx.State) -> None:
     """Save an NNX state (parameters) as an orbax checkpoint directory (replacing an older one), from host copies,
     by this process alone."""
@@ -84,7 +91,8 @@ def save_state(path: str | Path, state: nnx.State) -> None:
 
     path = Path(path).resolve()
     host = jax.tree.map(np.asarray, state)
-    with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as checkpointer:
+    with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only(),
+                                  async_options=UNSHARED_SAVES) as checkpointer:
         checkpointer.save(path, host, force=True)
 
 
@@ -92,7 +100,8 @@ def load_state(path: str | Path, target: nnx.State) -> nnx.State:
     """Restore what :func:`save_state` wrote into the structure, shapes and dtypes of ``target``."""
     path = Path(path).resolve()
     abstract = jax_abstract(target)
-    with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as checkpointer:
+    with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only(),
+                                  async_options=UNSHARED_SAVES) as checkpointer:
         return checkpointer.restore(path, abstract)
 
 

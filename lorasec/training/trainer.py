@@ -168,7 +168,8 @@ def _checkpoint_manager(run_dir: Path, cfg: TrainConfig) -> ocp.CheckpointManage
     directory.mkdir(parents=True, exist_ok=True)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=cfg.keep_checkpoints, create=False,
-        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0}))
+        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0}),
+        async_options=files.UNSHARED_SAVES)
     return ocp.CheckpointManager(directory, options=options)
 
 
