@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -125,6 +126,27 @@ def test_a_finished_sweep_run_again_trains_nothing_and_keeps_its_table(swept):
     run_sweep(spec, out, progress=False)
     assert read_table(out) == before
     assert sorted((p, p.stat().st_mtime_ns) for p in (out / "runs").glob("*/results.json")) == stamps
+
+
+def test_a_spec_that_gains_an_axis_value_reuses_the_runs_it_already_finished(swept, tmp_path):
+    spec, out = swept
+    grown_out = tmp_path / "grown"
+    shutil.copytree(out, grown_out)
+    before = {(r["attack.poison_rate"], r["adapter.method"], r["seed"]): r for r in read_table(out)}
+    stamps = {p.name.split("-", 1)[1]: p.stat().st_mtime_ns for p in (grown_out / "runs").iterdir()
+              if (p / "results.json").is_file()}
+    grown = dict(SPEC, axes={"attack.poison_rate": [0.01, 0.05, 0.2]})  # every cell number moves
+    run_sweep(load_spec(_write(tmp_path / "grown.json", grown)), grown_out, progress=False)
+    rows = read_table(grown_out)
+    assert len(rows) == 12
+    for row in rows:
+        key = (row["attack.poison_rate"], row["adapter.method"], row["seed"])
+        if key in before:
+            assert row["clean_accuracy"] == before[key]["clean_accuracy"]
+            run = grown_out / "runs" / row["run"]
+            assert (run / "results.json").stat().st_mtime_ns == stamps[row["run"].split("-", 1)[1]]
+        else:
+            assert row["attack.poison_rate"] == 0.01 and row["resumed_from_step"] == 0
 
 
 def test_plot_writes_png_and_pdf_and_names_bad_columns(swept, tmp_path):

@@ -22,6 +22,7 @@ process, process ``p`` evaluates and writes the runs ``i`` with ``i mod P = p``,
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import io
 import json
@@ -37,7 +38,7 @@ from flax import nnx
 from tqdm import tqdm  # text bars: tqdm.auto warns in a notebook without ipywidgets
 
 from lorasec.adapters import lora
-from lorasec.config import ConfigError, RunConfig, replace, to_dict
+from lorasec.config import ConfigError, RunConfig, from_dict, replace, to_dict
 from lorasec.core import files, stats
 from lorasec.pipelines import rundir
 from lorasec.pipelines.pretrain import pretrain, pretrain_recipe
@@ -155,6 +156,7 @@ def _run_sweep(spec: SweepSpec, out_dir: Path, progress: bool, names: Callable[[
                 cfg = replace(cfg, model={"pretrained": start})
             name = names(cell, cfg.seed)
             if primary:  # refuses a run directory that holds another config
+                _adopt_finished(out_dir / "runs", name, cfg)
                 rundir.claim(cfg, out_dir / "runs" / name)
             todo.setdefault(_group_key(cfg, spec.pad_ranks), []).append((cell, cfg, name))
     placement.barrier("lorasec sweep claimed")
@@ -189,6 +191,23 @@ def _run_sweep(spec: SweepSpec, out_dir: Path, progress: bool, names: Callable[[
     if primary:
         summary = _write_tables(out_dir, spec, rows)
     return summary
+
+
+def _adopt_finished(runs: Path, name: str, cfg: RunConfig) -> None:
+    """A finished run of this very config under another cell number (the spec gained an axis value, which
+    renumbers the cells) is renamed into place instead of trained again."""
+    target = runs / name
+    claimed_only = target.is_dir() and [p.name for p in target.iterdir()] == ["config.json"]
+    if (target.exists() and not claimed_only) or not re.fullmatch(r"\d{3}-.+", name):
+        return
+    for old in sorted(runs.glob(f"[0-9][0-9][0-9]-{glob.escape(name[4:])}")):
+        if old != target and (old / "results.json").is_file() and (old / "config.json").is_file() and \
+                to_dict(from_dict(RunConfig, files.read_json(old / "config.json"))) == to_dict(cfg):
+            if claimed_only:
+                (target / "config.json").unlink()
+                target.rmdir()
+            old.rename(target)
+            return
 
 
 def _pretrained(spec: SweepSpec, cells: list[Cell], out_dir: Path, progress: bool) -> str:
