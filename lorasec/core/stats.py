@@ -37,6 +37,14 @@ def ci95_half_width(values) -> float | None:
     return float(scipy_stats.t.ppf(0.975, len(data) - 1) * np.std(data, ddof=1) / math.sqrt(len(data)))
 
 
+def paired_difference(a: dict, b: dict) -> dict:
+    """``a − b`` over the seeds both hold (seed -> value, None skipped): mean, sd, 95% half-width and n. Pairing by
+    seed removes what two runs of one seed share (data draw, initialisation) from the interval."""
+    seeds = sorted(s for s in a if s in b and a[s] is not None and b[s] is not None)
+    differences = [float(a[s]) - float(b[s]) for s in seeds]
+    return {**mean_sd(differences), "ci95": ci95_half_width(differences)}
+
+
 def format_mean_sd(stats: dict, scale: float = 100.0, digits: int = 1) -> str:
     """``'12.3 ± 4.5'`` (percent by default); ``'n/a'`` when there is no value."""
     if stats["mean"] is None or (isinstance(stats["mean"], float) and math.isnan(stats["mean"])):

@@ -237,18 +237,8 @@ def sweep_plot(rows: list[dict], x: str, y: str, hue: str | None, stem: Path) ->
             within.setdefault((point, k), set()).add(_json_key(row.get(k)))
     pooled = sorted({k for (_, k), values in within.items() if len(values) > 1})
     fig, ax = plt.subplots(figsize=(6, 4))
-    numeric = all(isinstance(r[x], (int, float)) and not isinstance(r[x], bool) for r in rows)
-    for label, by_x in sorted(groups.items(), key=lambda kv: _sortable(kv[0])):
-        xs = sorted(by_x, key=_sortable)
-        position = xs if numeric else list(range(len(xs)))
-        means = np.array([np.mean(by_x[v]) for v in xs])
-        half = np.array([ci95_half_width(by_x[v]) or 0.0 for v in xs])
-        ax.plot(position, means, marker="o", label=f"{hue} = {label}" if hue else y)
-        ax.fill_between(position, means - half, means + half, alpha=0.2)
-        if not numeric:
-            ax.set_xticks(position, [str(v) for v in xs])
-    if numeric and all(r[x] > 0 for r in rows) and max(r[x] for r in rows) / min(r[x] for r in rows) >= 100:
-        ax.set_xscale("log")
+    _mean_bands(ax, {(f"{hue} = {label}" if hue else y): by_x for label, by_x in groups.items()},
+                [r[x] for r in rows])
     seeds = len({r["seed"] for r in rows})
     per_point = sorted({len(v) for by_x in groups.values() for v in by_x.values()})
     runs = str(per_point[0]) if len(per_point) == 1 else f"{per_point[0]}-{per_point[-1]}"
@@ -267,6 +257,70 @@ def sweep_plot(rows: list[dict], x: str, y: str, hue: str | None, stem: Path) ->
         fig.savefig(path, dpi=120)
     plt.close(fig)
     return written
+
+
+def _mean_bands(ax, groups: dict, xs_seen: list) -> None:
+    """One line per group (label -> {x: [values over seeds]}): the mean with its 95% t-interval as a band; a log
+    x-axis when positive numbers span two decades or more."""
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs_seen)
+    for label, by_x in sorted(groups.items(), key=lambda kv: _sortable(kv[0])):
+        xs = sorted(by_x, key=_sortable)
+        position = xs if numeric else list(range(len(xs)))
+        means = np.array([np.mean(by_x[v]) for v in xs])
+        half = np.array([ci95_half_width(by_x[v]) or 0.0 for v in xs])
+        if numeric:
+            ax.plot(position, means, marker="o", label=label)
+            ax.fill_between(position, means - half, means + half, alpha=0.2)
+        else:  # categories (defences): no line between them
+            ax.errorbar(position, means, yerr=half, marker="o", linestyle="none", capsize=3, label=label)
+            ax.set_xticks(position, [str(v) for v in xs], rotation=30, fontsize=8)
+    if numeric and all(v > 0 for v in xs_seen) and max(xs_seen) / min(xs_seen) >= 100:
+        ax.set_xscale("log")
+
+
+def figure_grid(rows: list[dict], x: str, ys: list[str], hue: list[str], panel: str | None, stem: Path, *,
+                title: str, marks: list[float] = ()) -> list[Path]:
+    """A paper figure: one row of panels per metric in ``ys``, one column per value of ``panel``; in each, the
+    mean over seeds of the metric against ``x`` with its 95% interval, one line per combination of the ``hue``
+    fields; ``marks`` are x positions drawn as dotted lines (the paper's own settings). Writes PNG and PDF."""
+    plt = _pyplot()
+    panels = sorted({r[panel] for r in rows}, key=_sortable) if panel else [None]
+    fig, axes = plt.subplots(len(ys), len(panels), figsize=(4.2 * len(panels), 3.2 * len(ys)), squeeze=False)
+    for i, y in enumerate(ys):
+        for j, value in enumerate(panels):
+            ax = axes[i][j]
+            chosen = [r for r in rows if panel is None or r[panel] == value]
+            groups: dict = {}
+            for row in chosen:
+                if row.get(y) is not None and np.isfinite(row[y]):
+                    label = ", ".join(f"{_short(h)} {row[h]}" for h in hue) or y
+                    groups.setdefault(label, {}).setdefault(row[x], []).append(float(row[y]))
+            _mean_bands(ax, groups, [r[x] for r in chosen])
+            for mark in marks:
+                ax.axvline(mark, color="grey", linestyle=":", linewidth=1)
+            ax.set_xlabel(_short(x))
+            ax.set_ylabel(y.replace("_", " "))
+            if y != "final_loss":
+                ax.set_ylim(-0.03, 1.03)
+            if panel:
+                ax.set_title(f"{_short(panel)} = {value}", fontsize=9)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=7)
+    seeds = len({r["seed"] for r in rows})
+    fig.suptitle(f"{title}\nmean and 95% interval over {seeds} seed{'s' * (seeds > 1)}"
+                 + ("; dotted: the paper's settings" if marks else ""), fontsize=10)
+    fig.tight_layout()
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = [stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.pdf"]
+    for path in written:
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return written
+
+
+def _short(field: str) -> str:
+    return field.rsplit(".", 1)[-1].replace("_", " ")
 
 
 def _json_key(value) -> str:

@@ -1,0 +1,188 @@
+"""``lorasec reproduce``: paper directories validate with one-line errors, comparisons pair by seed and their
+verdicts follow the interval, a tiny paper runs end to end and resumes, and the shipped papers run --quick."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_DATA, TINY_MODEL
+from scipy import stats as scipy_stats
+
+from lorasec import config
+from lorasec.cli import main
+from lorasec.config import ConfigError
+from lorasec.pipelines import reproduce
+from lorasec.pipelines.reproduce import Comparison
+
+EXPERIMENTS = Path(__file__).parents[1] / "experiments"
+
+
+def _rows(values: dict[str, list[float]], **fixed) -> list[dict]:
+    return [{"adapter.method": method, "seed": seed, "clean_accuracy": v, **fixed}
+            for method, column in values.items() for seed, v in enumerate(column)]
+
+
+def test_a_comparison_pairs_runs_by_seed_and_uses_the_t_interval():
+    a, b = [0.9, 0.8, 0.95, 0.85], [0.7, 0.75, 0.8, 0.6]
+    rows = _rows({"lora": a, "full": b}, **{"attack.kind": "label_flip"})
+    rows += _rows({"lora": [0.0] * 4, "full": [1.0] * 4}, **{"attack.kind": "badnets"})  # excluded by `where`
+    claim = Comparison("clean_accuracy", {"attack.kind": "label_flip"}, {"adapter.method": "lora"},
+                       {"adapter.method": "full"}, "a > b", (), "")
+    (line,) = reproduce.compare(rows, claim)
+    d = np.subtract(a, b)
+    half = scipy_stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2
+    assert line["difference"]["mean"] == pytest.approx(d.mean())
+    assert line["difference"]["ci95"] == pytest.approx(half)
+    assert line["a_stats"]["mean"] == pytest.approx(np.mean(a)) and line["verdict"] == "agrees"
+    assert line["at"] == {"attack.kind": "label_flip"}
+    reverse = Comparison("clean_accuracy", {"attack.kind": "label_flip"}, {"adapter.method": "lora"},
+                         {"adapter.method": "full"}, "a < b", (), "")
+    assert reproduce.compare(rows, reverse)[0]["verdict"] == "disagrees"
+    # a seed that only one side has is left out of the pairing
+    shuffled = [r for r in rows if not (r["adapter.method"] == "full" and r["seed"] == 3)]
+    assert reproduce.compare(shuffled, claim)[0]["difference"]["n"] == 3
+
+
+def test_an_interval_that_covers_zero_is_inconclusive_and_one_seed_decides_nothing():
+    rows = _rows({"lora": [0.9, 0.6, 0.8], "full": [0.7, 0.8, 0.75]})
+    claim = Comparison("clean_accuracy", {}, {"adapter.method": "lora"}, {"adapter.method": "full"}, "a > b", (), "")
+    assert reproduce.compare(rows, claim)[0]["verdict"] == "inconclusive"
+    assert reproduce.compare(_rows({"lora": [0.9], "full": [0.1]}), claim)[0]["verdict"] == "inconclusive"
+
+
+def test_comparisons_split_by_the_named_fields_and_refuse_ambiguous_sides():
+    rows = []
+    for rate in (0.1, 0.3):
+        rows += _rows({"lora": [0.9, 0.8], "full": [0.5, 0.4]}, **{"attack.poison_rate": rate})
+    claim = Comparison("clean_accuracy", {}, {"adapter.method": "lora"}, {"adapter.method": "full"}, "a > b",
+                       ("attack.poison_rate",), "")
+    lines = reproduce.compare(rows, claim)
+    assert [line["at"] for line in lines] == [{"attack.poison_rate": 0.1}, {"attack.poison_rate": 0.3}]
+    unsplit = Comparison("clean_accuracy", {}, {"adapter.method": "lora"}, {"adapter.method": "full"}, "a > b",
+                         (), "")
+    with pytest.raises(ConfigError, match="several runs per seed"):
+        reproduce.compare(rows, unsplit)
+
+
+def _tiny_paper(root: Path, figure_extra: str = "", paper_extra: str = "") -> Path:
+    directory = root / "tiny"
+    directory.mkdir(parents=True, exist_ok=True)
+    base = {"data": config.to_dict(TINY_DATA), "model": config.to_dict(TINY_MODEL),
+            "adapter": {"rank": 4, "alpha": 8}, "attack": {"kind": "label_flip"},
+            "train": {"steps": 10, "batch_size": 16, "log_every": 5, "checkpoint_every": 10}}
+    (directory / "paper.toml").write_text(f'title = "A tiny paper"\nfigures = ["rates"]\n{paper_extra}')
+    config_path = directory / "base.json"
+    config_path.write_text(json.dumps(base))
+    (directory / "rates.toml").write_text(f'''
+seeds = [0, 1]
+base = "base.json"
+[axes]
+"attack.poison_rate" = [0.1, 0.3]
+[[zip]]
+"adapter.method" = ["full", "lora"]
+"train.lr" = [1e-3, 3e-3]
+[figure]
+title = "Label flipping"
+x = "attack.poison_rate"
+y = ["clean_accuracy"]
+hue = ["adapter.method"]
+{figure_extra}
+[[claims]]
+metric = "clean_accuracy"
+a = {{"adapter.method" = "lora"}}
+b = {{"adapter.method" = "full"}}
+expect = "a < b"
+by = ["attack.poison_rate"]
+paper = "LoRA less robust"
+''')
+    return directory
+
+
+def test_a_tiny_paper_runs_end_to_end_and_resumes(tmp_path, capsys):
+    directory = _tiny_paper(tmp_path)
+    out = tmp_path / "out"
+    assert main(["reproduce", str(directory), "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    (figure,) = summary["figures"]
+    assert figure["runs"] == 8 and len(figure["comparisons"]) == 2
+    assert all(line["verdict"] in ("agrees", "disagrees", "inconclusive") for line in figure["comparisons"])
+    assert all((out / "report" / f"rates.{ext}").stat().st_size > 1000 for ext in ("png", "pdf"))
+    report = (out / "report" / "report.md").read_text()
+    assert "![rates](rates.png)" in report and "LoRA less robust" in report
+    assert "| poison_rate 0.1 | clean accuracy | method lora | method full |" in report
+    results = sorted((out / "rates" / "runs").glob("*/results.json"))
+    stamps = [p.stat().st_mtime_ns for p in results]
+    assert main(["reproduce", str(directory), "--out", str(out), "--no-progress"]) == 0
+    assert [p.stat().st_mtime_ns for p in results] == stamps  # nothing was trained again
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('color = "red"', "unknown field 'color'"),
+    ('panel = "attack.kind"', "'attack.kind': not a field it varies"),
+])
+def test_bad_figure_tables_name_the_field(tmp_path, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        reproduce.load_paper(_tiny_paper(tmp_path, figure_extra=extra))
+
+
+def test_bad_claims_and_papers_name_the_field(tmp_path):
+    directory = _tiny_paper(tmp_path)
+    figure = directory / "rates.toml"
+    text = figure.read_text()
+    for old, new, message in (
+            ('metric = "clean_accuracy"', 'metric = "clean_acc"', "metric = 'clean_acc'"),
+            ('expect = "a < b"', 'expect = "lower"', "expect = 'lower'"),
+            ('b = {"adapter.method" = "full"}', 'b = {"adapter.method" = "dora"}', "never takes it"),
+            ('by = ["attack.poison_rate"]', 'by = ["attack.kind"]', "by 'attack.kind'"),
+            ('y = ["clean_accuracy"]', 'y = ["accuracy"]', "y 'accuracy': not a metric")):
+        figure.write_text(text.replace(old, new))
+        with pytest.raises(ConfigError, match=message) as err:
+            reproduce.load_paper(directory)
+        assert "rates.toml" in str(err.value)
+    figure.write_text(text)
+    (directory / "paper.toml").write_text('figures = ["rates", "missing"]\n')
+    with pytest.raises(ConfigError, match="'missing'.*does not exist"):
+        reproduce.load_paper(directory)
+    with pytest.raises(ConfigError, match="papers found: paper1"):
+        reproduce.paper_directory("paper9", str(EXPERIMENTS))
+    assert main(["reproduce", "paper9", "--experiments", str(EXPERIMENTS)]) == 2
+
+
+def test_the_shipped_papers_load_in_both_settings():
+    for paper in sorted(p.parent for p in EXPERIMENTS.glob("*/paper.toml")):
+        for quick in (False, True):
+            loaded = reproduce.load_paper(paper, quick=quick)
+            assert loaded.figures and all(f.claims for f in loaded.figures)
+            if not quick:
+                assert all(len(f.config.seeds) >= 5 for f in loaded.figures)  # the issue's floor for every cell
+
+
+@pytest.mark.slow
+def test_paper1_quick_runs_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "paper1"
+    assert main(["reproduce", "paper1", "--quick", "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert summary["quick"] and len(summary["figures"]) == 5
+    for figure in summary["figures"]:
+        assert (out / "report" / f"{figure['name']}.png").is_file()
+        assert figure["comparisons"] and all(line["difference"]["n"] == 2 for line in figure["comparisons"])
+    capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_paper2_quick_runs_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "paper2"
+    assert main(["reproduce", "paper2", "--quick", "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert [f["name"] for f in summary["figures"]] == ["table2_badnet", "table2_insent"]
+    for figure in summary["figures"]:
+        assert (out / "report" / f"{figure['name']}.png").is_file() and "before" in figure
+        defences = {line["a"]["defence"] for line in figure["comparisons"]}
+        assert {"rora", "rora_cl", "rora_tr", "rora_pt", "dora_rora"} <= defences
+    report = (out / "report" / "report.md").read_text()
+    assert "before clean fine-tuning" in report and "| defence rora | defence lora |" in report
+    capsys.readouterr()
