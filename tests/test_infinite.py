@@ -77,6 +77,7 @@ def test_one_hot_tokens_are_word_and_position_indicators():
     assert jnp.array_equal(x[0], jnp.array([[0, 0, 0, 1, 1, 0], [1, 0, 0, 0, 0, 1]], dtype=x.dtype))
 
 
+@pytest.mark.slow
 def test_infinite_command_writes_the_convergence_report(tmp_path, capsys):
     from lorasec.cli import main
 

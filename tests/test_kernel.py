@@ -68,6 +68,7 @@ def test_structured_kernel_after_real_training_float32():
     assert TINY_DATA.seq_len == tokens.shape[1]
 
 
+@pytest.mark.slow
 def test_blocked_kernel_equals_whole_kernel():
     model = _model("transformer", jnp.float32)
     t1 = jax.random.randint(jax.random.key(7), (4, 6), 0, 20)

@@ -187,6 +187,7 @@ def test_fuzzed_configs_are_valid_or_one_line_errors():
     check()
 
 
+@pytest.mark.slow
 def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, capsys):
     import shutil
 

@@ -50,6 +50,7 @@ def test_pair_report_converts_flax_layout():
     assert report["sigma_max_pre"] == pytest.approx(np.linalg.norm(kernel_pre, 2))
 
 
+@pytest.mark.slow
 def test_spectral_cli_on_runs(tmp_path, capsys):
     import json
 

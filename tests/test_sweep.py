@@ -83,6 +83,7 @@ def test_ensemble_member_equals_the_same_run_trained_alone(swept, tmp_path):
                 assert diff <= 1e-5 * max(1.0, float(np.max(np.abs(np.asarray(x))))), (name, diff)
 
 
+@pytest.mark.slow
 def test_ranks_share_one_program_and_a_padded_member_equals_its_rank_alone(tmp_path):
     spec = dict(SPEC, seeds=[0], axes={}, zip=[{"adapter.rank": [2, 4, 8], "adapter.alpha": [4.0, 8.0, 16.0]}])
     path = _write(tmp_path / "spec.json", spec)
@@ -128,6 +129,7 @@ def test_a_finished_sweep_run_again_trains_nothing_and_keeps_its_table(swept):
     assert sorted((p, p.stat().st_mtime_ns) for p in (out / "runs").glob("*/results.json")) == stamps
 
 
+@pytest.mark.slow
 def test_a_spec_that_gains_an_axis_value_reuses_the_runs_it_already_finished(swept, tmp_path):
     spec, out = swept
     grown_out = tmp_path / "grown"
