@@ -3,6 +3,7 @@ verdicts follow the interval, a tiny paper runs end to end and resumes, and the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -158,7 +159,7 @@ def test_the_shipped_papers_load_in_both_settings():
             loaded = reproduce.load_paper(paper, quick=quick)
             assert loaded.figures and all(f.claims for f in loaded.figures)
             if not quick:
-                assert all(len(f.config.seeds) >= 5 for f in loaded.figures)  # the issue's floor for every cell
+                assert all(len(f.seeds) >= 5 for f in loaded.figures)  # the issue's floor for every cell
 
 
 @pytest.mark.slow
@@ -186,3 +187,58 @@ def test_paper2_quick_runs_from_the_command_line(tmp_path, capsys):
     report = (out / "report" / "report.md").read_text()
     assert "before clean fine-tuning" in report and "| defence rora | defence lora |" in report
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("init", ["gaussian", "kaiming_uniform"])
+def test_the_closed_form_proxies_are_the_moments_of_a_drawn_a(init):
+    """H'_1 and H'_2's closed forms are log E tr(AᵀA) and log Σ_j E‖A_{:,j}‖⁴ (THEORY.md): checked against A drawn
+    as lorasec's LoRA layer draws it, by Monte Carlo."""
+    import jax
+
+    from lorasec.adapters.lora import LoRALinear
+    from lorasec.diagnostics.information import closed_form_proxies
+
+    n, r, c = 24, 6, 0.5
+    draws = []
+    for i in range(400):
+        from flax import nnx
+
+        layer = LoRALinear(nnx.Linear(n, 4, rngs=nnx.Rngs(0)), r, 1.0, init=init, init_scale=c,
+                           rngs=nnx.Rngs(params=jax.random.key(i)))
+        draws.append(np.asarray(layer.lora_a[...], np.float64))  # (n, r): column j of A is row j here
+    a = np.stack(draws)
+    trace = np.mean(np.sum(a**2, axis=(1, 2)))
+    fourth = np.mean(np.sum(np.sum(a**2, axis=2) ** 2, axis=1))
+    h1, h2 = closed_form_proxies(r, n, c / n, init)
+    assert np.log(trace) == pytest.approx(h1, abs=0.02)
+    assert np.log(fourth) == pytest.approx(h2, abs=0.05)
+
+
+def test_a_prediction_agrees_only_when_the_interval_covers_it():
+    diff = {"mean": 1.0, "ci95": 0.2, "sd": 0.1, "n": 5}
+    assert reproduce.verdict(diff, "", predicted=1.15) == "agrees"
+    assert reproduce.verdict(diff, "", predicted=1.3) == "disagrees"
+    assert reproduce.verdict({**diff, "ci95": None}, "", predicted=1.0) == "inconclusive"
+
+
+def test_entropy_proxies_of_a_real_layer_and_the_variance_identity():
+    """Identity (a check of the code, not of the paper): a draw scales A by √c, the kernel is linear in AᵀA, so
+    between two variances H'_1 moves by log(c_a/c_b) and H'_2 by twice that, exactly."""
+    from lorasec.config import RunConfig
+    from lorasec.pipelines import entropy_proxies
+
+    cfg = RunConfig(data=TINY_DATA, model=TINY_MODEL).validate()
+    setting = entropy_proxies.ProxySetting("encoder.layers.0.attention.value", 12, (0, 1), (2, 8), 1 / 3,
+                                           (0.01, 1.0), 4, "gaussian").validate("kernels")
+    rows = entropy_proxies.measure(cfg, setting)
+    assert len(rows) == 8 and all(np.isfinite(r["H1"]) and np.isfinite(r["H2"]) for r in rows)
+    for draw in (0, 1):
+        low, high = (next(r for r in rows if r["sweep"] == "variance" and r["seed"] == draw
+                          and r["adapter.init_scale"] == c) for c in (0.01, 1.0))
+        assert high["H1"] - low["H1"] == pytest.approx(np.log(100.0), abs=1e-4)
+        assert high["H2"] - low["H2"] == pytest.approx(2 * np.log(100.0), abs=1e-4)
+    shifted = entropy_proxies.shifted_closed_forms(rows, setting)
+    at_reference = [r for r in shifted if r["sweep"] == "rank" and r["adapter.rank"] == 8]  # 4 is not swept
+    assert len(shifted) == 8 and at_reference
+    with pytest.raises(ConfigError, match="exactly one linear layer"):
+        entropy_proxies.measure(cfg, dataclasses.replace(setting, layer=r"re:.*attention\.(query|value)"))

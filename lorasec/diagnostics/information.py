@@ -50,6 +50,14 @@ def log_power_sum(eigenvalues, alpha: float) -> float:
     return float(np.log((nonzero(eigenvalues) ** alpha).sum()))
 
 
+def closed_form_proxies(rank: int, width: int, variance: float, init: str = "gaussian") -> tuple[float, float]:
+    """Paper 1's closed forms behind its Fig. 3, up to additive constants: ``H'_1 = log(r·n·σ²)`` and
+    ``H'_2 = log(n·σ⁴·r(r+2))`` for Gaussian A, ``log(n·σ⁴·(4r + 5r²)/5)`` for uniform A (derived: E tr(AᵀA) and
+    Σ_j E‖A_{:,j}‖⁴ for A of shape r × n with entries of variance σ²)."""
+    fourth = rank * (rank + 2.0) if init == "gaussian" else (4.0 * rank + 5.0 * rank**2) / 5.0
+    return float(np.log(rank * width * variance)), float(np.log(width * variance**2 * fourth))
+
+
 def information_bits(eigenvalues) -> float:
     """``½ Σ log2(1 + λ)`` (lorasec's definition, module docstring)."""
     return float(0.5 * np.log2(1.0 + _clean(eigenvalues)).sum())

@@ -300,7 +300,7 @@ def figure_grid(rows: list[dict], x: str, ys: list[str], hue: list[str], panel: 
                 ax.axvline(mark, color="grey", linestyle=":", linewidth=1)
             ax.set_xlabel(_short(x))
             ax.set_ylabel(y.replace("_", " "))
-            if y != "final_loss":
+            if y.endswith(("accuracy", "success_rate")):
                 ax.set_ylim(-0.03, 1.03)
             if panel:
                 ax.set_title(f"{_short(panel)} = {value}", fontsize=9)

@@ -46,7 +46,7 @@ from typing import Any
 from lorasec.config import ConfigError, PurifyConfig, RunConfig, from_dict, read_file, to_dict
 from lorasec.core import files
 from lorasec.core.stats import mean_sd, paired_difference
-from lorasec.pipelines import figures
+from lorasec.pipelines import entropy_proxies, figures
 from lorasec.pipelines.pretrain import pretrain, pretrain_recipe
 from lorasec.pipelines.purify import run_purify
 from lorasec.pipelines.sweep import METRICS, read_table, run_sweep
@@ -55,7 +55,8 @@ from lorasec.sweep_spec import SweepSpec, spec_from_raw
 PAPER_FIELDS = ("title", "figures", "pretrain_steps", "base", "quick")
 QUICK_FIELDS = ("seeds", "pretrain_steps", "base")
 FIGURE_FIELDS = ("title", "x", "y", "hue", "panel", "marks", "caption")
-CLAIM_FIELDS = ("metric", "where", "a", "b", "expect", "by", "paper")
+CLAIM_FIELDS = ("metric", "where", "a", "b", "expect", "predict", "by", "paper")
+KERNEL_FIELDS = ("kernels", "base", "figure", "claims")
 EXPECTS = ("a > b", "a < b")
 PURIFY_METRICS = ("clean_accuracy", "attack_success_rate")
 
@@ -69,6 +70,15 @@ class Comparison:
     expect: str
     by: tuple[str, ...]
     paper: str
+    predict: str = ""
+
+
+@dataclass(frozen=True)
+class KernelFigure:
+    """Paper 1's Fig. 3 kind: entropy proxies of one layer's LoRA kernel (:mod:`entropy_proxies`), no training."""
+
+    base: dict
+    setting: entropy_proxies.ProxySetting
 
 
 @dataclass(frozen=True)
@@ -83,20 +93,28 @@ class Figure:
     panel: str
     marks: tuple[float, ...]
     claims: tuple[Comparison, ...]
-    config: SweepSpec | PurifyConfig
+    config: SweepSpec | PurifyConfig | KernelFigure
 
     @property
     def values(self) -> dict[str, tuple]:
         """Each field this figure varies and the values it takes."""
         if isinstance(self.config, PurifyConfig):
             return {"defence": tuple(self.config.defences)}
+        if isinstance(self.config, KernelFigure):
+            return self.config.setting.values
         values = dict(self.config.axes)
         for group in self.config.zips:
             values.update(group)
         return values
 
     @property
+    def seeds(self) -> tuple[int, ...]:
+        return self.config.setting.draws if isinstance(self.config, KernelFigure) else tuple(self.config.seeds)
+
+    @property
     def metrics(self) -> tuple[str, ...]:
+        if isinstance(self.config, KernelFigure):
+            return (*entropy_proxies.METRICS, *(f"{m}_closed" for m in entropy_proxies.METRICS))
         return PURIFY_METRICS if isinstance(self.config, PurifyConfig) else METRICS
 
     def start(self) -> tuple:
@@ -104,7 +122,13 @@ class Figure:
         cfg = self.config if isinstance(self.config, PurifyConfig) else from_dict(RunConfig, self.config.base)
         return cfg.data, cfg.model
 
-    def starting_from(self, encoder: Path) -> SweepSpec | PurifyConfig:
+    def starting_from(self, encoder: Path) -> SweepSpec | PurifyConfig | KernelFigure:
+        if isinstance(self.config, KernelFigure):
+            return dataclasses.replace(self.config, base=_merge(self.config.base,
+                                                                {"model": {"pretrained": str(encoder)}}))
+        return self._starting_from(encoder)
+
+    def _starting_from(self, encoder: Path) -> SweepSpec | PurifyConfig:
         if isinstance(self.config, PurifyConfig):
             return dataclasses.replace(self.config, model=dataclasses.replace(self.config.model,
                                                                               pretrained=str(encoder)))
@@ -205,7 +229,9 @@ def _load_figure(path: Path, paper_base: dict, quick_base: dict, seeds: list | N
     if not isinstance(figure, dict):
         raise ConfigError(f"{path}: needs a [figure] table (title, x, y, hue)")
     _unknown(f"{path}: [figure]", figure, FIGURE_FIELDS)
-    if "defences" in raw or "backdoor" in raw:
+    if "kernels" in raw:
+        config = _kernel_figure(path, raw, paper_base, quick_base, seeds)
+    elif "defences" in raw or "backdoor" in raw:
         config = _purify_config(path, _merge(_merge(paper_base, raw), quick_base), seeds)
     else:
         config = _sweep_spec(path, raw, paper_base, quick_base, seeds, pretrain_steps)
@@ -258,6 +284,33 @@ def _sweep_spec(path: Path, raw: dict, paper_base: dict, quick_base: dict, seeds
     return spec
 
 
+def _kernel_figure(path: Path, raw: dict, paper_base: dict, quick_base: dict, seeds: list | None) -> KernelFigure:
+    _unknown(str(path), raw, ("kernels", "base"))
+    table = raw["kernels"]
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [kernels] must be a table")
+    _unknown(f"{path}: [kernels]", table, entropy_proxies.FIELDS)
+    missing = [f for f in entropy_proxies.FIELDS if f not in table and f != "init"]
+    if missing:
+        raise ConfigError(f"{path}: [kernels] needs {', '.join(missing)}")
+    if seeds is not None:
+        table = {**table, "draws": seeds}
+    try:
+        setting = entropy_proxies.ProxySetting(
+            str(table["layer"]), int(table["examples"]), tuple(int(d) for d in table["draws"]),
+            tuple(int(r) for r in table["ranks"]), float(table["rank_c"]),
+            tuple(float(c) for c in table["variances"]), int(table["variance_rank"]),
+            str(table.get("init", "gaussian")))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{path}: [kernels]: {err}") from None
+    base = _merge(_merge(paper_base, raw.get("base", {})), quick_base)
+    try:
+        from_dict(RunConfig, base).validate()
+    except ConfigError as err:
+        raise ConfigError(f"{path}: base.{err}") from None
+    return KernelFigure(base, setting.validate(f"{path}: [kernels]"))
+
+
 def _purify_config(path: Path, raw: dict, seeds: list | None) -> PurifyConfig:
     if seeds is not None:
         raw["seeds"] = seeds
@@ -274,9 +327,16 @@ def _load_claim(where: str, raw: Any, values: dict[str, tuple], metrics: tuple[s
     metric = raw.get("metric")
     if metric not in metrics:
         raise ConfigError(f"{where}: metric = {metric!r}: must be one of {', '.join(metrics)}")
-    expect = raw.get("expect")
-    if expect not in EXPECTS:
-        raise ConfigError(f"{where}: expect = {expect!r}: must be \"a > b\" or \"a < b\" (the paper's direction)")
+    expect, predict = raw.get("expect", ""), raw.get("predict", "")
+    if predict:
+        if predict not in metrics or predict == metric:
+            raise ConfigError(f"{where}: predict = {predict!r}: must name another metric ({', '.join(metrics)}) whose "
+                              f"a − b is the prediction")
+        if expect:
+            raise ConfigError(f"{where}: give expect (a direction) or predict (a value), not both")
+    elif expect not in EXPECTS:
+        raise ConfigError(f"{where}: expect = {expect!r}: must be \"a > b\" or \"a < b\" (the paper's direction), "
+                          f"or give predict")
     sides = {}
     for side in ("where", "a", "b"):
         chosen = raw.get(side, {} if side == "where" else None)
@@ -294,7 +354,7 @@ def _load_claim(where: str, raw: Any, values: dict[str, tuple], metrics: tuple[s
     for name in by:
         if name not in values:
             raise ConfigError(f"{where}: by {name!r}: not a field it varies; fields: {', '.join(values)}")
-    return Comparison(metric, sides["where"], sides["a"], sides["b"], expect, by, str(raw.get("paper", "")))
+    return Comparison(metric, sides["where"], sides["a"], sides["b"], expect, by, str(raw.get("paper", "")), predict)
 
 
 def _same(x: Any, y: Any) -> bool:
@@ -307,10 +367,13 @@ def _matches(row: dict, chosen: dict) -> bool:
     return all(_same(row.get(name), value) for name, value in chosen.items())
 
 
-def verdict(difference: dict, expect: str) -> str:
-    """Where the 95% interval of the paired difference a − b lies against the paper's direction."""
+def verdict(difference: dict, expect: str, predicted: float | None = None) -> str:
+    """Where the 95% interval of the paired difference a − b lies against the paper's direction, or, given a
+    predicted a − b, whether the interval covers it ("agrees") or not ("disagrees")."""
     if difference["mean"] is None or difference["ci95"] is None:
         return "inconclusive"
+    if predicted is not None:
+        return "agrees" if abs(difference["mean"] - predicted) <= difference["ci95"] else "disagrees"
     sign = 1.0 if expect == "a > b" else -1.0
     low, high = difference["mean"] - difference["ci95"], difference["mean"] + difference["ci95"]
     if sign * low > 0 and sign * high > 0:
@@ -342,10 +405,15 @@ def compare(rows: list[dict], claim: Comparison) -> list[dict]:
                                   f"{dict(zip(claim.by, key))}; name the fields that tell them apart in `by`")
             sides[side] = {seed: values[0] for seed, values in by_seed.items()}
         difference = paired_difference(sides["a"], sides["b"])
+        predicted = None
+        if claim.predict:
+            means = [mean_sd(r[claim.predict] for r in group if _matches(r, chosen))["mean"]
+                     for chosen in (claim.a, claim.b)]
+            predicted = None if None in means else means[0] - means[1]
         out.append({"at": {**claim.where, **dict(zip(claim.by, key))}, "metric": claim.metric, "a": claim.a,
-                    "b": claim.b, "expect": claim.expect, "paper": claim.paper,
+                    "b": claim.b, "predicted": predicted, "expect": claim.expect, "paper": claim.paper,
                     "a_stats": mean_sd(sides["a"].values()), "b_stats": mean_sd(sides["b"].values()),
-                    "difference": difference, "verdict": verdict(difference, claim.expect)})
+                    "difference": difference, "verdict": verdict(difference, claim.expect, predicted)})
     return out
 
 
@@ -365,7 +433,12 @@ def reproduce(paper: Paper, out_dir: str | Path, *, progress: bool = True) -> di
         if progress:
             print(f"lorasec reproduce {paper.name}: {figure.name}", file=sys.stderr)
         entry = {"name": figure.name, "title": figure.title, "caption": figure.caption, "spec": _shown(figure.path)}
-        if isinstance(config, PurifyConfig):
+        if isinstance(config, KernelFigure):
+            measured = entropy_proxies.measure(from_dict(RunConfig, config.base).validate(), config.setting)
+            rows = measured + entropy_proxies.shifted_closed_forms(measured, config.setting)
+            entry["settings"] = (f"layer {config.setting.layer}, {config.setting.examples} test sentences, draws "
+                                 f"{list(config.setting.draws)}, A {config.setting.init}, s = 1 (α = r)")
+        elif isinstance(config, PurifyConfig):
             rows, extra = _purify_rows(config, out_dir / figure.name, report_dir, figure.name, progress)
             entry.update(extra, settings=f"seeds {list(config.seeds)}, {config.train.steps} steps of clean "
                                         f"fine-tuning each, defences {', '.join(config.defences)}")
@@ -376,7 +449,8 @@ def reproduce(paper: Paper, out_dir: str | Path, *, progress: bool = True) -> di
             entry["settings"] = f"{len(config.cells())} cells, seeds {list(config.seeds)}, {steps} steps each"
         figures.figure_grid(rows, figure.x, list(figure.y), list(figure.hue), figure.panel or None,
                             report_dir / figure.name, title=figure.title, marks=list(figure.marks))
-        entry.update(runs=len(rows), comparisons=[line for claim in figure.claims for line in compare(rows, claim)])
+        entry.update(runs=sum(r.get("source") != "closed form" for r in rows),
+                     comparisons=[line for claim in figure.claims for line in compare(rows, claim)])
         summary["figures"].append(entry)
     files.write_json(report_dir / "summary.json", summary)
     files.write_text(report_dir / "report.md", report(summary))
@@ -404,8 +478,11 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _percent(stats: dict) -> str:
-    return "n/a" if stats["mean"] is None else f"{100 * stats['mean']:.1f}"
+def _value(metric: str, value: float | None, sign: str = "") -> str:
+    """Accuracies and rates in percent (points), other metrics as they are."""
+    if value is None:
+        return "n/a"
+    return f"{100 * value:{sign}.1f}" if metric in METRICS and metric != "final_loss" else f"{value:{sign}.3g}"
 
 
 def _side(chosen: dict) -> str:
@@ -422,8 +499,10 @@ def report(summary: dict) -> str:
     lines = [f"# {summary['title']}", "",
              f"`{command}`: {len(summary['figures'])} figures; comparisons: {counts['agrees']} agree, "
              f"{counts['disagrees']} disagree, {counts['inconclusive']} inconclusive. Each comparison pairs runs by "
-             f"seed; a − b is the mean paired difference with its 95% t-interval (percentage points); the verdict "
-             f"says where that interval lies against the paper's direction (inconclusive: it covers zero).", ""]
+             f"seed; a − b is the mean paired difference with its 95% t-interval (accuracies and rates in "
+             f"percentage points); the "
+             f"verdict says where that interval lies against the paper's direction (inconclusive: it covers zero), "
+             f"or, where the paper predicts a value, whether the interval covers it.", ""]
     for figure in summary["figures"]:
         lines += [f"## {figure['title']}", "", f"![{figure['name']}]({figure['name']}.png)", ""]
         if figure["caption"]:
@@ -437,19 +516,21 @@ def report(summary: dict) -> str:
             lines += [f"![adapter scale]({figure['scale_sweep']})", ""]
         if not figure["comparisons"]:
             continue
-        lines += ["| at | metric | a | b | a (%) | b (%) | a − b (95% CI) | paper | verdict |",
+        lines += ["| at | metric | a | b | mean a | mean b | a − b (95% CI) | paper | verdict |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for line in figure["comparisons"]:
-            d = line["difference"]
-            interval = "n/a" if d["mean"] is None else (
-                f"{100 * d['mean']:+.1f}" + (f" ± {100 * d['ci95']:.1f}" if d["ci95"] is not None else ""))
+            d, metric = line["difference"], line["metric"]
+            interval = _value(metric, d["mean"], "+") + (
+                f" ± {_value(metric, d['ci95'])}" if d["mean"] is not None and d["ci95"] is not None else "")
             at = ", ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in line["at"].items()) or "all"
-            lines.append(f"| {at} | {line['metric'].replace('_', ' ')} | {_side(line['a'])} | {_side(line['b'])} | "
-                         f"{_percent(line['a_stats'])} | {_percent(line['b_stats'])} | {interval} | "
-                         f"{line['paper']} (expects {line['expect']}) | {line['verdict']} |")
+            expects = f"expects {line['expect']}" if line.get("predicted") is None else \
+                f"predicts a − b = {_value(metric, line['predicted'], '+')}"
+            lines.append(f"| {at} | {metric.replace('_', ' ')} | {_side(line['a'])} | {_side(line['b'])} | "
+                         f"{_value(metric, line['a_stats']['mean'])} | {_value(metric, line['b_stats']['mean'])} | "
+                         f"{interval} | {line['paper']} ({expects}) | {line['verdict']} |")
         lines.append("")
     return "\n".join(lines)
 
 
-__all__ = ["Comparison", "Figure", "Paper", "compare", "load_paper", "paper_directory", "report", "reproduce",
-           "verdict"]
+__all__ = ["Comparison", "Figure", "KernelFigure", "Paper", "compare", "load_paper", "paper_directory", "report",
+           "reproduce", "verdict"]
