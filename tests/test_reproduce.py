@@ -167,7 +167,7 @@ def test_paper1_quick_runs_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "paper1"
     assert main(["reproduce", "paper1", "--quick", "--out", str(out), "--no-progress"]) == 0
     summary = json.loads((out / "report" / "summary.json").read_text())
-    assert summary["quick"] and len(summary["figures"]) == 5
+    assert summary["quick"] and len(summary["figures"]) == 6
     for figure in summary["figures"]:
         assert (out / "report" / f"{figure['name']}.png").is_file()
         assert figure["comparisons"] and all(line["difference"]["n"] == 2 for line in figure["comparisons"])

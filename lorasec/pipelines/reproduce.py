@@ -11,7 +11,8 @@ A paper directory (``experiments/paper1/``) holds ``paper.toml``::
 
 and one file per figure or table: a sweep spec (:mod:`lorasec.sweep_spec`, without ``pretrain_steps``; paper.toml's
 [base] is its [base]'s starting point) or a purify config (:class:`lorasec.config.PurifyConfig`, paper 2's threat
-model; paper.toml's [base] is its starting point, its one field is ``defence``), plus::
+model; paper.toml's [base] is its starting point, its one field is ``defence``) or a ``[kernels]`` table
+(:class:`lorasec.pipelines.entropy_proxies.ProxySetting`: Fig. 3's kernel measurements, no training), plus::
 
     [figure]
     title = "..."
@@ -25,7 +26,8 @@ model; paper.toml's [base] is its starting point, its one field is ``defence``),
     where = {"attack.kind" = "badnets"}       # optional: the runs both sides are drawn from
     a = {"adapter.method" = "lora"}           # the runs of one side (field = value)
     b = {"adapter.method" = "full"}
-    expect = "a > b"                          # the paper's direction
+    expect = "a > b"                          # the paper's direction (or predict = "METRIC": its a − b is a value
+                                              # the interval must cover)
     by = ["attack.kind", "attack.poison_rate"]  # one comparison per value of these fields
     paper = "SST-2, rate 0.0015: LoRA 91.7 vs FF 54.3"
 
