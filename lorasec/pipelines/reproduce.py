@@ -58,7 +58,6 @@ PAPER_FIELDS = ("title", "figures", "pretrain_steps", "base", "quick")
 QUICK_FIELDS = ("seeds", "pretrain_steps", "base")
 FIGURE_FIELDS = ("title", "x", "y", "hue", "panel", "marks", "caption")
 CLAIM_FIELDS = ("metric", "where", "a", "b", "expect", "predict", "by", "paper")
-KERNEL_FIELDS = ("kernels", "base", "figure", "claims")
 EXPECTS = ("a > b", "a < b")
 PURIFY_METRICS = ("clean_accuracy", "attack_success_rate")
 
@@ -125,12 +124,7 @@ class Figure:
         return cfg.data, cfg.model
 
     def starting_from(self, encoder: Path) -> SweepSpec | PurifyConfig | KernelFigure:
-        if isinstance(self.config, KernelFigure):
-            return dataclasses.replace(self.config, base=_merge(self.config.base,
-                                                                {"model": {"pretrained": str(encoder)}}))
-        return self._starting_from(encoder)
-
-    def _starting_from(self, encoder: Path) -> SweepSpec | PurifyConfig:
+        """This figure's config with ``model.pretrained`` set to the paper's shared encoder."""
         if isinstance(self.config, PurifyConfig):
             return dataclasses.replace(self.config, model=dataclasses.replace(self.config.model,
                                                                               pretrained=str(encoder)))
