@@ -295,6 +295,14 @@ def figure_grid(rows: list[dict], x: str, ys: list[str], hue: list[str], panel: 
                 if row.get(y) is not None and np.isfinite(row[y]):
                     label = ", ".join(f"{_short(h)} {row[h]}" for h in hue) or y
                     groups.setdefault(label, {}).setdefault(row[x], []).append(float(row[y]))
+            if not groups:  # e.g. triggered accuracy under label flipping, which has no trigger
+                ax.text(0.5, 0.5, f"no {y.replace('_', ' ')} here", ha="center", va="center",
+                        transform=ax.transAxes, color="grey")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if panel:
+                    ax.set_title(f"{_short(panel)} = {value}", fontsize=9)
+                continue
             _mean_bands(ax, groups, [r[x] for r in chosen])
             for mark in marks:
                 ax.axvline(mark, color="grey", linestyle=":", linewidth=1)
