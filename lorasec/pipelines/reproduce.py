@@ -459,7 +459,13 @@ def _purify_rows(cfg: PurifyConfig, out: Path, report_dir: Path, name: str, prog
     result = run_purify(cfg, out, progress=progress)
     rows = [{"defence": cell["defence"], **run} for cell in result["defences"] for run in cell["runs"]]
     before = result["backdoored"]["downstream"]
-    extra = {"before": before}
+    table = []
+    for cell in result["defences"]:
+        best = min(cell["runs"], key=lambda run: run["attack_success_rate"])  # the paper's best-of-runs view
+        table.append({"defence": cell["defence"], "clean_accuracy": cell["clean_accuracy"],
+                      "attack_success_rate": cell["attack_success_rate"],
+                      "best": {k: best[k] for k in ("seed", "clean_accuracy", "attack_success_rate")}})
+    extra = {"before": before, "defences": table}
     if (out / "scale_sweep.png").is_file():
         report_dir.mkdir(parents=True, exist_ok=True)
         (report_dir / f"{name}-scale-sweep.png").write_bytes((out / "scale_sweep.png").read_bytes())
@@ -508,6 +514,15 @@ def report(summary: dict) -> str:
             lines += [f"The backdoored model before clean fine-tuning: clean accuracy "
                       f"{100 * figure['before']['clean_accuracy']:.1f}%, attack success rate "
                       f"{100 * figure['before']['attack_success_rate']:.1f}%.", ""]
+        if "defences" in figure:
+            lines += ["| defence | CACC % (mean ± sd) | ASR % (mean ± sd) | best of runs (lowest ASR): CACC / ASR % |",
+                      "|---|---|---|---|"]
+            for cell in figure["defences"]:
+                c, a, best = cell["clean_accuracy"], cell["attack_success_rate"], cell["best"]
+                lines.append(f"| {cell['defence']} | {100 * c['mean']:.1f} ± {100 * c['sd']:.1f} | "
+                             f"{100 * a['mean']:.1f} ± {100 * a['sd']:.1f} | {100 * best['clean_accuracy']:.1f} / "
+                             f"{100 * best['attack_success_rate']:.1f} (seed {best['seed']}) |")
+            lines.append("")
         if "scale_sweep" in figure:
             lines += [f"![adapter scale]({figure['scale_sweep']})", ""]
         if not figure["comparisons"]:
