@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lorasec.adapters import lora
 from lorasec.config import AdapterConfig, AttackConfig, ConfigError, RunConfig, replace
 from lorasec.diagnostics import information, kernel
 from lorasec.pipelines.run import build_model, prepare_data
@@ -65,8 +66,8 @@ def measure(cfg: RunConfig, setting: ProxySetting) -> list[dict]:
             adapter = AdapterConfig(rank=rank, alpha=float(rank), init=setting.init, init_scale=c,
                                     targets=(setting.layer,))
             model = build_model(replace(cfg, seed=draw, adapter=adapter), vocab_size=encoder.vocab_size)
-            layer = next(iter(_adapted(model, setting.layer)))
-            width = _fan_in(model, layer)
+            layer = _the_adapted_layer(model, setting.layer)
+            width = int(lora.lora_layers(model)[layer].lora_a[...].shape[0])  # n, the layer's input width
             _, factors = kernel.layer_kernels(model, layer, tokens, mask)
             eigenvalues = np.linalg.eigvalsh(np.asarray(factors, np.float64))
             closed_1, closed_2 = information.closed_form_proxies(rank, width, c / width, setting.init)
@@ -78,19 +79,11 @@ def measure(cfg: RunConfig, setting: ProxySetting) -> list[dict]:
     return rows
 
 
-def _adapted(model, pattern: str) -> list[str]:
-    from lorasec.adapters import lora
-
+def _the_adapted_layer(model, pattern: str) -> str:
     names = list(lora.lora_layers(model))
     if len(names) != 1:
         raise ConfigError(f"layer = {pattern!r}: must name exactly one linear layer; it adapts {names or 'none'}")
-    return names
-
-
-def _fan_in(model, layer: str) -> int:
-    from lorasec.adapters import lora
-
-    return int(lora.lora_layers(model)[layer].lora_a[...].shape[0])
+    return names[0]
 
 
 def shifted_closed_forms(rows: list[dict], setting: ProxySetting) -> list[dict]:
