@@ -7,7 +7,8 @@ A paper directory (``experiments/paper1/``) holds ``paper.toml``::
     figures = ["fig1_backdoor_rate", ...]     # figure files of this directory, in report order
     pretrain_steps = 800                      # > 0: one synthetic encoder pretrained once, every figure starts from it
     [base]                                    # the run config every figure shares (a figure's [base] goes on top)
-    [quick]                                   # --quick: seeds, pretrain_steps and a [base] for a smoke run of minutes
+    [quick]                                   # --quick: seeds, pretrain_steps, a [base] and optionally a subset of
+                                              # figures, for a smoke run of minutes
 
 and one file per figure or table: a sweep spec (:mod:`lorasec.sweep_spec`, without ``pretrain_steps``; paper.toml's
 [base] is its [base]'s starting point) or a purify config (:class:`lorasec.config.PurifyConfig`, paper 2's threat
@@ -55,7 +56,7 @@ from lorasec.pipelines.sweep import METRICS, read_table, run_sweep
 from lorasec.sweep_spec import SweepSpec, spec_from_raw
 
 PAPER_FIELDS = ("title", "figures", "pretrain_steps", "base", "quick")
-QUICK_FIELDS = ("seeds", "pretrain_steps", "base")
+QUICK_FIELDS = ("seeds", "pretrain_steps", "base", "figures")
 FIGURE_FIELDS = ("title", "x", "y", "hue", "panel", "marks", "caption")
 CLAIM_FIELDS = ("metric", "where", "a", "b", "expect", "predict", "by", "paper")
 EXPECTS = ("a > b", "a < b")
@@ -190,6 +191,11 @@ def load_paper(directory: str | Path, *, quick: bool = False) -> Paper:
     if not isinstance(quick_raw, dict):
         raise ConfigError(f"{where}: [quick] must be a table")
     _unknown(f"{where}: [quick]", quick_raw, QUICK_FIELDS)
+    if quick and "figures" in quick_raw:
+        chosen = _strings(f"{where}: [quick] figures", quick_raw["figures"])
+        if any(name not in names for name in chosen):
+            raise ConfigError(f"{where}: [quick] figures = {list(chosen)}: each must be one of figures {list(names)}")
+        names = chosen
     base = raw.get("base", {})
     quick_base = quick_raw.get("base", {}) if quick else {}
     pretrain_steps = raw.get("pretrain_steps", 0)
