@@ -141,6 +141,18 @@ def _values(where: str, value: Any) -> tuple:
     return tuple(value)
 
 
+def base_table(base: Any, path: Path) -> dict:
+    """A spec's ``base``: a [base] table, or a run config file named relative to the spec at ``path``."""
+    if isinstance(base, str):
+        base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+        if not base_path.is_file():
+            raise ConfigError(f"base = {base!r}: run config file not found (looked at {str(base_path)!r})")
+        base = read_file(base_path)
+    if not isinstance(base, dict):
+        raise ConfigError(f"base = {base!r}: must be a run config file name or a [base] table")
+    return base
+
+
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
     """Read and validate a spec file; ``overrides`` (``KEY=VALUE``) change fields of the base run config."""
     path = Path(path)
@@ -154,14 +166,7 @@ def spec_from_raw(raw: dict, path: Path, overrides: list[str] | tuple[str, ...] 
             close = difflib.get_close_matches(key, SPEC_FIELDS, n=1)
             hint = f"did you mean '{close[0]}'?" if close else "allowed: " + ", ".join(SPEC_FIELDS)
             raise ConfigError(f"{key}: unknown sweep field; {hint}")
-    base = raw.get("base", {})
-    if isinstance(base, str):
-        base_path = Path(base) if Path(base).is_absolute() else path.parent / base
-        if not base_path.is_file():
-            raise ConfigError(f"base = {base!r}: run config file not found (looked at {str(base_path)!r})")
-        base = read_file(base_path)
-    if not isinstance(base, dict):
-        raise ConfigError(f"base = {base!r}: must be a run config file name or a [base] table")
+    base = base_table(raw.get("base", {}), path)
     base = _deep_copy(base)
     apply_overrides(base, overrides)
     try:
@@ -229,4 +234,4 @@ def spec_from_raw(raw: dict, path: Path, overrides: list[str] | tuple[str, ...] 
     return spec
 
 
-__all__ = ["Cell", "SweepSpec", "load_spec", "spec_from_raw"]
+__all__ = ["Cell", "SweepSpec", "base_table", "load_spec", "spec_from_raw"]

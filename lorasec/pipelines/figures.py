@@ -249,14 +249,7 @@ def sweep_plot(rows: list[dict], x: str, y: str, hue: str | None, stem: Path) ->
         title += f"\npooled over {', '.join(pooled)}"
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    written = [stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.pdf"]
-    for path in written:
-        fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return written
+    return _save_png_pdf(plt, fig, stem)
 
 
 def _mean_bands(ax, groups: dict, xs_seen: list) -> None:
@@ -317,6 +310,10 @@ def figure_grid(rows: list[dict], x: str, ys: list[str], hue: list[str], panel: 
     seeds = len({r["seed"] for r in rows})
     fig.suptitle(f"{title}\nmean and 95% interval over {seeds} seed{'s' * (seeds > 1)}"
                  + ("; dotted: the paper's settings" if marks else ""), fontsize=10)
+    return _save_png_pdf(plt, fig, stem)
+
+
+def _save_png_pdf(plt, fig, stem: Path) -> list[Path]:
     fig.tight_layout()
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)

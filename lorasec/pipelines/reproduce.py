@@ -53,7 +53,7 @@ from lorasec.pipelines import entropy_proxies, figures
 from lorasec.pipelines.pretrain import pretrain, pretrain_recipe
 from lorasec.pipelines.purify import run_purify
 from lorasec.pipelines.sweep import METRICS, read_table, run_sweep
-from lorasec.sweep_spec import SweepSpec, spec_from_raw
+from lorasec.sweep_spec import SweepSpec, base_table, spec_from_raw
 
 PAPER_FIELDS = ("title", "figures", "pretrain_steps", "base", "quick")
 QUICK_FIELDS = ("seeds", "pretrain_steps", "base", "figures")
@@ -266,15 +266,10 @@ def _sweep_spec(path: Path, raw: dict, paper_base: dict, quick_base: dict, seeds
                 pretrain_steps: int) -> SweepSpec:
     if "pretrain_steps" in raw:
         raise ConfigError(f"{path}: pretrain_steps belongs in paper.toml (one encoder for every figure)")
-    base = raw.get("base", {})
-    if isinstance(base, str):
-        base_path = Path(base) if Path(base).is_absolute() else path.parent / base
-        if not base_path.is_file():
-            raise ConfigError(f"{path}: base = {base!r}: run config file not found (looked at {str(base_path)!r})")
-        base = read_file(base_path)
-    if not isinstance(base, dict):
-        raise ConfigError(f"{path}: base must be a run config file name or a [base] table (paper.toml's [base] "
-                          f"goes under it)")
+    try:
+        base = base_table(raw.get("base", {}), path)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err} (paper.toml's [base] goes under it)") from None
     raw["base"] = _merge(_merge(paper_base, base), quick_base)
     if seeds is not None:
         raw["seeds"] = seeds
