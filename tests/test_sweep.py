@@ -135,7 +135,7 @@ def test_a_spec_that_gains_an_axis_value_reuses_the_runs_it_already_finished(swe
     grown_out = tmp_path / "grown"
     shutil.copytree(out, grown_out)
     before = {(r["attack.poison_rate"], r["adapter.method"], r["seed"]): r for r in read_table(out)}
-    stamps = {p.name.split("-", 1)[1]: p.stat().st_mtime_ns for p in (grown_out / "runs").iterdir()
+    stamps = {p.name.split("-", 1)[1]: (p / "results.json").stat().st_mtime_ns for p in (grown_out / "runs").iterdir()
               if (p / "results.json").is_file()}
     grown = dict(SPEC, axes={"attack.poison_rate": [0.01, 0.05, 0.2]})  # every cell number moves
     run_sweep(load_spec(_write(tmp_path / "grown.json", grown)), grown_out, progress=False)
