@@ -111,8 +111,8 @@ def _parser() -> argparse.ArgumentParser:
 
     repro = sub.add_parser("reproduce", help="a paper's figures as sweeps, plotted, with its claims side by side "
                                              "with ours and a verdict each (experiments/PAPER/)")
-    repro.add_argument("paper", help="paper1 (Liang et al. 2025) or another directory of experiments/ with a "
-                                     "paper.toml, or a path to one")
+    repro.add_argument("paper", help="paper1 (Liang et al. 2025), paper2 (Luong & Chen 2026), another directory "
+                                     "of experiments/ with a paper.toml, or a path to one")
     repro.add_argument("--quick", action="store_true", help="the paper's smoke setting: 2 seeds, a few steps")
     repro.add_argument("--out", help="output directory (default: runs/reproduce-PAPER[-quick])")
     repro.add_argument("--experiments", help="directory holding the papers (default: the checkout's experiments/)")
