@@ -1,6 +1,7 @@
 """Empirical neural tangent kernels of lorasec models, with respect to a chosen parameter subset.
 
-Two paths, cross-checked in the tests:
+Two paths, cross-checked in the tests (the structured full-parameter kernel is
+:mod:`lorasec.diagnostics.full_kernel`):
 
 - :func:`empirical_ntk` calls neural-tangents' ``empirical_ntk_fn`` (implementations 1 and 2) on any subset:
   ``"full"`` (every ``nnx.Param`` but LoRA factors: full fine-tuning), ``"lora"`` (the LoRA factors), or any
@@ -12,6 +13,7 @@ Two paths, cross-checked in the tests:
       K((x,c), (x',c')) = s² Σ_layers Σ_{t,t'} [ ⟨a_t, a'_t'⟩⟨δ_{c,t}, δ'_{c',t'}⟩ + ⟨x_t, x'_t'⟩⟨g_{c,t}, g'_{c',t'}⟩ ].
 
   The first term is the B-gradient kernel, the second the A-gradient kernel (zero at init, where B = 0).
+  Examples are taken in blocks that fit in memory (:mod:`lorasec.diagnostics.blocks`).
 
 Kernels are returned as (N1, N2, C, C) with ``trace_axes=()`` or (N1, N2) with ``trace_axes=(-1,)``; the traced
 kernel follows neural-tangents' convention: the MEAN over the C diagonal entries, not their sum.
@@ -27,11 +29,12 @@ import numpy as np
 from flax import nnx
 
 from lorasec.adapters import lora
+from lorasec.diagnostics import blocks
+from lorasec.diagnostics.contractions import pair_term
 from lorasec.diagnostics.nt_compat import (
     SUPPORTED_IMPLEMENTATIONS,
     import_neural_tangents,
 )
-from lorasec.diagnostics.signals import layer_signals
 
 SUBSETS = ("full", "lora")
 
@@ -100,10 +103,11 @@ def empirical_ntk(model: nnx.Module, tokens1, mask1, tokens2=None, mask2=None, *
     return jnp.asarray(np.concatenate(rows, axis=0))
 
 
-def structured_lora_ntk(model: nnx.Module, tokens1, mask1, tokens2=None, mask2=None, *,
-                        trace_axes=(-1,)) -> jax.Array:
+def structured_lora_ntk(model: nnx.Module, tokens1, mask1, tokens2=None, mask2=None, *, trace_axes=(-1,),
+                        block_size: int | None = None, memory_limit: int | None = None) -> jax.Array:
     """The LoRA-factor NTK from activations and backward signals (module docstring); equals
-    ``empirical_ntk(..., subset="lora")``."""
+    ``empirical_ntk(..., subset="lora")``. In blocks of ``block_size`` examples (``None``: the largest that fits
+    in memory; one that does not is refused: :mod:`lorasec.diagnostics.blocks`)."""
     layers = lora.lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRA layers: apply_lora first")
@@ -111,46 +115,38 @@ def structured_lora_ntk(model: nnx.Module, tokens1, mask1, tokens2=None, mask2=N
         raise ValueError("structured_lora_ntk needs unmerged adapters; call lora.unmerge(model) first")
     if any(layer.dora for layer in layers.values()):
         raise ValueError("structured_lora_ntk covers plain LoRA; use empirical_ntk for DoRA adapters")
+    diagonal = blocks.diagonal_only(trace_axes)
     factors = {name: (layer.lora_a[...], layer.lora_b[...], layer.scale[...]) for name, layer in layers.items()}
-    first = layer_signals(model, tokens1, mask1, names=layers)
-    second = first if tokens2 is None else layer_signals(model, tokens2, mask2, names=layers)
-    return _contract(factors, first, second, tuple(trace_axes))
+    n1, length = np.shape(tokens1)
+    n2 = n1 if tokens2 is None else len(tokens2)
 
+    def temporary(name, x, d, block):  # the two factor terms' larger order of contraction, at most
+        rank = factors[name][0].shape[1]
+        return 2 * block * block * d.shape[2] ** 2 * d.shape[1] ** 2 * d.dtype.itemsize + \
+            4 * block * d.shape[1] * max(x.shape[-1], d.shape[-1]) * rank * d.dtype.itemsize
 
-def _pair_term(u1, u2, v1, v2):
-    """Σ_{t,t'} ⟨u_{i,t}, u_{j,t'}⟩ ⟨v_{i,c,t}, v_{j,d,t'}⟩ for u (N, T, p) and v (N, C, T, q).
-
-    With T = 1 (MLPs) the two Gram matrices are multiplied: no gradient is formed. With positions it is
-    cheaper to sum each example's outer products first, Σ_t u_t ⊗ v_{c,t}, the (p × q) gradient block of
-    that layer's factor, and take their inner products; the cheaper order is chosen by operation count."""
-    n1, t, p = u1.shape
-    n2, c, q = u2.shape[0], v1.shape[1], v1.shape[-1]
-    gram_cost = n1 * n2 * t * t * (p + c * c * q)
-    block_cost = (n1 + n2) * c * t * p * q + n1 * n2 * c * c * p * q
-    if gram_cost <= block_cost:
-        return jnp.einsum("itjs,icjdts->ijcd", jnp.einsum("itp,jsp->itjs", u1, u2),
-                          jnp.einsum("ictq,jdsq->icjdts", v1, v2))
-    g1 = jnp.einsum("itp,ictq->icpq", u1, v1)
-    g2 = jnp.einsum("itp,ictq->icpq", u2, v2)
-    return jnp.einsum("icpq,jdpq->ijcd", g1, g2)
+    block = blocks.block_size_for(
+        lambda b: blocks.estimate_bytes(model, n1, n2, length, b, names=tuple(sorted(layers)), temporary=temporary,
+                                        diagonal=diagonal),
+        max(n1, n2), f"the structured LoRA kernel of {n1} × {n2} examples", block_size, memory_limit)
+    kernels = blocks.accumulate(model, tokens1, mask1, tokens2, mask2, block=block, names=tuple(sorted(layers)),
+                                terms=lambda first, second: {"lora": _contract(factors, first, second, diagonal)})
+    out = kernels["lora"].mean(axis=-1) if diagonal else kernels["lora"]
+    return jnp.asarray(out, jnp.result_type(*(a for a, _, _ in factors.values())))
 
 
 @jax.jit(static_argnums=3)
-def _contract(factors, first, second, trace_axes):
+def _contract(factors, first, second, diagonal):
     total = 0.0
     for name, (a, b, scale) in factors.items():
         # x: (N, T, n), δ: (N, C, T, m); inputs may arrive in a lower precision than the factors.
         dtype = jnp.result_type(a, b, first[name][1])
         x1, d1 = (v.astype(dtype) for v in first[name])
         x2, d2 = (v.astype(dtype) for v in second[name])
-        b_term = _pair_term(x1 @ a, x2 @ a, d1, d2)            # ⟨A x, A x'⟩⟨δ, δ'⟩
-        a_term = _pair_term(x1, x2, d1 @ b.T, d2 @ b.T)        # ⟨x, x'⟩⟨Bᵀδ, Bᵀδ'⟩
+        b_term = pair_term(x1 @ a, x2 @ a, d1, d2, diagonal)            # ⟨A x, A x'⟩⟨δ, δ'⟩
+        a_term = pair_term(x1, x2, d1 @ b.T, d2 @ b.T, diagonal)        # ⟨x, x'⟩⟨Bᵀδ, Bᵀδ'⟩
         total = total + scale**2 * (b_term + a_term)
-    if trace_axes == ():
-        return total
-    if trace_axes in ((-1,), (2, 3)):
-        return jnp.einsum("ijcc->ij", total) / total.shape[-1]
-    raise ValueError(f"trace_axes = {trace_axes}: structured kernels support () or (-1,)")
+    return total
 
 
 def path_is(name: str):

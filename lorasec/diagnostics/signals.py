@@ -1,7 +1,8 @@
 """Layer inputs and backward signals of any lorasec model, read through NNX's capture machinery.
 
 Every model's linear layers are :class:`lorasec.models.layers.Dense`, which under :func:`flax.nnx.capture` sows
-its input ``x`` and exposes its output ``h`` to a zero perturbation; the gradient with respect to that
+its input ``x`` and exposes its output ``h`` to a zero perturbation (its ``Embed`` and ``LayerNorm`` layers do the
+same, read by :func:`module_signals`); the gradient with respect to that
 perturbation is the backward signal ``δ_c = ∂f_c/∂h``. The output perturbed is the frozen path's (``base``) for an
 adapted layer, and an adapter adds its update to that output, so ``δ`` is the adapted layer's signal as well.
 Names are the layers' dotted paths with an adapter's ``.base`` dropped, as :func:`lorasec.adapters.lora.lora_layers`
@@ -19,6 +20,8 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from lorasec.models.layers import Dense, Embed, LayerNorm
 
 
 def _forward(model, tokens, mask):
@@ -54,17 +57,35 @@ def _signals(graphdef, state, tokens, mask, names: tuple[str, ...] | None):
         if names is not None and name not in names:
             continue
         d, n = grads[name], x.shape[0]
-        out[name] = (x.reshape(n, -1, x.shape[-1]), jnp.moveaxis(d, 0, 1).reshape(n, num_classes, -1, d.shape[-1]))
+        x = x.reshape(n, -1) if jnp.issubdtype(x.dtype, jnp.integer) else x.reshape(n, -1, x.shape[-1])
+        out[name] = (x, jnp.moveaxis(d, 0, 1).reshape(n, num_classes, -1, d.shape[-1]))
     return out
+
+
+def captured_modules(model: nnx.Module) -> dict[str, nnx.Module]:
+    """Every module that records signals (lorasec's ``Dense``, ``Embed``, ``LayerNorm``), by signal name."""
+    return {_layer_name((*path, "")): module for path, module in nnx.iter_modules(model)
+            if isinstance(module, (Dense, Embed, LayerNorm))}
+
+
+def module_signals(model: nnx.Module, tokens, mask, names=None) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """Per recording module of ``model`` (or the ``names`` given): its inputs (N, T, n), or its ids (N, T) for an
+    embedding, and the logits' backward signals δ (N, C, T, m) at its output; T = 1 for layers applied once per
+    example."""
+    graphdef, state = nnx.split(model)
+    chosen = None if names is None else tuple(sorted(names))
+    return _signals(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask, bool), chosen)
 
 
 def layer_signals(model: nnx.Module, tokens, mask, names=None) -> dict[str, tuple[jax.Array, jax.Array]]:
     """Per linear layer of ``model`` (or the ``names`` given): its inputs x (N, T, n) and the logits' backward
     signals δ (N, C, T, m); T = 1 for layers applied once per example."""
+    if names is None:
+        names = [name for name, module in captured_modules(model).items() if isinstance(module, Dense)]
     graphdef, state = nnx.split(model)
-    chosen = None if names is None else tuple(sorted(names))
+    chosen = tuple(sorted(names))
     signals = _signals(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask, bool), chosen)
-    missing = set(chosen or ()) - set(signals)
+    missing = set(chosen) - set(signals)
     if missing:
         raise ValueError(f"no Dense layer named {sorted(missing)[0]!r} (only lorasec.models.layers.Dense records "
                          f"signals); layers: {', '.join(sorted(signals))}")

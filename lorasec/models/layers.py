@@ -1,11 +1,13 @@
-"""The building blocks every lorasec model shares: its linear layer, dropout, attention, the float type.
+"""The building blocks every lorasec model shares: its linear, embedding and normalisation layers, dropout,
+attention, the float type.
 
 Every model's linear layers are :class:`Dense`. A model calls each one as ``layer(x, rngs)``, so anything that
 wraps a layer (an adapter, in :mod:`lorasec.adapters`) can draw its own dropout from the step's keys while the
 model knows nothing about it. Under :func:`flax.nnx.capture` a Dense layer records its input (``nnx.Intermediate``
 ``"inputs"``) and exposes its output to a perturbation (``nnx.Perturbation`` ``"outputs"``), whose gradient is
 the backward signal ∂f/∂h: the structured kernels and the alignment diagnostics read a plain or adapted model
-through these, with no change to the model. Outside a capture both are skipped.
+through these, with no change to the model. :class:`Embed` (its token ids) and :class:`LayerNorm` (its input) do
+the same, so the full-parameter kernel covers every weight a model has. Outside a capture all are skipped.
 """
 
 from __future__ import annotations
@@ -30,6 +32,26 @@ class Dense(nnx.Linear):
     """``y = x @ kernel + bias`` (Flax's ``nnx.Linear``), recording its input and output signal under capture."""
 
     def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+        if not capturing(self):
+            return super().__call__(x)
+        self.sow(nnx.Intermediate, "inputs", x)
+        return self.perturb("outputs", super().__call__(x))
+
+
+class Embed(nnx.Embed):
+    """Flax's ``nnx.Embed``, recording its ids and output signal under capture (as :class:`Dense`)."""
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        if not capturing(self):
+            return super().__call__(inputs)
+        self.sow(nnx.Intermediate, "inputs", inputs)
+        return self.perturb("outputs", super().__call__(inputs))
+
+
+class LayerNorm(nnx.LayerNorm):
+    """Flax's ``nnx.LayerNorm`` over the last axis, recording its input and output signal under capture."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
         if not capturing(self):
             return super().__call__(x)
         self.sow(nnx.Intermediate, "inputs", x)

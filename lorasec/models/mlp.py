@@ -5,14 +5,14 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from lorasec.models.layers import Dense, default_float
+from lorasec.models.layers import Dense, Embed, default_float
 from lorasec.models.transformer import mean_pool
 
 
 class MLPClassifier(nnx.Module):
     def __init__(self, arch, num_classes: int, *, rngs: nnx.Rngs):
         dt = default_float()
-        self.embeddings = nnx.Embed(arch.vocab_size, arch.d_model, param_dtype=dt, rngs=rngs)
+        self.embeddings = Embed(arch.vocab_size, arch.d_model, param_dtype=dt, rngs=rngs)
         widths = (arch.d_model, *arch.mlp_hidden)
         self.layers = nnx.List([Dense(a, b, param_dtype=dt, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
         self.head = Dense(widths[-1], num_classes, param_dtype=dt, rngs=rngs)

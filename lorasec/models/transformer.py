@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lorasec.models.layers import Dense, attention, default_float, dropout
+from lorasec.models.layers import Dense, Embed, LayerNorm, attention, default_float, dropout
 
 LAYER_NORM_EPS = 1e-12  # BERT's
 
@@ -41,10 +41,10 @@ class EncoderLayer(nnx.Module):
         dt = default_float()
         self.dropout = dropout
         self.attention = SelfAttention(d_model, num_heads, attention_dropout=attention_dropout, rngs=rngs)
-        self.attention_norm = nnx.LayerNorm(d_model, epsilon=LAYER_NORM_EPS, param_dtype=dt, rngs=rngs)
+        self.attention_norm = LayerNorm(d_model, epsilon=LAYER_NORM_EPS, param_dtype=dt, rngs=rngs)
         self.intermediate = Dense(d_model, d_ff, param_dtype=dt, rngs=rngs)
         self.output = Dense(d_ff, d_model, param_dtype=dt, rngs=rngs)
-        self.output_norm = nnx.LayerNorm(d_model, epsilon=LAYER_NORM_EPS, param_dtype=dt, rngs=rngs)
+        self.output_norm = LayerNorm(d_model, epsilon=LAYER_NORM_EPS, param_dtype=dt, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
         x = self.attention_norm(x + dropout(self.attention(x, mask, rngs), self.dropout, rngs))
@@ -58,20 +58,22 @@ class TransformerEncoder(nnx.Module):
     def __init__(self, arch, *, rngs: nnx.Rngs):
         dt = default_float()
         self.dropout = arch.dropout
-        self.word_embeddings = nnx.Embed(arch.vocab_size, arch.d_model, param_dtype=dt, rngs=rngs)
-        self.position_embeddings = nnx.Embed(arch.max_positions, arch.d_model, param_dtype=dt, rngs=rngs)
+        self.word_embeddings = Embed(arch.vocab_size, arch.d_model, param_dtype=dt, rngs=rngs)
+        self.position_embeddings = Embed(arch.max_positions, arch.d_model, param_dtype=dt, rngs=rngs)
         if arch.type_vocab_size:
-            self.token_type_embeddings = nnx.Embed(arch.type_vocab_size, arch.d_model, param_dtype=dt, rngs=rngs)
-        self.embedding_norm = nnx.LayerNorm(arch.d_model, epsilon=LAYER_NORM_EPS, param_dtype=dt, rngs=rngs)
+            self.token_type_embeddings = Embed(arch.type_vocab_size, arch.d_model, param_dtype=dt, rngs=rngs)
+        self.embedding_norm = LayerNorm(arch.d_model, epsilon=LAYER_NORM_EPS, param_dtype=dt, rngs=rngs)
         self.layers = nnx.List([EncoderLayer(arch.d_model, arch.num_heads, arch.d_ff, arch.dropout,
                                              attention_dropout=arch.attention_dropout, rngs=rngs)
                                 for _ in range(arch.num_layers)])
 
     def __call__(self, tokens: jax.Array, mask: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
-        positions = jnp.arange(tokens.shape[1])[None, :]
+        # Per-example ids for all three tables (not one shared row of positions), so each example's embedding
+        # gradients stay its own under capture.
+        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         x = self.word_embeddings(tokens) + self.position_embeddings(positions)
         if hasattr(self, "token_type_embeddings"):
-            x = x + self.token_type_embeddings.embedding[0]
+            x = x + self.token_type_embeddings(jnp.zeros_like(tokens))
         x = dropout(self.embedding_norm(x), self.dropout, rngs)
         for layer in self.layers:
             x = layer(x, mask, rngs)
@@ -113,7 +115,7 @@ class MaskedLM(nnx.Module):
         dt = default_float()
         self.encoder = TransformerEncoder(arch, rngs=rngs)
         self.transform = Dense(arch.d_model, arch.d_model, param_dtype=dt, rngs=rngs)
-        self.transform_norm = nnx.LayerNorm(arch.d_model, epsilon=LAYER_NORM_EPS, param_dtype=dt, rngs=rngs)
+        self.transform_norm = LayerNorm(arch.d_model, epsilon=LAYER_NORM_EPS, param_dtype=dt, rngs=rngs)
         self.decoder_bias = nnx.Param(jnp.zeros((arch.vocab_size,), dt))
 
     def __call__(self, tokens, mask, rngs: nnx.Rngs | None = None) -> jax.Array:
