@@ -74,7 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     ntk.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ntk.add_argument("--out", help="output directory (default: <run dir>/ntk or runs/ntk-<config name>)")
     ntk.add_argument("--n", type=int, default=64, help="test examples in the kernel (default 64)")
-    ntk.add_argument("--block-size", type=int, default=0, help="compute the full kernel in blocks of this size")
+    ntk.add_argument("--block-size", type=int, default=0,
+                     help="examples per block of the kernels (default 0: the largest that fits in memory)")
+    ntk.add_argument("--ttr-pairs", type=int, default=32,
+                     help="clean/triggered test pairs for the TTR metric M' per trigger (default 32; 0: skip)")
 
     inf = sub.add_parser("infinite", help="finite transformer encoders against their infinite-width (stax) NTK: "
                                           "error against width, and its slope")
@@ -157,7 +160,9 @@ def _ntk(args) -> int:
     if args.n < 2:
         raise ConfigError(f"ntk --n {args.n}: must be at least 2 examples")
     if args.block_size < 0:
-        raise ConfigError(f"ntk --block-size {args.block_size}: must be 0 (no blocks) or a positive block size")
+        raise ConfigError(f"ntk --block-size {args.block_size}: must be 0 (chosen to fit) or a positive block size")
+    if args.ttr_pairs < 0:
+        raise ConfigError(f"ntk --ttr-pairs {args.ttr_pairs}: must be 0 (no TTR metric) or a positive count")
     source = Path(args.source)
     is_run = source.is_dir() and (source / "results.json").is_file()
     if source.is_dir() and not is_run:
@@ -165,12 +170,19 @@ def _ntk(args) -> int:
     cfg = config.load(config.RunConfig, source, args.overrides)
     out = Path(args.out) if args.out else (source / "ntk" if is_run else Path("runs") / f"ntk-{source.stem}")
     summary = kernel_report(cfg, out, run_dir=source if is_run else None, num_examples=args.n,
-                            block_size=args.block_size)
+                            block_size=args.block_size, ttr_pairs=args.ttr_pairs)
     for name in ("full", "lora"):
         k = summary[name]["kernel"]
         print(f"{name:5s} params {summary[name]['parameters']:>8d}  trace {k['trace']:.4g}  "
               f"effective rank {k['effective_rank']:.3g}  H'_2 {k['log_power_sum_2']:.4g}  "
-              f"IB {k['information_bits']:.4g}  centred alignment {summary[name]['centred_alignment']}")
+              f"IB {k['information_bits']:.4g}  centred alignment {summary[name]['centred_alignment']}  "
+              f"({summary['kernel_paths'][name]})")
+    order = summary.get("per_layer_order")
+    if order:
+        print(f"per adapted layer: K_LoRA ⪯ K_FF in {order['lora_below_ff']} of {order['layers']}; Theorem 3.6 "
+              "holds for " + ", ".join(f"{k} in {v}" for k, v in order["theorem_3_6"].items()))
+    for trigger, values in summary.get("ttr", {}).items():
+        print(f"TTR M' ({trigger}, {values['pairs']} pairs): full {values['full']:.4g}  lora {values['lora']:.4g}")
     print(f"written: {out / 'kernels.npz'}, {out / 'summary.json'}, {out / 'spectrum.png'}")
     return 0
 
@@ -384,7 +396,7 @@ def _check_out(out: str | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries()
-    from lorasec.core.errors import TrainingDiverged
+    from lorasec.core.errors import MemoryEstimateError, TrainingDiverged
 
     handlers = {"train": _train, "pretrain": _pretrain, "study": _study, "verify": _verify,
                 "ntk": _ntk, "infinite": _infinite, "spectral": _spectral, "purify": _purify,
@@ -394,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except ConfigError as err:
         print(f"lorasec: error: {err}", file=sys.stderr)
+        return 2
+    except MemoryEstimateError as err:  # refused before allocating: nothing was lost
+        print(f"lorasec: error: {err}".replace("block_size=", "--block-size "), file=sys.stderr)
         return 2
     except OSError as err:  # the machine's files: a full disk, a read-only or vanished directory
         if err.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOENT):

@@ -20,8 +20,9 @@ from lorasec.models import Architecture, build_classifier
 def _model(kind="transformer", pooling="cls", types=2, dtype=jnp.float64, positions=7):
     """A small BERT-shaped classifier whose every weight is away from its init: LayerNorm scales and shifts, and
     biases, are random too (at init they are 1 and 0, which would hide a wrong term), with LoRA probes whose B ≠ 0."""
-    arch = Architecture.from_config(ModelConfig(kind=kind, d_model=8, num_layers=2, num_heads=2, d_ff=16, dropout=0.0,
-                                                pooling=pooling, mlp_hidden=(12,)), 20, positions).with_(type_vocab_size=types)
+    shape = ModelConfig(kind=kind, d_model=8, num_layers=2, num_heads=2, d_ff=16, dropout=0.0, pooling=pooling,
+                        mlp_hidden=(12,))
+    arch = Architecture.from_config(shape, 20, positions).with_(type_vocab_size=types)
     model = build_classifier(arch, 3, rngs=nnx.Rngs(0))
     lora.apply_lora(model, AdapterConfig(rank=2, alpha=4), rngs=nnx.Rngs(1))
     state = nnx.state(model, nnx.Param)
@@ -95,7 +96,7 @@ def test_float32_kernel_equals_neural_tangents_to_float32_rounding():
     ours = full_kernel.structured_full_ntk(model, t1, m1, trace_axes=(), block_size=3)
     ref = np.asarray(kernel.empirical_ntk(model, t1, m1, subset="full", trace_axes=()), np.float64)
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
-    np.testing.assert_allclose(ours, ours.transpose(1, 0, 3, 2), rtol=1e-6)  # one set: symmetric
+    np.testing.assert_allclose(ours, ours.transpose(1, 0, 3, 2), rtol=1e-5, atol=1e-6 * np.abs(ours).max())  # symmetric
 
 
 def test_a_kernel_too_large_for_memory_is_refused_with_the_block_size_that_fits():
@@ -115,6 +116,33 @@ def test_a_kernel_too_large_for_memory_is_refused_with_the_block_size_that_fits(
     assert full_kernel.estimate_bytes(model, 5, 5, 7, 4) > full_kernel.estimate_bytes(model, 5, 5, 7, 2)
     assert full_kernel.estimate_bytes(model, 5, 5, 7, 2, per_parameter=True) > full_kernel.estimate_bytes(
         model, 5, 5, 7, 2)
+
+
+def test_every_kernel_entry_point_refuses_what_does_not_fit():
+    model = _model(dtype=jnp.float32)
+    t1, m1, _, _ = _inputs()
+    whole = kernel.jacobian_bytes(model, "full", 5, 5, 7)
+    weights = sum(v.size for v in jax.tree.leaves(nnx.state(model, kernel.subset_filter("full"))))
+    assert whole == (5 + 5) * 3 * weights * 4 + 5 * 5 * 9 * 8  # two Jacobians of float32, the float64 kernel
+    with pytest.raises(memory.MemoryEstimateError, match="neural-tangents' kernel of 5 × 5 examples needs about "
+                                                         ".*use block_size=4"):
+        kernel.empirical_ntk(model, t1, m1, subset="full", memory_limit=whole - 1)
+    blocked = kernel.empirical_ntk(model, t1, m1, subset="full", block_size=4, memory_limit=whole - 1)
+    np.testing.assert_allclose(blocked, kernel.empirical_ntk(model, t1, m1, subset="full"), rtol=1e-5)
+    with pytest.raises(memory.MemoryEstimateError, match="structured LoRA kernel of 5 × 5 examples in blocks of 5 "
+                                                         "needs about .* use fewer examples"):
+        kernel.structured_lora_ntk(model, t1, m1, block_size=5, memory_limit=1)
+
+
+def test_the_lora_kernel_takes_the_faster_path_that_fits_and_says_which(monkeypatch):
+    model = _model(dtype=jnp.float32)
+    t1, m1, t2, m2 = _inputs()
+    nt, path = kernel.lora_ntk(model, t1, m1, t2, m2, trace_axes=())
+    assert path == "neural-tangents implementation 1"
+    monkeypatch.setattr(kernel, "jacobian_bytes", lambda *_: 2**50)  # Jacobians larger than any memory
+    structured, path = kernel.lora_ntk(model, t1, m1, t2, m2, trace_axes=())
+    assert path == "structured"
+    np.testing.assert_allclose(structured, nt, rtol=1e-4, atol=1e-6 * float(jnp.abs(nt).max()))
 
 
 def test_what_no_structured_term_covers_is_refused():

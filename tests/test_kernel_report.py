@@ -13,6 +13,11 @@ from lorasec.pipelines.run import train_run
 pytestmark = pytest.mark.slow  # more than ~20 s, or the network
 
 
+def _flat(k4):
+    n, c = k4.shape[0], k4.shape[-1]
+    return k4.transpose(0, 2, 1, 3).reshape(n * c, n * c)
+
+
 def test_ntk_from_run_directory_and_from_config(tmp_path, capsys):
     cfg = tiny_run(adapter=AdapterConfig(method="full", rank=2, alpha=2), train=TrainConfig(steps=4, batch_size=16))
     run = tmp_path / "run"
@@ -25,6 +30,27 @@ def test_ntk_from_run_directory_and_from_config(tmp_path, capsys):
         assert summary[name]["kernel"]["trace"] > 0 and -1 <= summary[name]["centred_alignment"] <= 1
         assert summary[name]["fisher"]["rank"] <= 8  # N(C − 1) for C = 2
     assert summary["lora"]["parameters"] < summary["full"]["parameters"]
+    assert summary["kernel_paths"] == {"full": "structured", "lora": "structured"}
+    # Per adapted layer, the parts: K_FF^(l) (its frozen weight) and K_LoRA^(l), which sum to the kernels.
+    assert set(summary["per_layer"]) == set(summary["adapted_layers"])
+    np.testing.assert_allclose(sum(arrays[f"lora/{name}"] for name in summary["adapted_layers"]), arrays["lora"],
+                               rtol=1e-6)
+    full_parts = [key for key in arrays.files if key.startswith("full/")]
+    np.testing.assert_allclose(sum(arrays[key] for key in full_parts), arrays["full"], rtol=1e-6)
+    for name, layer in summary["per_layer"].items():
+        gap = np.linalg.eigvalsh(_flat(arrays[f"lora/{name}"] - arrays[f"full/{name}.base.kernel"])).max()
+        assert layer["lora_below_ff"] == (gap <= 1e-6 * np.linalg.eigvalsh(
+            _flat(arrays[f"full/{name}.base.kernel"])).max())
+        # An identity at B = 0 (Lemma 3.1): K_LoRA^(l) ⪯ s²λ_max(AᵀA)·K_FF^(l), so the measured order is at most it.
+        assert 0 < layer["relative_order"] <= layer["bound_from_factors"] * (1 + 1e-4)
+    sweep = summary["variance_sweep"]
+    for name, critical in sweep["critical_init_scale"].items():
+        assert critical >= sweep["critical_init_scale_from_factors"][name] * (1 - 1e-4)
+        assert (critical >= sweep["init_scale"]) == summary["per_layer"][name]["lora_below_ff"]
+    assert abs(sum(summary["parameter_groups"].values()) - 1) < 1e-9
+    for trigger in ("badnets", "insent"):
+        ttr = summary["ttr"][trigger]
+        assert ttr["pairs"] == 8 and ttr["full"] > 0 and ttr["lora"] > 0
     assert (run / "ntk" / "spectrum.png").stat().st_size > 5_000
     np.testing.assert_allclose(arrays["full"], np.transpose(arrays["full"], (1, 0, 3, 2)), rtol=1e-4, atol=1e-6)
 

@@ -334,6 +334,18 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, monk
     assert "is a file" in capsys.readouterr().err
 
 
+def test_a_kernel_larger_than_memory_is_a_one_line_error_naming_the_flag(tmp_path, capsys, monkeypatch):
+    from lorasec.core import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2**20)  # 1 MB: no kernel fits
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps(config.to_dict(tiny_run())))
+    assert cli.main(["ntk", str(cfg), "--n", "8", "--out", str(tmp_path / "k"), "--block-size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs about" in err and "use fewer examples" in err
+    assert not (tmp_path / "k").exists()
+
+
 def test_a_full_disk_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     import errno
     import os as os_module

@@ -7,3 +7,7 @@ class ConfigError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class MemoryEstimateError(MemoryError):
+    """A computation's estimated peak exceeds the memory available; the message says what to change."""

@@ -11,13 +11,11 @@ import os
 
 import jax
 
+from lorasec.core.errors import MemoryEstimateError
+
 # What a computation may take of the memory available when it starts: the rest is the interpreter, the compiled
 # programs and the caller's own arrays.
 USABLE_FRACTION = 0.8
-
-
-class MemoryEstimateError(MemoryError):
-    """A computation's estimated peak exceeds the memory available; the message says what to change."""
 
 
 def available_bytes() -> int:
@@ -38,14 +36,19 @@ def available_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def usable(limit: int | None = None) -> int:
+    """``limit`` bytes when given, else the part a computation may take of what is available now."""
+    return int(USABLE_FRACTION * available_bytes()) if limit is None else int(limit)
+
+
 def gigabytes(n: float) -> str:
     return f"{n / 2**30:.2f} GB"
 
 
 def check(estimate: int, what: str, advice: str, limit: int | None = None) -> None:
-    """Refuse (:class:`MemoryEstimateError`) when ``estimate`` bytes exceed ``limit`` (default: the usable part of
-    :func:`available_bytes`); ``advice`` says what to change."""
-    limit = int(USABLE_FRACTION * available_bytes()) if limit is None else int(limit)
+    """Refuse (:class:`lorasec.core.errors.MemoryEstimateError`) when ``estimate`` bytes exceed ``limit``
+    (default: :func:`usable`); ``advice`` says what to change."""
+    limit = usable(limit)
     if estimate > limit:
         raise MemoryEstimateError(f"{what} needs about {gigabytes(estimate)}, more than the {gigabytes(limit)} "
                                   f"available; {advice}")

@@ -45,13 +45,19 @@ def parameter_modules(model: nnx.Module) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _check_adapters(model: nnx.Module) -> None:
+def unsupported(model: nnx.Module) -> str:
+    """Why :func:`structured_full_ntk` cannot take this model (empty when it can)."""
     layers = lora.lora_layers(model)
     if any(layer.merged for layer in layers.values()):
-        raise ValueError("structured_full_ntk needs unmerged adapters (the base weights are the parameters); "
-                         "call lora.unmerge(model) first")
+        return ("structured_full_ntk needs unmerged adapters (the base weights are the parameters); "
+                "call lora.unmerge(model) first")
     if any(layer.dora for layer in layers.values()):
-        raise ValueError("structured_full_ntk covers plain LoRA probes; use kernel.empirical_ntk for DoRA adapters")
+        return "structured_full_ntk covers plain LoRA probes; use kernel.empirical_ntk for DoRA adapters"
+    try:
+        parameter_modules(model)
+    except ValueError as err:
+        return str(err)
+    return ""
 
 
 @functools.partial(jax.jit, static_argnums=4)
@@ -91,10 +97,8 @@ def _temporary_bytes(modules, diagonal):
         pairs = c if diagonal else c * c
         gram = block * block * t * t * (1 + pairs)
         if isinstance(module, Dense):
-            p = x.shape[-1]
-            gram_cost = block * block * t * t * (p + pairs * q)
-            block_cost = 2 * block * c * t * p * q + block * block * pairs * p * q
-            elements = gram if gram_cost <= block_cost else 2 * block * c * p * q
+            ordered_by_gram = contractions.gram_order(block, block, t, t, x.shape[-1], q, c, diagonal)
+            elements = gram if ordered_by_gram else 2 * block * c * x.shape[-1] * q
         elif isinstance(module, Embed):
             elements = gram
         else:
@@ -120,7 +124,9 @@ def structured_full_ntk(model: nnx.Module, tokens1, mask1, tokens2=None, mask2=N
     that fits in memory; one that does not is refused). With ``per_parameter``, also ``{parameter path: its
     kernel}`` (they sum to K_FF)."""
     diagonal = blocks.diagonal_only(trace_axes)
-    _check_adapters(model)
+    reason = unsupported(model)
+    if reason:
+        raise ValueError(reason)
     owners = parameter_modules(model)
     modules = captured_modules(model)
     n1, length = np.shape(tokens1)
