@@ -182,7 +182,9 @@ def _ntk(args) -> int:
         print(f"per adapted layer: K_LoRA ⪯ K_FF in {order['lora_below_ff']} of {order['layers']}; Theorem 3.6 "
               "holds for " + ", ".join(f"{k} in {v}" for k, v in order["theorem_3_6"].items()))
     for trigger, values in summary.get("ttr", {}).items():
-        print(f"TTR M' ({trigger}, {values['pairs']} pairs): full {values['full']:.4g}  lora {values['lora']:.4g}")
+        print(f"TTR M' ({trigger}, {values['pairs']} pairs): full {values['full']:.4g}  lora {values['lora']:.4g}"
+              f"  (over ‖mean K(x, x)‖: full {values['normalised']['full']:.3f}  lora "
+              f"{values['normalised']['lora']:.3f})")
     print(f"written: {out / 'kernels.npz'}, {out / 'summary.json'}, {out / 'spectrum.png'}")
     return 0
 

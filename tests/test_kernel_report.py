@@ -35,8 +35,9 @@ def test_ntk_from_run_directory_and_from_config(tmp_path, capsys):
     assert set(summary["per_layer"]) == set(summary["adapted_layers"])
     np.testing.assert_allclose(sum(arrays[f"lora/{name}"] for name in summary["adapted_layers"]), arrays["lora"],
                                rtol=1e-6)
-    full_parts = [key for key in arrays.files if key.startswith("full/")]
-    np.testing.assert_allclose(sum(arrays[key] for key in full_parts), arrays["full"], rtol=1e-6)
+    groups = [key for key in arrays.files if key.startswith("full_group/")]
+    assert len(groups) == 5
+    np.testing.assert_allclose(sum(arrays[key] for key in groups), arrays["full"], rtol=1e-6)
     for name, layer in summary["per_layer"].items():
         gap = np.linalg.eigvalsh(_flat(arrays[f"lora/{name}"] - arrays[f"full/{name}.base.kernel"])).max()
         assert layer["lora_below_ff"] == (gap <= 1e-6 * np.linalg.eigvalsh(
@@ -51,6 +52,8 @@ def test_ntk_from_run_directory_and_from_config(tmp_path, capsys):
     for trigger in ("badnets", "insent"):
         ttr = summary["ttr"][trigger]
         assert ttr["pairs"] == 8 and ttr["full"] > 0 and ttr["lora"] > 0
+        self_kernel = np.linalg.norm(arrays["lora"][np.arange(8), np.arange(8)].mean(axis=0))
+        assert ttr["normalised"]["lora"] == pytest.approx(ttr["lora"] / self_kernel, rel=1e-6)
     assert (run / "ntk" / "spectrum.png").stat().st_size > 5_000
     np.testing.assert_allclose(arrays["full"], np.transpose(arrays["full"], (1, 0, 3, 2)), rtol=1e-4, atol=1e-6)
 

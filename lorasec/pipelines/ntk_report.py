@@ -4,7 +4,8 @@ For a config, the model is the one that config would start training from (pretra
 directory, the trained model. A full-fine-tuning model gets LoRA adapters (B = 0) from the config's adapter
 section, so both kernels are taken at the same point. Both are structured (every weight for K_FF:
 :mod:`lorasec.diagnostics.full_kernel`), so a real model's full kernel fits in memory. Writes ``kernels.npz`` (the
-(N, N, C, C) kernels and their per-parameter and per-layer parts, labels, logits), ``summary.json`` (spectrum
+(N, N, C, C) kernels; K_FF's parts per adapted weight and per kind of weight, K_LoRA's per adapted layer; labels,
+logits), ``summary.json`` (spectrum
 summaries of the traced kernels and of the true Fisher, kernel-target alignment, per adapted layer the Loewner
 order and Theorem 3.6's inequalities, each kind of weight's share of K_FF's trace, and the TTR metric M' under
 BadNets and InSent triggers) and ``spectrum.png``.
@@ -154,6 +155,15 @@ def ttr_metrics(model: nnx.Module, encoder, texts, *, pairs: int, seed: int, blo
     return out
 
 
+def normalised_ttr(ttr: dict, kernels: dict) -> None:
+    """Add ``M' / ‖mean_i K(x_i, x_i)‖_F`` per kernel (lorasec's, not the paper's): M' grows with the kernel's
+    scale, and K_FF's trace is far larger than K_LoRA's, so the raw values compare scales more than directions."""
+    for values in ttr.values():
+        rows = np.arange(values["pairs"])
+        values["normalised"] = {name: values[name] / float(np.linalg.norm(k[rows, rows].mean(axis=0)))
+                                for name, k in kernels.items()}
+
+
 def kernel_report(cfg: RunConfig, out_dir: str | Path, *, run_dir: str | Path | None = None,
                   num_examples: int = 64, block_size: int = 0, ttr_pairs: int = 32) -> dict:
     """Compute, save and return the side-by-side kernel summary (module docstring)."""
@@ -207,31 +217,41 @@ def kernel_report(cfg: RunConfig, out_dir: str | Path, *, run_dir: str | Path | 
     if ttr_pairs:
         summary["ttr"] = ttr_metrics(model, encoder, subset.texts, pairs=min(ttr_pairs, num_examples),
                                      seed=cfg.seed, block_size=block_size)
+        normalised_ttr(summary["ttr"], kernels)
     out_dir.mkdir(parents=True, exist_ok=True)
+    adapted = {f"{layer}.base.kernel" for layer in lora_parts}
     np.savez(out_dir / "kernels.npz", full=kernels["full"], lora=kernels["lora"], labels=subset.labels,
-             logits=logits, **{f"full/{k}": v for k, v in full_parts.items()},
+             logits=logits, **{f"full/{k}": v for k, v in full_parts.items() if k in adapted},
+             **{f"full_group/{k}": v for k, v in _group_sums(full_parts).items()},
              **{f"lora/{k}": v for k, v in lora_parts.items()})
     files.write_json(out_dir / "summary.json", summary)
     figures.ntk_spectrum_figure(spectra, out_dir / "spectrum.png")
     return summary
 
 
-def _group_traces(parts: dict) -> dict:
-    """The share of K_FF's trace each kind of weight carries (embeddings, attention, feed-forward, LayerNorms,
-    classifier), so a reader sees which weights dominate the full kernel."""
-    def group(path: str) -> str:
-        if "embeddings" in path:
-            return "embeddings"
-        if "norm" in path:
-            return "layer_norms"
-        if ".attention." in path:
-            return "attention"
-        if ".intermediate." in path or ".output." in path:
-            return "feed_forward"
-        return "classifier_and_other"
+def _group(path: str) -> str:
+    """The kind of weight a parameter path names."""
+    if "embeddings" in path:
+        return "embeddings"
+    if "norm" in path:
+        return "layer_norms"
+    if ".attention." in path:
+        return "attention"
+    if ".intermediate." in path or ".output." in path:
+        return "feed_forward"
+    return "classifier_and_other"
 
-    traces: dict[str, float] = {}
+
+def _group_sums(parts: dict) -> dict[str, np.ndarray]:
+    """K_FF split by kind of weight (embeddings, attention, feed-forward, LayerNorms, classifier); they sum to it."""
+    sums: dict[str, np.ndarray] = {}
     for path, k4 in parts.items():
-        traces[group(path)] = traces.get(group(path), 0.0) + float(np.einsum("iicc->", k4))
+        sums[_group(path)] = sums.get(_group(path), 0.0) + k4
+    return dict(sorted(sums.items()))
+
+
+def _group_traces(parts: dict) -> dict:
+    """The share of K_FF's trace each kind of weight carries, so a reader sees which weights dominate it."""
+    traces = {name: float(np.einsum("iicc->", k4)) for name, k4 in _group_sums(parts).items()}
     total = sum(traces.values())
-    return {name: value / total for name, value in sorted(traces.items())} if total > 0 else traces
+    return {name: value / total for name, value in traces.items()} if total > 0 else traces
