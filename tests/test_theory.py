@@ -98,3 +98,25 @@ def test_lora_kernel_fluctuation_scales_as_inverse_sqrt_rank():
     (check,) = corollary_3_5.fluctuation()
     assert check.verdict == "holds"
     assert corollary_3_5.relative_spread(16, 2) > 1.5 * corollary_3_5.relative_spread(16, 8)
+
+
+@pytest.mark.slow
+def test_minilm_kernel_claims_are_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    """Lemma 3.1 and Theorem 3.6 on MiniLM's 12 adapted layers: a measured λ* per layer (the first run computes the
+    real kernels, later runs read the cache), never above Lemma 3.1's bound from the factors (an identity)."""
+    from lorasec.pipelines import run as run_module
+
+    module = verify.load_module("minilm_kernels")
+    monkeypatch.setattr(module, "_cache_path", lambda examples: tmp_path / f"n{examples}.json")
+    result = module.measure(examples=12)
+    assert (tmp_path / "n12.json").is_file() and len(result["layers"]) == 12
+    monkeypatch.setattr(run_module, "prepare_data", lambda *_: pytest.fail("computed again"))
+    assert module.measure(examples=12) == result
+    checks = module.loewner_order_on_minilm(result)
+    identity = next(c for c in checks if c.kind == "identity")
+    assert identity.verdict == "consistent"
+    at = {c.setting.split(",")[0]: c for c in checks if c.kind == "claim"}
+    assert at["c=0.0001 s=1"].verdict == "holds" and at["c=0.0001 s=1"].measured == "12/12 layers"
+    assert at["c=2 s=2"].verdict == "no claim"
+    for c in module.entropy_order_on_minilm(result):
+        assert c.verdict in ("holds", "violated", "no claim") and c.measured.endswith("/12 layers")
