@@ -64,8 +64,8 @@ def measure(path: str, n: int, seq_len: int, out: str) -> None:
             estimate = kernel.jacobian_bytes(model, subset, n, n, seq_len)
             block = 0
             if estimate > memory.usable():
-                block = next((b for b in blocks.BLOCK_SIZES if b < n
-                              and kernel.jacobian_bytes(model, subset, b, b, seq_len) <= memory.usable()), 0)
+                block = next((b for b in blocks.candidate_blocks(n)[1:]
+                              if kernel.jacobian_bytes(model, subset, b, b, seq_len) <= memory.usable()), 0)
                 note = f"in blocks of {block}"
             k = kernel.empirical_ntk(model, tokens, mask, subset=subset, trace_axes=(),
                                      implementation=implementation, block_size=block)

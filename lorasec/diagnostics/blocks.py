@@ -11,6 +11,7 @@ Lengths are rounded up to a multiple of :data:`LENGTH_STEP` so that few shapes a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -21,9 +22,11 @@ from flax import nnx
 from lorasec.core import memory
 from lorasec.diagnostics.signals import module_signals
 
-# Tried in this order when the block size is chosen automatically. Larger blocks are not faster: on MiniLM at
-# N = 128 blocks of 16, 32 and 64 took 49, 55 and 56 s (fewer signal passes, but longer cut lengths).
-BLOCK_SIZES = (32, 16, 8, 4, 2, 1)
+# Chosen automatically, a block is the largest (all N examples, then powers of two below N) whose estimate stays
+# under PREFERRED_BYTES, else the largest that fits at all. Larger blocks stop paying beyond that: on MiniLM at
+# N = 128, blocks of 16, 32 and 64 (2.0, 3.3, 6.2 GB estimated) took 49, 55 and 56 s; a small model's whole N in
+# one block avoids the per-block passes.
+PREFERRED_BYTES = 4 * 2**30
 LENGTH_STEP = 16
 # The peak beyond what the process held before, measured on MiniLM (blocks of 16–64, 64 tokens): about four
 # blocks' signals (two blocks', the signal pass's residuals, the terms' inputs), the largest term's temporaries,
@@ -44,10 +47,20 @@ def diagonal_only(trace_axes) -> bool:
 
 
 def signal_shapes(model: nnx.Module, block: int, length: int, names=None) -> dict:
-    """The shapes :func:`lorasec.diagnostics.signals.module_signals` returns for one block (nothing computed)."""
+    """The shapes :func:`lorasec.diagnostics.signals.module_signals` returns for one block (nothing computed;
+    remembered per model structure)."""
+    graphdef, state = nnx.split(model)
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), state)
+    leaves, treedef = jax.tree.flatten(abstract)
+    return _signal_shapes(graphdef, treedef, tuple(leaves), block, length, names)
+
+
+@functools.lru_cache(maxsize=64)
+def _signal_shapes(graphdef, treedef, leaves, block, length, names):
     tokens = jax.ShapeDtypeStruct((block, length), jnp.int32)
     mask = jax.ShapeDtypeStruct((block, length), jnp.bool_)
-    return jax.eval_shape(lambda t, m: module_signals(model, t, m, names), tokens, mask)
+    state = jax.tree.unflatten(treedef, leaves)
+    return jax.eval_shape(lambda s, t, m: module_signals(nnx.merge(graphdef, s), t, m, names), state, tokens, mask)
 
 
 def estimate_bytes(model: nnx.Module, n1: int, n2: int, length: int, block: int, *, names=None,
@@ -65,16 +78,27 @@ def estimate_bytes(model: nnx.Module, n1: int, n2: int, length: int, block: int,
     return SIGNAL_COPIES * signal_bytes + largest + output_bytes + WEIGHT_COPIES * weights + OVERHEAD_BYTES
 
 
+def candidate_blocks(n: int) -> list[int]:
+    """All ``n`` examples, then the powers of two below ``n``, largest first."""
+    return [n] + [2**k for k in range(max(n - 1, 1).bit_length() - 1, -1, -1) if 2**k < n]
+
+
 def block_size_for(estimate: Callable[[int], int], n: int, what: str, block_size: int | None = None,
                    limit: int | None = None) -> int:
     """``block_size`` if ``estimate(block_size)`` fits in ``limit`` (default: the usable memory), else a refusal
-    naming the largest that fits; with ``block_size=None`` that largest of :data:`BLOCK_SIZES` (at most ``n``)."""
+    naming the largest that fits; with ``block_size=None`` the largest of :func:`candidate_blocks` under
+    :data:`PREFERRED_BYTES`, else the largest that fits."""
     limit = memory.usable(limit)
     if block_size is not None and block_size < 1:
         raise ValueError(f"block_size = {block_size}: must be a positive number of examples (or None to choose)")
     if block_size is not None and estimate(block_size) <= limit:
         return block_size
-    fitting = next((b for b in BLOCK_SIZES if (b <= n or b == 1) and estimate(b) <= limit), None)
+    candidates = candidate_blocks(n)
+    if block_size is None:
+        preferred = next((b for b in candidates if estimate(b) <= min(limit, PREFERRED_BYTES)), None)
+        if preferred is not None:
+            return preferred
+    fitting = next((b for b in candidates if estimate(b) <= limit), None)
     if block_size is None and fitting is not None:
         return fitting
     advice = (f"use block_size={fitting} (or None to choose it)" if fitting is not None else

@@ -112,9 +112,8 @@ def empirical_ntk(model: nnx.Module, tokens1, mask1, tokens2=None, mask2=None, *
     if block_size:
         advice = "use a smaller block_size"
     else:
-        fits = next((b for b in blocks.BLOCK_SIZES if b < max(n1, n2)
-                     and jacobian_bytes(model, subset, b, b, x1.shape[-1]) <= memory.usable(memory_limit)),
-                    None)
+        fits = next((b for b in blocks.candidate_blocks(max(n1, n2))[1:]
+                     if jacobian_bytes(model, subset, b, b, x1.shape[-1]) <= memory.usable(memory_limit)), None)
         advice = f"use block_size={fits}" if fits else "use fewer examples"
     memory.check(estimate, f"neural-tangents' kernel of {n1} × {n2} examples"
                  + (f" in blocks of {block_size}" if block_size else ""), advice, memory_limit)
