@@ -40,7 +40,8 @@ def _inputs():
     return t1, m1, t2, jnp.ones((3, 7), bool)
 
 
-@pytest.mark.parametrize("kind,pooling,types", [("transformer", "cls", 2), ("transformer", "mean", 0),
+@pytest.mark.parametrize("kind,pooling,types", [pytest.param("transformer", "cls", 2, marks=pytest.mark.slow),
+                                                pytest.param("transformer", "mean", 0, marks=pytest.mark.slow),
                                                 ("mlp", "mean", 0)])
 def test_structured_full_ntk_matches_neural_tangents_in_x64(kind, pooling, types, x64):
     model = _model(kind, pooling, types)
@@ -75,6 +76,7 @@ def test_per_parameter_kernels_sum_to_the_kernel_and_each_is_that_parameters_own
         assert np.abs(ref).max() > 0, path
 
 
+@pytest.mark.slow  # 15-35 s: the transformer's fast check is the per-parameter one
 def test_blocks_cut_to_their_longest_example_change_no_entry(x64):
     """Examples are blocked in order of length and each block is cut after its last real token: exact."""
     model = _model(positions=40)
@@ -90,6 +92,7 @@ def test_blocks_cut_to_their_longest_example_change_no_entry(x64):
                                    ref_lora, rtol=1e-10, atol=1e-12 * np.abs(ref_lora).max())
 
 
+@pytest.mark.slow  # 15-35 s: the transformer's fast check is the per-parameter one
 def test_float32_kernel_equals_neural_tangents_to_float32_rounding():
     model = _model(dtype=jnp.float32)
     t1, m1, _, _ = _inputs()
@@ -118,6 +121,7 @@ def test_a_kernel_too_large_for_memory_is_refused_with_the_block_size_that_fits(
         model, 5, 5, 7, 2)
 
 
+@pytest.mark.slow  # 15-35 s: the transformer's fast check is the per-parameter one
 def test_every_kernel_entry_point_refuses_what_does_not_fit():
     model = _model(dtype=jnp.float32)
     t1, m1, _, _ = _inputs()
