@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     ntk.add_argument("--out", help="output directory (default: <run dir>/ntk or runs/ntk-<config name>)")
     ntk.add_argument("--n", type=int, default=64, help="test examples in the kernel (default 64)")
     ntk.add_argument("--block-size", type=int, default=0,
-                     help="examples per block of the kernels (default 0: the largest that fits in memory)")
+                     help="examples per block of the kernels (default 0: chosen to fit in memory)")
     ntk.add_argument("--ttr-pairs", type=int, default=32,
                      help="clean/triggered test pairs for the TTR metric M' per trigger (default 32; 0: skip)")
 

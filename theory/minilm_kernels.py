@@ -49,16 +49,18 @@ def measure(examples: int = EXAMPLES) -> dict:
                              "model.pretrained=minilm-l6", "model.pooling=mean", "adapter.rank=8",
                              "adapter.alpha=16", 'adapter.targets=["query", "value"]'])
     _, test, encoder = prepare_data(cfg)
-    model = ntk_report._with_probe_adapters(build_model(cfg), cfg)
+    model = ntk_report.with_probe_adapters(build_model(cfg), cfg)
     tokens, mask = encoder.encode(test.texts[:examples])
     _, full_parts = full_kernel.structured_full_ntk(model, tokens, mask, trace_axes=(), per_parameter=True)
     _, lora_parts = kernel.structured_lora_ntk(model, tokens, mask, trace_axes=(), per_layer=True)
     layers = ntk_report.per_layer_comparison(full_parts, lora_parts, ntk_report.factor_bounds(model))
-    result = {"examples": examples, "init_scale": cfg.adapter.init_scale, "scale": cfg.adapter.alpha / cfg.adapter.rank,
+    spectrum = ntk_report.traced_spectrum
+    result = {"examples": examples, "init_scale": cfg.adapter.init_scale,
+              "scale": cfg.adapter.alpha / cfg.adapter.rank,
               "layers": {name: {"relative_order": layers[name]["relative_order"],
                                 "bound_from_factors": layers[name]["bound_from_factors"],
-                                "eigenvalues_ff": ntk_report._spectrum(full_parts[f"{name}.base.kernel"]).tolist(),
-                                "eigenvalues_lora": ntk_report._spectrum(lora_parts[name]).tolist()}
+                                "eigenvalues_ff": spectrum(full_parts[f"{name}.base.kernel"]).tolist(),
+                                "eigenvalues_lora": spectrum(lora_parts[name]).tolist()}
                          for name in layers}}
     path.parent.mkdir(parents=True, exist_ok=True)
     files.write_json(path, result)

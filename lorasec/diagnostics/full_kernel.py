@@ -120,9 +120,9 @@ def estimate_bytes(model: nnx.Module, n1: int, n2: int, length: int, block: int,
 
 def structured_full_ntk(model: nnx.Module, tokens1, mask1, tokens2=None, mask2=None, *, trace_axes=(-1,),
                         block_size: int | None = None, per_parameter: bool = False, memory_limit: int | None = None):
-    """K_FF over every parameter (module docstring), in blocks of ``block_size`` examples (``None``: the largest
-    that fits in memory; one that does not is refused). With ``per_parameter``, also ``{parameter path: its
-    kernel}`` (they sum to K_FF)."""
+    """K_FF over every parameter (module docstring), in blocks of ``block_size`` examples (``None``: chosen to fit,
+    :func:`lorasec.diagnostics.blocks.block_size_for`; a block that does not fit is refused). With
+    ``per_parameter``, also ``{parameter path: its kernel}`` (they sum to K_FF)."""
     diagonal = blocks.diagonal_only(trace_axes)
     reason = unsupported(model)
     if reason:

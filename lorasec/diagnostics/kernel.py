@@ -131,8 +131,8 @@ def empirical_ntk(model: nnx.Module, tokens1, mask1, tokens2=None, mask2=None, *
 def structured_lora_ntk(model: nnx.Module, tokens1, mask1, tokens2=None, mask2=None, *, trace_axes=(-1,),
                         block_size: int | None = None, memory_limit: int | None = None, per_layer: bool = False):
     """The LoRA-factor NTK from activations and backward signals (module docstring); equals
-    ``empirical_ntk(..., subset="lora")``. In blocks of ``block_size`` examples (``None``: the largest that fits
-    in memory; one that does not is refused: :mod:`lorasec.diagnostics.blocks`). With ``per_layer``, also
+    ``empirical_ntk(..., subset="lora")``. In blocks of ``block_size`` examples (``None``: chosen to fit; a block
+    that does not fit is refused: :func:`lorasec.diagnostics.blocks.block_size_for`). With ``per_layer``, also
     ``{adapted layer: K_LoRA^(l)}`` as float64 arrays (they sum to the kernel)."""
     layers = lora.lora_layers(model)
     if not layers:
@@ -155,6 +155,7 @@ def structured_lora_ntk(model: nnx.Module, tokens1, mask1, tokens2=None, mask2=N
         lambda b: blocks.estimate_bytes(model, n1, n2, length, b, names=tuple(sorted(layers)), temporary=temporary,
                                         diagonal=diagonal),
         max(n1, n2), f"the structured LoRA kernel of {n1} × {n2} examples", block_size, memory_limit)
+
     def terms(first, second):
         per = _contract(factors, first, second, diagonal)
         return per if per_layer else {"lora": sum(per.values())}

@@ -3,12 +3,11 @@
 For a config, the model is the one that config would start training from (pretrained or at init); for a run
 directory, the trained model. A full-fine-tuning model gets LoRA adapters (B = 0) from the config's adapter
 section, so both kernels are taken at the same point. Both are structured (every weight for K_FF:
-:mod:`lorasec.diagnostics.full_kernel`), so a real model's full kernel fits in memory. Writes ``kernels.npz`` (the
-(N, N, C, C) kernels; K_FF's parts per adapted weight and per kind of weight, K_LoRA's per adapted layer; labels,
-logits), ``summary.json`` (spectrum
-summaries of the traced kernels and of the true Fisher, kernel-target alignment, per adapted layer the Loewner
-order and Theorem 3.6's inequalities, each kind of weight's share of K_FF's trace, and the TTR metric M' under
-BadNets and InSent triggers) and ``spectrum.png``.
+:mod:`lorasec.diagnostics.full_kernel`), so a real model's full kernel fits in memory. Writes ``kernels.npz``
+(the (N, N, C, C) kernels; K_FF's parts per adapted weight and per kind of weight, K_LoRA's per adapted layer;
+labels, logits), ``summary.json`` (spectrum summaries of the traced kernels and of the true Fisher, kernel-target
+alignment, per adapted layer the Loewner order and Theorem 3.6's inequalities, each kind of weight's share of
+K_FF's trace, and the TTR metric M' under BadNets and InSent triggers) and ``spectrum.png``.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from lorasec.pipelines.diagnose import apply_pt
 from lorasec.pipelines.run import build_model, load_run, prepare_data
 
 
-def _with_probe_adapters(model: nnx.Module, cfg: RunConfig) -> nnx.Module:
+def with_probe_adapters(model: nnx.Module, cfg: RunConfig) -> nnx.Module:
     """A full fine-tuning model gets the config's LoRA adapters (B = 0), from the ``probe_adapters`` key."""
     if cfg.adapter.method == "full":
         lora_cfg = dataclasses.replace(cfg.adapter, method="lora")
@@ -51,7 +50,7 @@ def full_kernel_with_parts(model: nnx.Module, tokens, mask, tokens2=None, mask2=
     return np.asarray(k, np.float64), {}, f"neural-tangents implementation 1 ({reason})"
 
 
-def _spectrum(k4: np.ndarray) -> np.ndarray:
+def traced_spectrum(k4: np.ndarray) -> np.ndarray:
     traced = np.einsum("ijcc->ij", k4) / k4.shape[-1]
     return np.sort(np.linalg.eigvalsh(traced))[::-1]
 
@@ -91,7 +90,7 @@ def per_layer_comparison(full_parts: dict, lora_parts: dict, bounds: dict | None
         k_ff = full_parts[f"{layer}.base.kernel"]
         top = float(np.linalg.eigvalsh(_flat(k_ff)).max())
         gap = float(np.linalg.eigvalsh(_flat(k_lora - k_ff)).max()) / top if top > 0 else float("inf")
-        ff, lo = information.summary(_spectrum(k_ff)), information.summary(_spectrum(k_lora))
+        ff, lo = information.summary(traced_spectrum(k_ff)), information.summary(traced_spectrum(k_lora))
         out[layer] = {"loewner_gap": _finite(gap), "lora_below_ff": bool(gap <= 1e-6),
                       "relative_order": _finite(relative_order(k_ff, k_lora)),
                       "bound_from_factors": _finite(bounds[layer]) if bounds else None,
@@ -181,7 +180,7 @@ def kernel_report(cfg: RunConfig, out_dir: str | Path, *, run_dir: str | Path | 
         model = build_model(cfg, encoder.vocab_size)
     if num_examples < 2 or num_examples > len(test):
         raise ConfigError(f"--n {num_examples}: must lie in [2, {len(test)}] (the test set's size)")
-    model = _with_probe_adapters(model, cfg)
+    model = with_probe_adapters(model, cfg)
     subset = test.subset(np.arange(num_examples))
     tokens, mask = encoder.encode(subset.texts)
     f, params = kernel.model_function(model, "full")
@@ -195,7 +194,7 @@ def kernel_report(cfg: RunConfig, out_dir: str | Path, *, run_dir: str | Path | 
                "kernel_paths": {"full": full_path, "lora": "structured"}}
     spectra = {}
     for name, k4 in kernels.items():
-        spectra[name] = _spectrum(k4)
+        spectra[name] = traced_spectrum(k4)
         traced = np.einsum("ijcc->ij", k4) / k4.shape[-1]
         fisher_spectrum = fisher.fisher_spectrum(k4, logits)
         summary[name] = {
