@@ -86,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     inf.add_argument("--draws", type=int, default=4, help="finite networks per width (default 4)")
     inf.add_argument("--layers", type=int, default=1, help="encoder layers (default 1)")
     inf.add_argument("--n", type=int, default=8, help="random sentences in the kernel (default 8)")
+    inf.add_argument("--length", type=int, default=8, help="tokens per sentence (default 8)")
     inf.add_argument("--parameterization", choices=["ntk", "standard"], default="ntk")
 
     spec = sub.add_parser("spectral", help="spectral diagnostics of a run's updates: strength, ranks, intruders")
@@ -193,7 +194,7 @@ def _infinite(args) -> int:
     from lorasec.pipelines import infinite_report
 
     report = infinite_report.run(args.out, args.widths, draws=args.draws, num_layers=args.layers,
-                                 examples=args.n, parameterization=args.parameterization)
+                                 examples=args.n, length=args.length, parameterization=args.parameterization)
     for width, mean in zip(report["widths"], report["mean"]):
         print(f"width {width:>5d}  relative NTK error {mean:.4f}")
     print(f"fitted slope {report['slope']:.2f} (the law of large numbers predicts -0.50)")

@@ -97,3 +97,14 @@ def test_infinite_command_refuses_bad_arguments(tmp_path, capsys, args, field):
     assert main(["infinite", "--out", str(tmp_path), *args]) == 2
     err = capsys.readouterr().err
     assert f"infinite {field}" in err and "Traceback" not in err
+
+
+def test_infinite_command_refuses_kernels_larger_than_memory(tmp_path, capsys):
+    """N² T² covariances of 2,048 sentences of 512 tokens (8.8 TB): refused in one line before anything starts."""
+    from lorasec.cli import main
+
+    assert infinite.encoder_memory_bytes(1, 64, 2048, 512, 16) > 2**40
+    assert main(["infinite", "--out", str(tmp_path / "inf"), "--n", "2048", "--length", "512"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lower --n, --length or the largest --widths" in err
+    assert not (tmp_path / "inf").exists()

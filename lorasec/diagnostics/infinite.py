@@ -79,6 +79,17 @@ def encoder(num_layers: int, width: int, num_classes: int, *, ff_ratio: int = 4,
     return StaxNetwork(init_fn, apply_fn, jax.jit(kernel_fn, static_argnames="get"))
 
 
+def encoder_memory_bytes(num_layers: int, width: int, examples: int, length: int, vocab: int, *,
+                         num_classes: int = 2, ff_ratio: int = 4) -> int:
+    """A lower bound on the larger working set of :func:`encoder`'s kernels, from shapes: one finite network's
+    Jacobian and its contraction (N · C · P parameters, float32, twice), or the limit's position-pair covariances
+    (N² T² float32 entries, eight arrays live through a layer)."""
+    params = (vocab + length + 1) * width + num_layers * (4 + 2 * ff_ratio) * width * width + (width + 1) * num_classes
+    finite = 2 * examples * num_classes * params * 4
+    analytic = 8 * examples * examples * length * length * 4
+    return max(finite, analytic)
+
+
 def one_hot_tokens(tokens, vocab_size: int):
     """``encoder``'s input: one-hot tokens (N, T) concatenated with one-hot positions, (N, T, vocab + T)."""
     tokens = jnp.asarray(tokens)

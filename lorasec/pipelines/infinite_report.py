@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from lorasec.config import ConfigError
-from lorasec.core import files, keys
+from lorasec.core import files, keys, memory
 from lorasec.diagnostics import infinite
 from lorasec.pipelines import figures
 
@@ -36,6 +36,9 @@ def convergence(widths, *, draws: int = 4, num_layers: int = 1, examples: int = 
     """``{"widths", "errors" (per width, per draw), "mean", "slope", ...}`` for the stax encoder's NTK."""
     widths = [int(w) for w in widths]
     check_arguments(widths, draws, num_layers, examples, length, vocab)
+    memory.check(infinite.encoder_memory_bytes(num_layers, max(widths), examples, length, vocab),
+                 f"the encoder kernels at width {max(widths)}, {examples} examples of {length} tokens",
+                 "lower --n, --length or the largest --widths")
     tokens = jax.random.randint(keys.key(seed, "inputs"), (examples, length), 0, vocab)
     x = infinite.one_hot_tokens(tokens, vocab)
     errors = []
