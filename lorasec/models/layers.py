@@ -28,34 +28,34 @@ def capturing(module: nnx.Module) -> bool:
     return hasattr(module, "__captures__")
 
 
+def recorded(module: nnx.Module, inputs: jax.Array, output: jax.Array) -> jax.Array:
+    """``output``, and under capture ``inputs`` sown and ``output`` exposed to a zero perturbation (whose gradient
+    is the backward signal at it); outside a capture ``output`` alone."""
+    if not capturing(module):
+        return output
+    module.sow(nnx.Intermediate, "inputs", inputs)
+    return module.perturb("outputs", output)
+
+
 class Dense(nnx.Linear):
     """``y = x @ kernel + bias`` (Flax's ``nnx.Linear``), recording its input and output signal under capture."""
 
     def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
-        if not capturing(self):
-            return super().__call__(x)
-        self.sow(nnx.Intermediate, "inputs", x)
-        return self.perturb("outputs", super().__call__(x))
+        return recorded(self, x, super().__call__(x))
 
 
 class Embed(nnx.Embed):
-    """Flax's ``nnx.Embed``, recording its ids and output signal under capture (as :class:`Dense`)."""
+    """Flax's ``nnx.Embed``, recording its ids and output signal under capture."""
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
-        if not capturing(self):
-            return super().__call__(inputs)
-        self.sow(nnx.Intermediate, "inputs", inputs)
-        return self.perturb("outputs", super().__call__(inputs))
+        return recorded(self, inputs, super().__call__(inputs))
 
 
 class LayerNorm(nnx.LayerNorm):
     """Flax's ``nnx.LayerNorm`` over the last axis, recording its input and output signal under capture."""
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if not capturing(self):
-            return super().__call__(x)
-        self.sow(nnx.Intermediate, "inputs", x)
-        return self.perturb("outputs", super().__call__(x))
+        return recorded(self, x, super().__call__(x))
 
 
 def set_compute_dtype(model: nnx.Module, dtype) -> None:
