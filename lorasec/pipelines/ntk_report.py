@@ -37,14 +37,17 @@ def with_probe_adapters(model: nnx.Module, cfg: RunConfig) -> nnx.Module:
     return model
 
 
-def full_kernel_with_parts(model: nnx.Module, tokens, mask, tokens2=None, mask2=None, *, block_size: int = 0):
-    """K_FF (N1, N2, C, C) as float64, its per-parameter parts (empty from neural-tangents) and the path taken: the
-    structured kernel whenever every parameter is in a recording layer, else neural-tangents implementation 1."""
+def full_kernel_with_parts(model: nnx.Module, tokens, mask, tokens2=None, mask2=None, *, block_size: int = 0,
+                           parts: bool = True):
+    """K_FF (N1, N2, C, C) as float64, its per-parameter parts (with ``parts``; empty from neural-tangents) and the
+    path taken: the structured kernel whenever every parameter is in a recording layer, else neural-tangents
+    implementation 1."""
     reason = full_kernel.unsupported(model)
     if not reason:
-        total, parts = full_kernel.structured_full_ntk(model, tokens, mask, tokens2, mask2, trace_axes=(),
-                                                       block_size=block_size or None, per_parameter=True)
-        return total, parts, "structured"
+        result = full_kernel.structured_full_ntk(model, tokens, mask, tokens2, mask2, trace_axes=(),
+                                                 block_size=block_size or None, per_parameter=parts)
+        total, per = result if parts else (result, {})
+        return total, per, "structured"
     k = kernel.empirical_ntk(model, tokens, mask, tokens2, mask2, subset="full", trace_axes=(),
                              block_size=block_size)
     return np.asarray(k, np.float64), {}, f"neural-tangents implementation 1 ({reason})"
@@ -143,7 +146,8 @@ def ttr_metrics(model: nnx.Module, encoder, texts, *, pairs: int, seed: int, blo
     for name, kind in (("badnets", "badnets"), ("insent", "sentence")):
         trigger = poison.triggers_for(AttackConfig(kind=kind))[0]
         tokens_p, mask_p = encoder.encode(list(poison.apply_trigger(clean, trigger, seed=seed, room=room)))
-        full, _, full_path = full_kernel_with_parts(model, tokens, mask, tokens_p, mask_p, block_size=block_size)
+        full, _, full_path = full_kernel_with_parts(model, tokens, mask, tokens_p, mask_p, block_size=block_size,
+                                                    parts=False)
         lora_k, lora_path = kernel.lora_ntk(model, tokens, mask, tokens_p, mask_p, trace_axes=())
         lora_k = np.asarray(lora_k, np.float64)
         rows = np.arange(len(clean))
