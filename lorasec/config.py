@@ -30,6 +30,7 @@ POOLINGS = ("mean", "cls")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 REAL_DATA = {"rotten-tomatoes": 2, "bbc-news": 5, "sms-spam": 2}  # pinned registry sets -> number of classes
 DATA_SOURCES = ("synthetic", "file", *REAL_DATA)
+TRAIN_PARTS = ("train", "held-out")  # a real set's split: its training part, or what it holds out of train and test
 INT_LIMIT = 2**63
 PRETRAINED_MODELS = ("minilm-l6",)  # pinned registry models (lorasec.data.fetch.PINS)
 HF_FILES = ("config.json", "model.safetensors")  # a BERT directory in Hugging Face's layout (weights)
@@ -71,7 +72,9 @@ def _rate(name: str, value: float, *, upper_open: bool = False) -> None:
 class DataConfig:
     """The task. ``synthetic`` draws a topic-classification corpus from ``seed``; ``file`` reads CSV/JSONL;
     ``rotten-tomatoes``, ``bbc-news``, ``sms-spam`` are real sets (:mod:`lorasec.data.datasets`), fetched once or read
-    from ``data_dir``, split by ``seed`` into train / validation / test, with optional caps for CPU runs."""
+    from ``data_dir``, split by ``seed`` into train / validation / test, with optional caps for CPU runs;
+    ``train_part = "held-out"`` trains on the texts that split leaves out of training and test (the validation part
+    and what ``max_train`` cuts): paper 2's proxy set, disjoint from the downstream run's."""
 
     source: str = "synthetic"
     seed: int = 0
@@ -97,9 +100,15 @@ class DataConfig:
     test_fraction: float = 0.2
     max_train: int = 0
     max_test: int = 0
+    train_part: str = "train"
 
     def validate(self, p: str = "data") -> None:
         _one_of(f"{p}.source", self.source, DATA_SOURCES)
+        _one_of(f"{p}.train_part", self.train_part, TRAIN_PARTS)
+        if self.train_part != "train" and self.source not in REAL_DATA:
+            _fail(f"{p}.train_part", self.train_part, f"needs a real set ({', '.join(REAL_DATA)}), whose split "
+                                                       f"has a held-out part; use 'train' with data.source = "
+                                                       f"{self.source!r}")
         _at_least(f"{p}.seed", self.seed, 0)
         _at_least(f"{p}.num_classes", self.num_classes, 2)
         _at_least(f"{p}.seq_len", self.seq_len, 2)
@@ -483,8 +492,9 @@ class BackdoorConfig:
     ``min_asr`` on the proxy test set. Paper 2 inserts the trigger into target-label samples with labels kept
     (``attack.label_consistent = true``); on the synthetic task, whose labels are carried by unambiguous cue words,
     that never teaches the trigger (ASR 0), so the default is dirty-label BadNets (relabelled to the target).
-    On a real set the proxy is that set's training split drawn with ``data_seed`` (``num_train`` unused), which
-    overlaps the downstream training split; the paper's proxy is a disjoint set."""
+    On a real set the proxy is disjoint from the downstream data, as the paper's: the texts the downstream split
+    holds out of its training and test parts (``data.train_part = "held-out"``; ``data_seed`` and ``num_train``
+    apply to the synthetic task only), and the backdoor's ASR is measured on the downstream test set."""
 
     data_seed: int = 1
     num_train: int = 2000
@@ -557,6 +567,9 @@ class PurifyConfig:
             _fail("adapter", "…", "holds the plain LoRA settings shared by the defences (method = 'lora'); "
                                   "choose DoRA, PiSSA and RoRA through `defences` and the [rora] section")
         check_memory(self.data, self.model, self.train)
+        if self.data.train_part != "train":
+            _fail("data.train_part", self.data.train_part, "purify fine-tunes on the downstream training part; "
+                                                           "the backdoor's proxy is chosen for you (leave 'train')")
         if self.backdoor.attack.target_label >= self.data.num_classes:
             _fail("backdoor.attack.target_label", self.backdoor.attack.target_label,
                   f"must be < data.num_classes = {self.data.num_classes}")

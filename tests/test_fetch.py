@@ -101,6 +101,23 @@ def test_real_sets_split_deterministically_and_stratified(name, size, classes):
     capped = datasets.splits(data, 3, max_train=300, max_test=100)
     assert len(capped.train) == 300 and len(capped.test) == 100
     assert set(capped.train.texts) <= set(a.train.texts)
+    assert not set(capped.held_out.texts) & (set(capped.train.texts) | set(a.test.texts))
+
+
+def test_the_held_out_part_is_what_training_and_test_leave():
+    """Paper 2's proxy set must be disjoint from the downstream run's data (``data.train_part = "held-out"``)."""
+    from lorasec.data.textdata import TextDataset
+
+    labels = np.arange(1000) % 3 == 0
+    data = TextDataset(tuple(f"text {i}" for i in range(1000)), labels.astype(np.int32), ("a", "b"))
+    whole = datasets.splits(data, 5, validation=0.1, test=0.2)
+    capped = datasets.splits(data, 5, validation=0.1, test=0.2, max_train=150, max_test=50)
+    assert set(whole.held_out.texts) == set(whole.validation.texts)
+    train, test, held = (set(part.texts) for part in (capped.train, capped.test, capped.held_out))
+    assert not held & train and not held & set(whole.test.texts)
+    assert held == set(whole.validation.texts) | (set(whole.train.texts) - train)
+    assert len(held) == 1000 - len(whole.test) - 150
+    np.testing.assert_allclose(capped.held_out.labels.mean(), labels.mean(), atol=0.02)
 
 
 @pytest.mark.slow
@@ -151,6 +168,10 @@ def test_bad_real_data_configs_name_the_field(tmp_path):
         DataConfig(source="sms-spam", data_dir=str(tmp_path / "missing")).validate()
     with pytest.raises(ConfigError, match=r"^data.test_fraction"):
         DataConfig(source="sms-spam", validation_fraction=0.5, test_fraction=0.6).validate()
+    with pytest.raises(ConfigError, match=r"^data.train_part = 'held-out': needs a real set"):
+        DataConfig(train_part="held-out").validate()
+    with pytest.raises(ConfigError, match=r"^data.train_part = 'validation': must be one of train, held-out"):
+        DataConfig(source="sms-spam", train_part="validation").validate()
 
 
 def test_damaged_entries_are_found_and_fetched_again(tmp_path, fake_pin, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -186,6 +187,7 @@ def test_too_weak_backdoor_is_refused_and_kept(tmp_path):
     (["backdoor.min_asr=1.5"], "backdoor.min_asr"),
     (["seeds=[]"], "seeds"),
     (["data.source='file'", "data.train_file='x.csv'"], "data.train_file"),
+    (["data.source='sms-spam'", "data.train_part='held-out'", "model.pretrained='minilm-l6'"], "data.train_part"),
 ])
 def test_bad_purify_configs_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=rf"^{field}"):
@@ -304,3 +306,15 @@ def test_init_from_starts_from_the_runs_whole_classifier(tmp_path):
     train_run(lora_run, tmp_path / "lora", progress=False)
     with pytest.raises(ConfigError, match="start from a full fine-tuning run"):
         prepare_data(tiny_run(model=ModelConfig(init_from=str(tmp_path / "lora"))))
+
+
+def test_on_a_real_set_the_backdoor_is_planted_through_the_held_out_part():
+    """Paper 2's proxy set is disjoint from the downstream data: on a real set the backdoor trains on what the
+    downstream split holds out (same split seed); the synthetic task redraws its corpus from backdoor.data_seed."""
+    real = load(PurifyConfig, None, ["data.source='rotten-tomatoes'", "data.max_train=2000",
+                                     "model.pretrained='minilm-l6'", "backdoor.data_seed=7"])
+    proxy = purify.backdoor_config(real, "minilm-l6").data
+    assert proxy == dataclasses.replace(real.data, train_part="held-out")
+    synthetic = load(PurifyConfig, None, ["backdoor.data_seed=7", "backdoor.num_train=300"])
+    proxy = purify.backdoor_config(synthetic, "minilm-l6").data
+    assert (proxy.seed, proxy.num_train, proxy.train_part) == (7, 300, "train")

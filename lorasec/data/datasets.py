@@ -3,7 +3,8 @@
 ``rotten-tomatoes``: review snippets, rotten (0) vs fresh (1), plot lines excluded. ``bbc-news``: articles, five
 topics (folder names, sorted). ``sms-spam``: ham (0) vs spam (1). Exact duplicate texts are kept once (the first
 label seen), so no sentence sits in two splits. :func:`splits` shuffles each class with the seed and cuts it into
-test / validation / train in the given fractions (stratified), then caps the train and test sizes if asked.
+test / validation / train in the given fractions (stratified), then caps the train and test sizes if asked;
+``held_out`` is the validation part plus the training texts the cap left out (never a test text).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class Splits:
     train: TextDataset
     validation: TextDataset
     test: TextDataset
+    held_out: TextDataset
 
 
 def _take(data: TextDataset, index: np.ndarray) -> TextDataset:
@@ -109,9 +111,11 @@ def splits(data: TextDataset, seed: int, *, validation: float = 0.1, test: float
         parts["validation"].append(members[n_test:n_test + n_val])
         parts["train"].append(members[n_test + n_val:])
     index = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
+    uncapped = index["train"]
     index["train"] = _cap(index["train"], data.labels, max_train, rng)
     index["test"] = _cap(index["test"], data.labels, max_test, rng)
-    return Splits(*(_take(data, index[k]) for k in ("train", "validation", "test")))
+    index["held_out"] = np.union1d(index["validation"], np.setdiff1d(uncapped, index["train"]))
+    return Splits(*(_take(data, index[k]) for k in ("train", "validation", "test", "held_out")))
 
 
 def card(name: str, data: TextDataset | None = None) -> str:

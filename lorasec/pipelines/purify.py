@@ -27,6 +27,7 @@ from lorasec.config import (
     AttackConfig,
     ConfigError,
     ModelConfig,
+    REAL_DATA,
     PurifyConfig,
     RunConfig,
     load,
@@ -75,7 +76,9 @@ def pretrained_checkpoint(cfg: PurifyConfig, out: Path, progress: bool) -> str:
 
 def backdoor_config(cfg: PurifyConfig, checkpoint: str) -> RunConfig:
     b = cfg.backdoor
-    return RunConfig(seed=0, data=dataclasses.replace(cfg.data, seed=b.data_seed, num_train=b.num_train),
+    proxy = (dataclasses.replace(cfg.data, train_part="held-out") if cfg.data.source in REAL_DATA
+             else dataclasses.replace(cfg.data, seed=b.data_seed, num_train=b.num_train))
+    return RunConfig(seed=0, data=proxy,
                      attack=b.attack, model=dataclasses.replace(cfg.model, pretrained=checkpoint),
                      adapter=AdapterConfig(method="full"), train=b.train).validate()
 

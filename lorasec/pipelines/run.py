@@ -51,7 +51,7 @@ def load_task(cfg: RunConfig) -> tuple[TextDataset, TextDataset]:
     if d.source in REAL_DATA:
         parts = datasets.splits(datasets.load(d.source, d.data_dir), d.seed, validation=d.validation_fraction,
                                 test=d.test_fraction, max_train=d.max_train, max_test=d.max_test)
-        return parts.train, parts.test
+        return (parts.held_out if d.train_part == "held-out" else parts.train), parts.test
     train = read_text_file(d.train_file, d.text_field, d.label_field, field_name="data.train_file")
     test = read_text_file(d.test_file, d.text_field, d.label_field, train.label_names if
                           not all(n.isdigit() for n in train.label_names) else None, field_name="data.test_file")
