@@ -161,6 +161,18 @@ def test_triggers_survive_truncation_on_rotten_tomatoes():
         assert found.all(), f"{(~found).sum()} of {len(texts)} lost the trigger"
 
 
+@pytest.mark.slow
+def test_a_run_on_the_held_out_part_never_sees_the_downstream_texts():
+    from lorasec.pipelines.run import load_task
+
+    downstream = RunConfig(data=DataConfig(source="rotten-tomatoes", max_train=2000, max_test=500)).validate()
+    proxy = RunConfig(data=DataConfig(source="rotten-tomatoes", max_train=2000, max_test=500,
+                                      train_part="held-out")).validate()
+    (train, test), (held, proxy_test) = load_task(downstream), load_task(proxy)
+    assert len(held) == 12752 - 2551 - 2000 and proxy_test.texts == test.texts
+    assert not set(held.texts) & (set(train.texts) | set(test.texts))
+
+
 def test_bad_real_data_configs_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match=r"^data.num_classes = 2: bbc-news has 5 classes"):
         DataConfig(source="bbc-news").validate()
