@@ -55,8 +55,8 @@ def layer_alignment(w_pre: np.ndarray, delta: np.ndarray, x: np.ndarray, c: np.n
     sigma_pre, sigma_delta = _sigma_max(w_pre), _sigma_max(delta)
     norm = (np.linalg.norm(c, axis=-1) * np.linalg.norm(x, axis=-1)).sum(axis=1)
     keep = norm > 0
-    push_pre = np.einsum("ntj,ji,nti->nt", c, w_pre, x)
-    push_delta = np.einsum("ntj,ji,nti->nt", c, delta, x)
+    push_pre = (c * (x @ w_pre.T)).sum(-1)  # c_tᵀ W x_t per example and token, through one matrix product
+    push_delta = (c * (x @ delta.T)).sum(-1)
     a0, a1 = push_pre.sum(1)[keep], push_delta.sum(1)[keep]
     norm, trig = norm[keep], trigger[keep]
     rho_bd = -a0 / (sigma_pre * norm)

@@ -27,25 +27,41 @@ def singular_values(w: np.ndarray) -> np.ndarray:
 
 def spectral_strength(w_pre: np.ndarray, delta: np.ndarray) -> float:
     """``σ_max(W_pre) / σ_max(ΔW)``; infinite for a zero update."""
-    top = singular_values(delta)[0]
-    return float(singular_values(w_pre)[0] / top) if top > 0 else float("inf")
+    return _strength(singular_values(w_pre), singular_values(delta))
 
 
 def stable_rank(w: np.ndarray) -> float:
-    s = singular_values(w)
-    return float((s**2).sum() / s[0] ** 2) if s[0] > 0 else 0.0
+    return _stable_rank(singular_values(w))
 
 
 def effective_rank(w: np.ndarray) -> float:
-    s = singular_values(w)
+    return _effective_rank(singular_values(w))
+
+
+def _strength(s_pre: np.ndarray, s_delta: np.ndarray) -> float:
+    return float(s_pre[0] / s_delta[0]) if s_delta[0] > 0 else float("inf")
+
+
+def _stable_rank(s: np.ndarray) -> float:
+    return float((s**2).sum() / s[0] ** 2) if s[0] > 0 else 0.0
+
+
+def _effective_rank(s: np.ndarray) -> float:
     p = s[s > 0] / s.sum()
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
+def _svd(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    u, s, _ = np.linalg.svd(np.asarray(w, np.float64), full_matrices=False)
+    return u, s
+
+
 def intruder_dimensions(w_pre: np.ndarray, w_tuned: np.ndarray, *, k: int = 10, epsilon: float = 0.5) -> dict:
     """Intruder dimensions of ``w_tuned`` relative to ``w_pre`` (both (out, in)); see the module docstring."""
-    u_pre, _, _ = np.linalg.svd(np.asarray(w_pre, np.float64), full_matrices=False)
-    u_tuned, s_tuned, _ = np.linalg.svd(np.asarray(w_tuned, np.float64), full_matrices=False)
+    return _intruders(_svd(w_pre)[0], *_svd(w_tuned), k=k, epsilon=epsilon)
+
+
+def _intruders(u_pre: np.ndarray, u_tuned: np.ndarray, s_tuned: np.ndarray, *, k: int, epsilon: float) -> dict:
     k = min(k, u_tuned.shape[1])
     similarity = np.abs(u_tuned[:, :k].T @ u_pre).max(axis=1)  # best |cos| of each top-k tuned direction
     intruders = np.flatnonzero(similarity < epsilon)
@@ -57,19 +73,20 @@ def intruder_dimensions(w_pre: np.ndarray, w_tuned: np.ndarray, *, k: int = 10, 
 
 def pair_report(kernel_pre: np.ndarray, kernel_tuned: np.ndarray, *, k: int = 10, epsilon: float = 0.5) -> dict:
     """All measures for one matrix given lorasec ``(in, out)`` kernels before and after tuning (strength None
-    for a zero update)."""
+    for a zero update). Three decompositions per matrix (W_pre, W_tuned, ΔW) serve every measure."""
     w_pre, w_tuned = np.asarray(kernel_pre, np.float64).T, np.asarray(kernel_tuned, np.float64).T
     delta = w_tuned - w_pre
+    (u_pre, s_pre), (u_tuned, s_tuned), s_delta = _svd(w_pre), _svd(w_tuned), singular_values(delta)
     return {
         "shape_out_in": list(w_pre.shape),
-        "spectral_strength": _finite(spectral_strength(w_pre, delta)),
-        "sigma_max_pre": float(singular_values(w_pre)[0]),
-        "sigma_max_delta": float(singular_values(delta)[0]),
-        "stable_rank_pre": stable_rank(w_pre), "stable_rank_tuned": stable_rank(w_tuned),
-        "stable_rank_delta": stable_rank(delta),
-        "effective_rank_pre": effective_rank(w_pre), "effective_rank_delta": effective_rank(delta),
-        "intruders": intruder_dimensions(w_pre, w_tuned, k=k, epsilon=epsilon),
-        "singular_values_delta": singular_values(delta)[:32].tolist(),
+        "spectral_strength": _finite(_strength(s_pre, s_delta)),
+        "sigma_max_pre": float(s_pre[0]),
+        "sigma_max_delta": float(s_delta[0]),
+        "stable_rank_pre": _stable_rank(s_pre), "stable_rank_tuned": _stable_rank(s_tuned),
+        "stable_rank_delta": _stable_rank(s_delta),
+        "effective_rank_pre": _effective_rank(s_pre), "effective_rank_delta": _effective_rank(s_delta),
+        "intruders": _intruders(u_pre, u_tuned, s_tuned, k=k, epsilon=epsilon),
+        "singular_values_delta": s_delta[:32].tolist(),
     }
 
 
