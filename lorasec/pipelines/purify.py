@@ -23,11 +23,11 @@ import numpy as np
 
 from lorasec.adapters import rora
 from lorasec.config import (
+    REAL_DATA,
     AdapterConfig,
     AttackConfig,
     ConfigError,
     ModelConfig,
-    REAL_DATA,
     PurifyConfig,
     RunConfig,
     load,
