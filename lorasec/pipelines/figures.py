@@ -132,9 +132,16 @@ def purify_table(summary: dict) -> str:
 
 def scale_sweep_figure(curves: dict[str, dict], path: Path, *, marks: dict[str, float] | None = None,
                        title: str = "") -> None:
-    """One panel per metric; ``curves`` maps a label to :func:`sweep` output, ``marks`` names vertical lines."""
+    """One panel per metric; ``curves`` maps a label to :func:`sweep` output, ``marks`` names vertical lines. When
+    a mark lies far past the swept scales the axis turns symmetric-log (linear up to 1), so the curves are not
+    squeezed against zero."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    swept = [s for curve in curves.values() for s in curve["scales"]]
+    far = [v for v in (marks or {}).values() if v is not None and np.isfinite(v) and v > 2 * max(swept, default=0)]
+    if far:
+        for ax in axes:
+            ax.set_xscale("symlog", linthresh=1.0)
     for label, curve in curves.items():
         for ax, key in zip(axes, ("clean_accuracy", "attack_success_rate")):
             ax.plot(curve["scales"], [100 * v for v in curve[key]], marker="o", ms=3, label=label)
