@@ -121,6 +121,49 @@ def test_a_tiny_paper_runs_end_to_end_and_resumes(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_a_kernel_figure_is_measured_once_and_again_when_its_setting_changes(tmp_path, monkeypatch, capsys):
+    directory = tmp_path / "kernels"
+    directory.mkdir()
+    (directory / "base.json").write_text(json.dumps({"data": config.to_dict(TINY_DATA),
+                                                     "model": config.to_dict(TINY_MODEL)}))
+    (directory / "paper.toml").write_text('figures = ["proxies"]\n')
+    figure = """base = "base.json"
+[kernels]
+layer = "encoder.layers.0.attention.value"
+examples = 12
+draws = [0, 1]
+ranks = [2, 8]
+rank_c = 0.5
+variances = [0.01, 1.0]
+variance_rank = 4
+[figure]
+x = "r_or_c"
+y = ["H1"]
+hue = ["source"]
+panel = "sweep"
+[[claims]]
+metric = "H1"
+where = {source = "measured", sweep = "rank"}
+a = {"adapter.rank" = 8}
+b = {"adapter.rank" = 2}
+predict = "H1_closed"
+"""
+    (directory / "proxies.toml").write_text(figure)
+    out = tmp_path / "out"
+    calls = []
+    measure = reproduce.entropy_proxies.measure
+    monkeypatch.setattr(reproduce.entropy_proxies, "measure", lambda *a: calls.append(a) or measure(*a))
+    assert main(["reproduce", str(directory), "--out", str(out), "--no-progress"]) == 0
+    first = json.loads((out / "report" / "summary.json").read_text())
+    assert len(calls) == 1 and (out / "proxies" / "kernels.json").is_file()
+    assert main(["reproduce", str(directory), "--out", str(out), "--no-progress"]) == 0
+    assert len(calls) == 1 and json.loads((out / "report" / "summary.json").read_text()) == first
+    (directory / "proxies.toml").write_text(figure.replace("examples = 12", "examples = 10"))
+    assert main(["reproduce", str(directory), "--out", str(out), "--no-progress"]) == 0
+    assert len(calls) == 2 and calls[1][1].examples == 10
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("extra, message", [
     ('color = "red"', "unknown field 'color'"),
     ('panel = "attack.kind"', "'attack.kind': not a field it varies"),

@@ -34,12 +34,14 @@ model; paper.toml's [base] is its starting point, its one field is ``defence``) 
 
 A comparison pairs the runs of a and b by seed. Its verdict: "agrees" when the 95% t-interval of the mean paired
 difference a − b lies on the paper's side of zero, "disagrees" when it lies on the other side, "inconclusive" when
-it covers zero. Sweeps resume, so an interrupted reproduction picks up where it stopped.
+it covers zero. Sweeps resume and a kernel figure's measurements are kept in ``OUT/<figure>/kernels.json``, so
+an interrupted reproduction picks up where it stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -300,7 +302,11 @@ def _kernel_figure(path: Path, raw: dict, paper_base: dict, quick_base: dict, se
             str(table.get("init", "gaussian")))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{path}: [kernels]: {err}") from None
-    base = _merge(_merge(paper_base, raw.get("base", {})), quick_base)
+    try:
+        own = base_table(raw.get("base", {}), path)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err} (paper.toml's [base] goes under it)") from None
+    base = _merge(_merge(paper_base, own), quick_base)
     try:
         from_dict(RunConfig, base).validate()
     except ConfigError as err:
@@ -431,7 +437,7 @@ def reproduce(paper: Paper, out_dir: str | Path, *, progress: bool = True) -> di
             print(f"lorasec reproduce {paper.name}: {figure.name}", file=sys.stderr)
         entry = {"name": figure.name, "title": figure.title, "caption": figure.caption, "spec": _shown(figure.path)}
         if isinstance(config, KernelFigure):
-            measured = entropy_proxies.measure(from_dict(RunConfig, config.base).validate(), config.setting)
+            measured = _kernel_rows(config, out_dir / figure.name)
             rows = measured + entropy_proxies.shifted_closed_forms(measured, config.setting)
             entry["settings"] = (f"layer {config.setting.layer}, {config.setting.examples} test sentences, draws "
                                  f"{list(config.setting.draws)}, A {config.setting.init}, s = 1 (α = r)")
@@ -452,6 +458,21 @@ def reproduce(paper: Paper, out_dir: str | Path, *, progress: bool = True) -> di
     files.write_json(report_dir / "summary.json", summary)
     files.write_text(report_dir / "report.md", report(summary))
     return summary
+
+
+def _kernel_rows(config: KernelFigure, out: Path) -> list[dict]:
+    """A kernel figure's measured rows, read back from ``out/kernels.json`` when that file holds this very setting
+    (a re-run or resumed reproduction does not measure them again), else measured and written there."""
+    key = json.loads(json.dumps({"base": to_dict(from_dict(RunConfig, config.base)),
+                                 "setting": dataclasses.asdict(config.setting)}))
+    path = out / "kernels.json"
+    if path.is_file():
+        saved = files.read_json(path)
+        if saved.get("key") == key:
+            return saved["rows"]
+    rows = entropy_proxies.measure(from_dict(RunConfig, config.base).validate(), config.setting)
+    files.write_json(path, {"key": key, "rows": rows})
+    return rows
 
 
 def _purify_rows(cfg: PurifyConfig, out: Path, report_dir: Path, name: str, progress: bool) -> tuple[list, dict]:
