@@ -285,3 +285,19 @@ def test_entropy_proxies_of_a_real_layer_and_the_variance_identity():
     assert len(shifted) == 8 and at_reference
     with pytest.raises(ConfigError, match="exactly one linear layer"):
         entropy_proxies.measure(cfg, dataclasses.replace(setting, layer=r"re:.*attention\.(query|value)"))
+
+
+def test_a_figure_turns_log_when_the_papers_marks_lie_decades_away(tmp_path, monkeypatch):
+    """Fig. 1 on MiniLM sweeps rates 0.01-0.1 and marks the paper's 0.001: on a linear axis the marks squeeze the
+    curves; the axis turns log once swept values and marks together span two decades."""
+    from lorasec.pipelines import figures
+
+    scales = []
+    monkeypatch.setattr(figures, "_save_png_pdf", lambda plt, fig, stem: scales.append(
+        [ax.get_xscale() for ax in fig.axes]) or plt.close(fig) or [])
+    rows = [{"attack.poison_rate": rate, "seed": seed, "adapter.method": "lora", "clean_accuracy": 0.8}
+            for rate in (0.01, 0.03, 0.1) for seed in (0, 1)]
+    for marks, scale in (([], "linear"), ([0.0045], "linear"), ([0.001, 0.0045], "log")):
+        figures.figure_grid(rows, "attack.poison_rate", ["clean_accuracy"], ["adapter.method"], None,
+                            tmp_path / "f", title="t", marks=marks)
+        assert scales.pop() == [scale]

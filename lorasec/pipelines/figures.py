@@ -259,9 +259,9 @@ def sweep_plot(rows: list[dict], x: str, y: str, hue: str | None, stem: Path) ->
     return _save_png_pdf(plt, fig, stem)
 
 
-def _mean_bands(ax, groups: dict, xs_seen: list) -> None:
+def _mean_bands(ax, groups: dict, xs_seen: list, marks: list[float] = ()) -> None:
     """One line per group (label -> {x: [values over seeds]}): the mean with its 95% t-interval as a band; a log
-    x-axis when positive numbers span two decades or more."""
+    x-axis when positive numbers, with the ``marks`` to be drawn, span two decades or more."""
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs_seen)
     for label, by_x in sorted(groups.items(), key=lambda kv: _sortable(kv[0])):
         xs = sorted(by_x, key=_sortable)
@@ -274,7 +274,8 @@ def _mean_bands(ax, groups: dict, xs_seen: list) -> None:
         else:  # categories (defences): no line between them
             ax.errorbar(position, means, yerr=half, marker="o", linestyle="none", capsize=3, label=label)
             ax.set_xticks(position, [str(v) for v in xs], rotation=30, fontsize=8)
-    if numeric and all(v > 0 for v in xs_seen) and max(xs_seen) / min(xs_seen) >= 100:
+    span = [*xs_seen, *marks] if numeric else []
+    if span and all(v > 0 for v in span) and max(span) / min(span) >= 100:
         ax.set_xscale("log")
 
 
@@ -303,7 +304,7 @@ def figure_grid(rows: list[dict], x: str, ys: list[str], hue: list[str], panel: 
                 if panel:
                     ax.set_title(f"{_short(panel)} = {value}", fontsize=9)
                 continue
-            _mean_bands(ax, groups, [r[x] for r in chosen])
+            _mean_bands(ax, groups, [r[x] for r in chosen], list(marks))
             for mark in marks:
                 ax.axvline(mark, color="grey", linestyle=":", linewidth=1)
             ax.set_xlabel(_short(x))
