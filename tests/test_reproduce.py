@@ -301,3 +301,19 @@ def test_a_figure_turns_log_when_the_papers_marks_lie_decades_away(tmp_path, mon
         figures.figure_grid(rows, "attack.poison_rate", ["clean_accuracy"], ["adapter.method"], None,
                             tmp_path / "f", title="t", marks=marks)
         assert scales.pop() == [scale]
+
+
+def test_the_legend_goes_on_the_first_panel_that_has_data(tmp_path, monkeypatch):
+    """Label flipping sorts before prefix and has no triggered accuracy: its empty panel once took the legend."""
+    from lorasec.pipelines import figures
+
+    legends = []
+    monkeypatch.setattr(figures, "_save_png_pdf", lambda plt, fig, stem: legends.append(
+        [ax.get_legend() is not None for ax in fig.axes]) or plt.close(fig) or [])
+    rows = [{"attack.kind": kind, "train.lr": lr, "seed": seed, "adapter.method": "full", "clean_accuracy": 0.8,
+             "triggered_accuracy": 0.6 if kind == "prefix" else None}
+            for kind in ("label_flip", "prefix") for lr in (1e-4, 1e-3) for seed in (0, 1)]
+    figures.figure_grid(rows, "train.lr", ["triggered_accuracy", "clean_accuracy"], ["adapter.method"],
+                        "attack.kind", tmp_path / "f", title="t")
+    assert legends == [[False, True, False, False]]
+
