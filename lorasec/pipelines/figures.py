@@ -313,7 +313,7 @@ def figure_grid(rows: list[dict], x: str, ys: list[str], hue: list[str], panel: 
                 ax.set_ylim(-0.03, 1.03)
             if panel:
                 ax.set_title(f"{_short(panel)} = {value}", fontsize=9)
-            if not fig.legends and not any(a.get_legend() for a in fig.axes):  # the first panel with data
+            if not any(a.get_legend() for a in fig.axes):  # the first panel with data
                 ax.legend(fontsize=7)
     seeds = len({r["seed"] for r in rows})
     fig.suptitle(f"{title}\nmean and 95% interval over {seeds} seed{'s' * (seeds > 1)}"

@@ -463,14 +463,14 @@ def reproduce(paper: Paper, out_dir: str | Path, *, progress: bool = True) -> di
 def _kernel_rows(config: KernelFigure, out: Path) -> list[dict]:
     """A kernel figure's measured rows, read back from ``out/kernels.json`` when that file holds this very setting
     (a re-run or resumed reproduction does not measure them again), else measured and written there."""
-    key = json.loads(json.dumps({"base": to_dict(from_dict(RunConfig, config.base)),
-                                 "setting": dataclasses.asdict(config.setting)}))
+    cfg = from_dict(RunConfig, config.base)
+    key = json.loads(json.dumps({"base": to_dict(cfg), "setting": dataclasses.asdict(config.setting)}))
     path = out / "kernels.json"
     if path.is_file():
         saved = files.read_json(path)
         if saved.get("key") == key:
             return saved["rows"]
-    rows = entropy_proxies.measure(from_dict(RunConfig, config.base).validate(), config.setting)
+    rows = entropy_proxies.measure(cfg.validate(), config.setting)
     files.write_json(path, {"key": key, "rows": rows})
     return rows
 
