@@ -51,13 +51,13 @@ def study_figure(summary: dict, path: Path) -> None:
         if cell[a, methods[0]]["attack_success_rate"]["mean"] is None:
             axes[1].text(i, 2, "no trigger", ha="center", fontsize=8, color="gray")
     for ax, title in zip(axes, ("clean accuracy (CACC, %)", "attack success rate (ASR, %)")):
-        ax.set_xticks(range(len(attacks)), attacks)
+        ax.set_xticks(range(len(attacks)), [a.replace("@", "\n@") for a in attacks], fontsize=8)
         ax.set_title(title)
         ax.set_ylim(0, 105)
-        ax.legend()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(methods), fontsize=8)
     fig.suptitle(f"LoRA vs full fine-tuning, {summary.get('task', 'synthetic')} task, mean ± sd over "
                  f"{len(summary['seeds'])} seeds")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))  # the shared legend goes below the panels, off the bars
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
