@@ -84,7 +84,7 @@ class DataConfig:
     vocab_size: int = 400
     cue_words_per_class: int = 12
     cues_per_example: int = 2
-    cue_strength: float = 1.0
+    cue_strength: float = 0.9  # clean accuracy about 90% (study: 89-90%); 1.0 saturates the task at 100%
     distractor_cues: int = 0
     min_len: int = 8
     max_len: int = 24
@@ -533,11 +533,13 @@ class PurifyConfig:
 
     ``model.pretrained`` is the clean pretrained checkpoint (empty: pretrain the synthetic encoder for
     ``pretrain_steps``); ``adapter`` holds the LoRA settings every LoRA-family defence shares; ``train`` the clean
-    fine-tuning, with full fine-tuning at ``full_lr`` (0 = ``train.lr``). LoRA dropout 0.1 as in paper 2."""
+    fine-tuning, with full fine-tuning at ``full_lr`` (0 = ``train.lr``). LoRA dropout 0.1 as in paper 2. Its
+    synthetic task keeps every cue word on topic (``data.cue_strength = 1``): paper 2 asks whether ASR survives clean
+    fine-tuning, and the backdoor is planted and measured there."""
 
     seeds: tuple[int, ...] = (0, 1, 2)
     defences: tuple[str, ...] = ("full", "lora", "dora", "pissa", "rora")
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(cue_strength=1.0))
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain_steps: int = 1500
     backdoor: BackdoorConfig = field(default_factory=BackdoorConfig)

@@ -18,8 +18,9 @@ from lorasec.config import (
     TrainConfig,
 )
 
+# Every cue on topic (cue_strength 1): the tests check mechanics, with thresholds far from chance.
 TINY_DATA = DataConfig(num_train=256, num_test=128, vocab_size=60, cue_words_per_class=4, min_len=6, max_len=10,
-                       seq_len=14)
+                       seq_len=14, cue_strength=1.0)
 TINY_MODEL = ModelConfig(d_model=16, num_layers=1, num_heads=2, d_ff=32, dropout=0.0)
 
 
@@ -48,7 +49,7 @@ def small_pretrained(tmp_path_factory):
     """A masked-LM checkpoint of the default architecture on the default synthetic language (about 20 s)."""
     from lorasec.pipelines.pretrain import pretrain
 
-    cfg = PretrainConfig(data=DataConfig(num_train=4000),
+    cfg = PretrainConfig(data=DataConfig(num_train=4000, cue_strength=1.0),
                          train=TrainConfig(steps=400, batch_size=64, lr=1e-3, schedule="warmup_cosine",
                                            warmup_steps=40, checkpoint_every=400)).validate()
     return pretrain(cfg, tmp_path_factory.mktemp("pretrained"), progress=False)

@@ -1,4 +1,4 @@
-"""The engine's acceptance check on the synthetic task, from a masked-LM pretrained encoder:
+"""The engine's acceptance check on the synthetic task with every cue on topic, from a masked-LM pretrained encoder:
 LoRA and full fine-tuning both exceed 90% clean accuracy, and a 5% dirty-label BadNets backdoor exceeds 90% ASR
 under full fine-tuning."""
 
@@ -7,6 +7,7 @@ import pytest
 from lorasec.config import (
     AdapterConfig,
     AttackConfig,
+    DataConfig,
     ModelConfig,
     RunConfig,
     TrainConfig,
@@ -17,8 +18,10 @@ pytestmark = pytest.mark.slow  # more than ~20 s, or the network
 
 
 def _cfg(checkpoint, method, attack=AttackConfig()):
-    return RunConfig(model=ModelConfig(pretrained=str(checkpoint)), adapter=AdapterConfig(method=method),
-                     attack=attack, train=TrainConfig(steps=500, lr=1e-3)).validate()
+    """Every cue on topic (cue_strength 1): the default task's ceiling is about 90%, these check training works."""
+    return RunConfig(data=DataConfig(cue_strength=1.0), model=ModelConfig(pretrained=str(checkpoint)),
+                     adapter=AdapterConfig(method=method), attack=attack,
+                     train=TrainConfig(steps=500, lr=1e-3)).validate()
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -41,7 +44,7 @@ def test_dirty_label_backdoor_succeeds_under_full_fine_tuning(small_pretrained):
 def test_fine_tuning_on_another_synthetic_language_is_refused(small_pretrained):
     import dataclasses
 
-    from lorasec.config import ConfigError, DataConfig
+    from lorasec.config import ConfigError
 
     cfg = dataclasses.replace(_cfg(small_pretrained, "lora"), data=DataConfig(vocab_size=500))
     with pytest.raises(ConfigError, match="synthetic language differs"):
@@ -55,7 +58,7 @@ def test_csv_task_trains_end_to_end(tmp_path):
     from conftest import tiny_run
 
     from lorasec import config
-    from lorasec.config import ConfigError, DataConfig
+    from lorasec.config import ConfigError
     from lorasec.data import synthetic
 
     train, test = synthetic.train_test(DataConfig(num_train=200, num_test=60))

@@ -25,7 +25,7 @@ from lorasec.data.tokenizer import word_level
 from lorasec.diagnostics.ttr import poisoned_pairs, ttr_metric
 from lorasec.models import Architecture, build_classifier
 
-DATA = DataConfig(num_train=400, num_test=10, seq_len=26)
+DATA = DataConfig(num_train=400, num_test=10, seq_len=26, cue_strength=1.0)  # BadNets pairs on on-topic cues
 MODEL = ModelConfig(d_model=32, num_layers=1, num_heads=2, d_ff=64, dropout=0.0)
 RANKS = (2, 8, 32)
 VARIANCES = (0.1, 1.0 / 3.0, 1.0)
