@@ -534,8 +534,8 @@ class PurifyConfig:
     ``model.pretrained`` is the clean pretrained checkpoint (empty: pretrain the synthetic encoder for
     ``pretrain_steps``); ``adapter`` holds the LoRA settings every LoRA-family defence shares; ``train`` the clean
     fine-tuning, with full fine-tuning at ``full_lr`` (0 = ``train.lr``). LoRA dropout 0.1 as in paper 2. Its
-    synthetic task keeps every cue word on topic (``data.cue_strength = 1``): paper 2 asks whether ASR survives clean
-    fine-tuning, and the backdoor is planted and measured there."""
+    synthetic task keeps every cue word on topic (``data.cue_strength = 1``; a ``[data]`` table that leaves it out
+    gets DataConfig's 0.9): paper 2 asks whether ASR survives clean fine-tuning, and its results were measured there."""
 
     seeds: tuple[int, ...] = (0, 1, 2)
     defences: tuple[str, ...] = ("full", "lora", "dora", "pissa", "rora")
