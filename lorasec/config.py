@@ -68,6 +68,11 @@ def _rate(name: str, value: float, *, upper_open: bool = False) -> None:
         _fail(name, value, "must lie in [0, 1)" if upper_open else "must lie in [0, 1]")
 
 
+# Fields only the synthetic generator reads: they do not decide a run on a real or file data set.
+SYNTHETIC_ONLY = ("num_test", "cue_words_per_class", "cues_per_example", "cue_strength", "distractor_cues", "min_len",
+                  "max_len", "label_noise")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """The task. ``synthetic`` draws a topic-classification corpus from ``seed``; ``file`` reads CSV/JSONL;

@@ -180,6 +180,28 @@ def test_finished_run_is_not_redone_and_other_config_is_refused(tmp_path):
     assert train_run(cfg, tmp_path, progress=False) == first
 
 
+def test_a_synthetic_knob_decides_a_synthetic_run_only(tmp_path):
+    """The synthetic generator's knobs (their defaults may change: cue_strength went 1.0 -> 0.9) do not decide a run
+    on a file or real data set, so its finished run is reused; on the synthetic task they do."""
+    import csv
+
+    from lorasec.data import synthetic
+
+    train, test = synthetic.train_test(config.DataConfig(num_train=64, num_test=32))
+    for name, data in (("train.csv", train), ("test.csv", test)):
+        with (tmp_path / name).open("w", newline="") as handle:
+            csv.writer(handle).writerows([("text", "label"), *zip(data.texts, map(str, data.labels))])
+    steps = TrainConfig(steps=2, batch_size=16)
+    on_file = tiny_run(data=config.DataConfig(source="file", train_file=str(tmp_path / "train.csv"),
+                                              test_file=str(tmp_path / "test.csv"), cue_strength=1.0), train=steps)
+    first = train_run(on_file, tmp_path / "file", progress=False)
+    assert train_run(config.replace(on_file, data={"cue_strength": 0.9}), tmp_path / "file", progress=False) == first
+    synthetic_run = tiny_run(train=steps)
+    train_run(synthetic_run, tmp_path / "synthetic", progress=False)
+    with pytest.raises(ConfigError, match="holds a run with data.cue_strength"):
+        train_run(config.replace(synthetic_run, data={"cue_strength": 0.5}), tmp_path / "synthetic", progress=False)
+
+
 def test_train_on_a_run_directory_uses_it(tmp_path, capsys, monkeypatch):
     from lorasec import cli
 

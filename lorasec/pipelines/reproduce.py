@@ -51,7 +51,7 @@ from typing import Any
 from lorasec.config import ConfigError, PurifyConfig, RunConfig, from_dict, read_file, to_dict
 from lorasec.core import files
 from lorasec.core.stats import mean_sd, paired_difference
-from lorasec.pipelines import entropy_proxies, figures
+from lorasec.pipelines import entropy_proxies, figures, rundir
 from lorasec.pipelines.pretrain import pretrain, pretrain_recipe
 from lorasec.pipelines.purify import run_purify
 from lorasec.pipelines.sweep import METRICS, read_table, run_sweep
@@ -464,11 +464,12 @@ def _kernel_rows(config: KernelFigure, out: Path) -> list[dict]:
     """A kernel figure's measured rows, read back from ``out/kernels.json`` when that file holds this very setting
     (a re-run or resumed reproduction does not measure them again), else measured and written there."""
     cfg = from_dict(RunConfig, config.base)
-    key = json.loads(json.dumps({"base": to_dict(cfg), "setting": dataclasses.asdict(config.setting)}))
+    key = json.loads(json.dumps({"base": rundir.deciding(to_dict(cfg)), "setting": dataclasses.asdict(config.setting)}))
     path = out / "kernels.json"
     if path.is_file():
         saved = files.read_json(path)
-        if saved.get("key") == key:
+        held = saved.get("key") or {}
+        if isinstance(held.get("base"), dict) and {**held, "base": rundir.deciding(held["base"])} == key:
             return saved["rows"]
     rows = entropy_proxies.measure(cfg.validate(), config.setting)
     files.write_json(path, {"key": key, "rows": rows})

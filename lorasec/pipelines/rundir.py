@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from lorasec.config import ConfigError, RunConfig, from_dict, to_dict
+from lorasec.config import SYNTHETIC_ONLY, ConfigError, RunConfig, from_dict, to_dict
 from lorasec.config import load as load_config
 from lorasec.core import files
 from lorasec.data.textdata import TextDataset
@@ -46,6 +46,15 @@ def _first_difference(a, b, prefix=""):
                 return found
         return None
     return None if a == b else (prefix.rstrip("."), a, b)
+
+
+def deciding(resolved: dict) -> dict:
+    """The part of a resolved run config that decides the run: on a real or file data set the synthetic
+    generator's knobs are dropped, so a changed default of one (``cue_strength`` became 0.9) leaves finished
+    real-data runs theirs."""
+    if resolved["data"]["source"] == "synthetic":
+        return resolved
+    return {**resolved, "data": {k: v for k, v in resolved["data"].items() if k not in SYNTHETIC_ONLY}}
 
 
 LOCK = ".lock"
@@ -119,13 +128,13 @@ def claim(cfg: RunConfig, out_dir: Path) -> dict | None:
     config_path = out_dir / "config.json"
     if config_path.is_file():
         # read back through the dataclass, so fields added to lorasec since that run count at their defaults
-        previous = to_dict(from_dict(RunConfig, files.read_json(config_path)))
-        diff = _first_difference(resolved, previous)
+        stored = from_dict(RunConfig, files.read_json(config_path))
+        diff = _first_difference(deciding(resolved), deciding(to_dict(stored)))
         if diff:
             raise ConfigError(f"--out {str(out_dir)!r} holds a run with {diff[0]} = {diff[2]!r} (this config: "
                               f"{diff[1]!r}); choose another --out or remove that directory")
         if (out_dir / "results.json").is_file():
-            return read_results(out_dir, cfg)
+            return read_results(out_dir, stored)
     elif out_dir.exists() and not _is_empty(out_dir):
         raise ConfigError(f"--out {str(out_dir)!r} exists and is not a lorasec run directory; choose another")
     files.write_json(config_path, resolved)

@@ -202,7 +202,8 @@ def _adopt_finished(runs: Path, name: str, cfg: RunConfig) -> None:
         return
     for old in sorted(runs.glob(f"[0-9][0-9][0-9]-{glob.escape(name[4:])}")):
         if old != target and (old / "results.json").is_file() and (old / "config.json").is_file() and \
-                to_dict(from_dict(RunConfig, files.read_json(old / "config.json"))) == to_dict(cfg):
+                rundir.deciding(to_dict(from_dict(RunConfig, files.read_json(old / "config.json")))) == \
+                rundir.deciding(to_dict(cfg)):
             if claimed_only:
                 (target / "config.json").unlink()
                 target.rmdir()
