@@ -289,7 +289,7 @@ def test_entropy_proxies_of_a_real_layer_and_the_variance_identity():
 
 def test_a_figure_turns_log_when_the_papers_marks_lie_decades_away(tmp_path, monkeypatch):
     """Fig. 1 on MiniLM sweeps rates 0.01-0.1 and marks the paper's 0.001: on a linear axis the marks squeeze the
-    curves; the axis turns log once swept values and marks together span two decades."""
+    curves; the axis turns log once swept values and marks together span a decade and a half (ranks 4-256 too)."""
     from lorasec.pipelines import figures
 
     scales = []
@@ -300,6 +300,12 @@ def test_a_figure_turns_log_when_the_papers_marks_lie_decades_away(tmp_path, mon
     for marks, scale in (([], "linear"), ([0.0045], "linear"), ([0.001, 0.0045], "log")):
         figures.figure_grid(rows, "attack.poison_rate", ["clean_accuracy"], ["adapter.method"], None,
                             tmp_path / "f", title="t", marks=marks)
+        assert scales.pop() == [scale]
+    for ranks, scale in (((4, 16, 64), "linear"), ((4, 16, 64, 256), "log")):
+        rows = [{"adapter.rank": r, "seed": seed, "adapter.method": "lora", "clean_accuracy": 0.8}
+                for r in ranks for seed in (0, 1)]
+        figures.figure_grid(rows, "adapter.rank", ["clean_accuracy"], ["adapter.method"], None, tmp_path / "r",
+                            title="t")
         assert scales.pop() == [scale]
 
 

@@ -261,7 +261,7 @@ def sweep_plot(rows: list[dict], x: str, y: str, hue: str | None, stem: Path) ->
 
 def _mean_bands(ax, groups: dict, xs_seen: list, marks: list[float] = ()) -> None:
     """One line per group (label -> {x: [values over seeds]}): the mean with its 95% t-interval as a band; a log
-    x-axis when positive numbers, with the ``marks`` to be drawn, span two decades or more."""
+    x-axis when positive numbers, with the ``marks`` to be drawn, span a decade and a half or more (ranks 4-256)."""
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs_seen)
     for label, by_x in sorted(groups.items(), key=lambda kv: _sortable(kv[0])):
         xs = sorted(by_x, key=_sortable)
@@ -275,7 +275,7 @@ def _mean_bands(ax, groups: dict, xs_seen: list, marks: list[float] = ()) -> Non
             ax.errorbar(position, means, yerr=half, marker="o", linestyle="none", capsize=3, label=label)
             ax.set_xticks(position, [str(v) for v in xs], rotation=30, fontsize=8)
     span = [*xs_seen, *marks] if numeric else []
-    if span and all(v > 0 for v in span) and max(span) / min(span) >= 100:
+    if span and all(v > 0 for v in span) and max(span) / min(span) >= 10 ** 1.5:
         ax.set_xscale("log")
 
 
