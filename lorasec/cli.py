@@ -101,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     purify = sub.add_parser("purify", help="plant a backdoor by full fine-tuning, then fine-tune clean with "
                                            "defences (full, LoRA, DoRA, PiSSA, RoRA) and diagnose them")
     purify.add_argument("config", nargs="?", help="TOML or JSON purify config (defaults when omitted)")
-    purify.add_argument("--defences", help="comma-separated subset, e.g. full,lora,rora (overrides the config)")
+    purify.add_argument("--defences", help="comma-separated, e.g. full,lora,rora or lora,'rora_tr[tr=20,tr_k=8]' "
+                                           "(overrides the config)")
     purify.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     purify.add_argument("--out", help="output directory (default: runs/purify-<config name>)")
     purify.add_argument("--no-progress", action="store_true")
@@ -264,13 +265,26 @@ def _fetch(args) -> int:
     return 0
 
 
+def _defence_list(text: str) -> list[str]:
+    """``full,lora,rora_tr[tr=20,tr_k=8]`` -> its defences: commas inside brackets belong to a grid point."""
+    items, depth, current = [], 0, ""
+    for char in text:
+        depth += (char == "[") - (char == "]")
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    return [item.strip() for item in [*items, current] if item.strip()]
+
+
 def _purify(args) -> int:
     from lorasec import config
     from lorasec.pipelines.purify import run_purify
 
     overrides = list(args.overrides)
     if args.defences:
-        overrides.append("defences=" + json.dumps([d.strip() for d in args.defences.split(",") if d.strip()]))
+        overrides.append("defences=" + json.dumps(_defence_list(args.defences)))
     cfg = config.load(config.PurifyConfig, args.config, overrides)
     name = Path(args.config).stem if args.config else "default"
     out = Path(args.out) if args.out else Path("runs") / f"purify-{name}"

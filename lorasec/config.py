@@ -486,7 +486,51 @@ class StudyConfig:
         return self
 
 
-DEFENCES = ("full", "lora", "dora", "pissa", "rora", "rora_cl", "rora_tr", "rora_pt", "dora_rora")
+DEFENCES = ("full", "lora", "dora", "pissa", "rora", "rora_cl", "rora_tr", "rora_pt", "dora_rora", "rora_cl_tr",
+            "rora_cl_pt", "rora_tr_pt")
+RORA_PARTS = {"cl": ("cl",), "tr": ("tr", "tr_k"), "pt": ("pt_layers",)}  # RoRAConfig fields each part reads
+DEFENCE_RORA = {"rora": ("cl", "tr", "pt"), "dora_rora": ("cl", "tr", "pt"), "rora_cl": ("cl",), "rora_tr": ("tr",),
+                "rora_pt": ("pt",), "rora_cl_tr": ("cl", "tr"), "rora_cl_pt": ("cl", "pt"),
+                "rora_tr_pt": ("tr", "pt")}  # the RoRA parts each defence switches on (Table 4's ablation)
+
+
+def defence_fields(name: str) -> tuple[str, ...]:
+    """The [rora] fields defence ``name`` reads, e.g. ``("tr", "tr_k")`` for ``rora_tr``."""
+    return tuple(f for part in DEFENCE_RORA.get(name, ()) for f in RORA_PARTS[part])
+
+
+def parse_defence(text: str, name: str = "defences") -> tuple[str, dict[str, float | int]]:
+    """``'rora_cl'`` or ``'rora_tr[tr=20, tr_k=8]'``: a defence and the [rora] settings it overrides (a point of
+    RoRA's grids, paper 2's Table 4)."""
+    base, bracket, rest = text.partition("[")
+    base = base.strip()
+    _one_of(name, base, DEFENCES)
+    overrides: dict[str, float | int] = {}
+    if not bracket:
+        return base, overrides
+    fields = defence_fields(base)
+    if not rest.endswith("]") or not rest[:-1].strip():
+        _fail(name, text, "write NAME[field=value, ...], e.g. 'rora_cl[cl=0.3]' or 'rora_tr[tr=20, tr_k=8]'")
+    if not fields:
+        _fail(name, text, f"{base} has no RoRA settings to vary; only the rora* defences take [field=value]")
+    for item in rest[:-1].split(","):
+        key, _, value = (part.strip() for part in item.partition("="))
+        if key not in fields:
+            _fail(name, text, f"{key!r}: {base} reads {', '.join(fields)} of [rora]")
+        if key in overrides:
+            _fail(name, text, f"{key!r} is given twice")
+        try:
+            number = float(value)
+        except ValueError:
+            _fail(name, text, f"{key} = {value!r} must be a number")
+        if not math.isfinite(number):
+            _fail(name, text, f"{key} = {value!r} must be a finite number")
+        if key in ("tr_k", "pt_layers"):
+            if not number.is_integer():
+                _fail(name, text, f"{key} = {value!r} must be an integer")
+            number = int(number)
+        overrides[key] = number
+    return base, overrides
 TRIGGER_ATTACKS = ("badnets", "prefix", "sentence", "multi_trigger")
 
 
@@ -558,8 +602,9 @@ class PurifyConfig:
             _fail("seeds", list(self.seeds), "must list at least one seed, each >= 0")
         if not self.defences:
             _fail("defences", [], "must name at least one of " + ", ".join(DEFENCES))
-        for name in self.defences:
-            _one_of("defences", name, DEFENCES)
+        for text in self.defences:
+            _, overrides = parse_defence(text)
+            dataclasses.replace(self.rora, **overrides).validate(f"defences {text!r}: rora")
         for section in ("data", "model", "backdoor", "adapter", "rora", "train"):
             getattr(self, section).validate(section)
         _at_least("pretrain_steps", self.pretrain_steps, 1)
@@ -581,6 +626,13 @@ class PurifyConfig:
             _fail("backdoor.attack.target_label", self.backdoor.attack.target_label,
                   f"must be < data.num_classes = {self.data.num_classes}")
         return self
+
+
+    def defence(self, text: str) -> tuple[str, RoRAConfig]:
+        """A defence as ``defences`` spells it -> (its name, the RoRA settings it runs with: [rora] under its
+        overrides)."""
+        name, overrides = parse_defence(text)
+        return name, dataclasses.replace(self.rora, **overrides)
 
 
 # --- loading -------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from lorasec.config import (
     TrainConfig,
     load,
 )
+from lorasec.config import to_dict as config_dict
 from lorasec.diagnostics import alignment
 from lorasec.pipelines import purify
 
@@ -318,3 +319,109 @@ def test_on_a_real_set_the_backdoor_is_planted_through_the_held_out_part():
     synthetic = load(PurifyConfig, None, ["backdoor.data_seed=7", "backdoor.num_train=300"])
     proxy = purify.backdoor_config(synthetic, "minilm-l6").data
     assert (proxy.seed, proxy.num_train, proxy.train_part) == (7, 300, "train")
+
+
+# --- Table 4: RoRA's parts in pairs and at points of its grids ------------------------------------------------
+
+
+@pytest.mark.parametrize("text, message", [
+    ("rora_cl[tr=5]", "rora_cl reads cl of \\[rora\\]"),
+    ("lora[cl=0.3]", "only the rora\\* defences take"),
+    ("rora_cl[cl=0.3", "write NAME\\[field=value, ...\\]"),
+    ("rora_cl[]", "write NAME\\[field=value, ...\\]"),
+    ("rora_tr[tr=lots]", "tr = 'lots' must be a number"),
+    ("rora_tr[tr=inf]", "must be a finite number"),
+    ("rora_tr[tr_k=2.5]", "tr_k = '2.5' must be an integer"),
+    ("rora_cl[cl=0.2, cl=0.3]", "'cl' is given twice"),
+    ("rora_cl[cl=1.5]", "defences 'rora_cl\\[cl=1.5\\]': rora.cl = 1.5: must lie in \\[0, 1\\)"),
+    ("rora_tr[tr=-1]", "rora.tr = -1.0: must be >= 0"),
+    ("rora_pairs", "must be one of"),
+])
+def test_a_bad_defence_names_the_entry_and_the_fix(text, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_purify(defences=("lora", text))
+
+
+def test_grid_points_override_rora_and_one_setting_spelt_two_ways_is_one_run():
+    cfg = tiny_purify(rora=RoRAConfig(cl=0.1, tr=1.0, tr_k=8, pt_layers=1))
+    name, r = cfg.defence("rora_tr[tr=20, tr_k=4]")
+    assert (name, r) == ("rora_tr", RoRAConfig(cl=0.1, tr=20.0, tr_k=4, pt_layers=1))
+    assert purify.run_name(cfg, name, r) == "rora_tr-tr20-tr_k4"
+    assert purify.run_name(cfg, *cfg.defence("rora_cl[cl=0.1]")) == "rora_cl"  # [rora]'s own p
+    assert purify.run_name(cfg, *cfg.defence("rora_cl_pt[pt_layers=2]")) == "rora_cl_pt-pt_layers2"
+    assert purify.settings_row(cfg, "lora") == {"rora.cl": 0.0, "rora.tr": 0.0, "rora.tr_k": None,
+                                                "rora.pt_layers": None}
+    assert purify.settings_row(cfg, "rora_tr_pt[tr=5]") == {"rora.cl": 0.0, "rora.tr": 5.0, "rora.tr_k": 8,
+                                                            "rora.pt_layers": 1}
+    # a pair switches on exactly its two parts; a post-hoc pair trains as its source and rescales after
+    both = purify.defence_adapter(cfg, "rora_cl_tr")
+    assert (both.rora_cl, both.rora_tr, both.rora_tr_k, both.rora_pt_layers) == (0.1, 1.0, 8, 0)
+    assert purify.defence_adapter(cfg, "rora_cl_pt") == purify.defence_adapter(cfg, "rora_cl")
+    assert purify.POST_HOC["rora_cl_pt"] == "rora_cl" and purify.POST_HOC["rora_tr_pt"] == "rora_tr"
+    full = purify.defence_adapter(cfg, "rora")
+    assert (full.rora_cl, full.rora_tr, full.rora_pt_layers) == (0.1, 1.0, 1)
+
+
+def test_the_cli_splits_defences_outside_brackets():
+    from lorasec.cli import _defence_list
+
+    assert _defence_list("full, lora,rora_tr[tr=20,tr_k=8],,rora_cl[cl=0.3]") == [
+        "full", "lora", "rora_tr[tr=20,tr_k=8]", "rora_cl[cl=0.3]"]
+
+
+def test_a_changed_synthetic_default_leaves_a_real_data_pipeline_its_directory(tmp_path, monkeypatch):
+    """Regression: moving data.cue_strength's default to 0.9 made every real-data purify directory refuse its own
+    config, though the synthetic generator's knobs decide nothing on real text."""
+
+    class Reached(Exception):
+        pass
+
+    def made(*args, **kwargs):
+        raise Reached
+
+    monkeypatch.setattr(purify, "make_backdoored", made)
+    cfg = tiny_purify(data=dataclasses.replace(TINY_DATA, source="rotten-tomatoes", num_classes=2),
+                      model=dataclasses.replace(TINY_MODEL, pretrained="minilm-l6"))
+    out = tmp_path / "pipeline"
+    out.mkdir()
+    stored = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cue_strength=0.5))
+    (out / "purify_config.json").write_text(json.dumps(config_dict(stored)))
+    with pytest.raises(Reached):  # past the settings check
+        purify.run_purify(cfg, out, progress=False)
+    other = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=61))
+    with pytest.raises(ConfigError, match="other settings"):
+        purify.run_purify(other, out, progress=False)
+    synthetic = tiny_purify()
+    (out / "purify_config.json").write_text(json.dumps(config_dict(
+        dataclasses.replace(synthetic, data=dataclasses.replace(synthetic.data, cue_strength=0.5)))))
+    with pytest.raises(ConfigError, match="other settings"):  # on the synthetic task the knob decides
+        purify.run_purify(synthetic, out, progress=False)
+
+
+@pytest.mark.slow
+def test_pairs_and_grid_points_reuse_the_runs_they_share(purified):
+    """Cl + Pt is Pt on the Cl runs (nothing trained for it); a grid point spelt at [rora]'s value is the default
+    run; grid points and pairs are diagnosed without the scale sweep."""
+    from lorasec.pipelines.run import load_run
+    from lorasec.training.evaluation import evaluate
+
+    work, cfg, _ = purified
+    grid = dataclasses.replace(cfg, seeds=(0,), defences=(
+        "lora", "rora_cl[cl=0.3]", "rora_cl_pt[cl=0.3]", "rora_tr[tr=20, tr_k=4]", "rora_cl_tr",
+        f"rora_tr[tr={cfg.rora.tr}]"))
+    summary = purify.run_purify(grid, work / "purify", progress=False)
+    runs = work / "purify" / "runs"
+    cells = {c["defence"]: c for c in summary["defences"]}
+    assert cells["rora_cl_pt[cl=0.3]"]["runs"][0]["run"] == "rora_cl-cl0.3-seed0"
+    assert cells[f"rora_tr[tr={cfg.rora.tr}]"]["runs"][0]["run"] == "rora_tr-seed0"
+    assert not any(runs.glob("rora_cl_pt*")) and not any(runs.glob("rora_tr-tr1*"))
+    trained = json.loads((runs / "rora_tr-tr20-tr_k4-seed0" / "config.json").read_text())["adapter"]
+    assert (trained["rora_tr"], trained["rora_tr_k"], trained["rora_cl"]) == (20.0, 4, 0.0)
+    assert json.loads((runs / "rora_cl-cl0.3-seed0" / "config.json").read_text())["adapter"]["rora_cl"] == 0.3
+    record = json.loads((runs / "rora_cl-cl0.3-seed0" / "rora_cl_pt-cl0.3.json").read_text())
+    run = load_run(runs / "rora_cl-cl0.3-seed0")
+    lora.set_scales(run.tuned, record["results"]["rora_pt_scales"])
+    again = evaluate(run.tuned, run.cfg, run.test, run.encoder)
+    assert again.attack_success_rate == record["results"]["attack_success_rate"]
+    assert set(summary["sweeps"]) == {"lora", f"rora_tr[tr={cfg.rora.tr}]"}  # [rora]'s own settings only
+    assert cells["rora_cl[cl=0.3]"]["runs"][0]["rora.cl"] == 0.3

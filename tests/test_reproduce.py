@@ -323,3 +323,55 @@ def test_the_legend_goes_on_the_first_panel_that_has_data(tmp_path, monkeypatch)
                         "attack.kind", tmp_path / "f", title="t")
     assert legends == [[False, True, False, False]]
 
+
+def test_runs_without_the_x_setting_are_left_off_its_axis(tmp_path, monkeypatch):
+    """Tr's truncation k means nothing for LoRA (None there): a figure against k plots only the Tr runs."""
+    from lorasec.pipelines import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save_png_pdf", lambda plt, fig, stem: drawn.append(
+        sorted(x for line in fig.axes[0].get_lines() for x in line.get_xdata())) or plt.close(fig) or [])
+    rows = [{"defence": name, "rora.tr_k": k, "seed": seed, "attack_success_rate": 0.9}
+            for name, k in (("lora", None), ("rora_tr[tr_k=8]", 8), ("rora_tr", 32)) for seed in (0, 1)]
+    figures.figure_grid(rows, "rora.tr_k", ["attack_success_rate"], [], None, tmp_path / "f", title="t")
+    assert drawn == [[8, 32]]
+
+
+@pytest.mark.slow
+def test_tables_on_one_backdoored_model_share_it_and_grid_points_plot_on_their_setting(tmp_path, capsys):
+    """Two paper-2 tables with the same threat model: one backdoored model, one run per defence × seed (Table 4's
+    grid reuses Table 2's LoRA runs), and a figure whose x is a RoRA setting."""
+    directory = tmp_path / "tables"
+    directory.mkdir()
+    base = {"data": config.to_dict(TINY_DATA), "model": config.to_dict(TINY_MODEL),
+            "adapter": {"rank": 4, "alpha": 8, "dropout": 0.1}, "rora": {"tr_k": 8, "pt_layers": 1},
+            "backdoor": {"num_train": 256, "min_asr": 0.0, "attack": {"kind": "badnets", "poison_rate": 0.2},
+                         "train": {"steps": 40, "batch_size": 16, "lr": 3e-3, "checkpoint_every": 40}},
+            "train": {"steps": 10, "batch_size": 16, "lr": 3e-3, "log_every": 5, "checkpoint_every": 10}}
+    (directory / "paper.toml").write_text(
+        'title = "Two tables"\nfigures = ["parts", "grid"]\npretrain_steps = 30\n[base]\n'
+        + "".join(f"{key} = {json.dumps(value)}\n".replace('": ', '" = ') for key, value in base.items()))
+    claim = ('[[claims]]\nmetric = "attack_success_rate"\na = {{{a}}}\nb = {{{b}}}\nexpect = "a < b"\n'
+             'paper = "lowers ASR"\n')
+    (directory / "parts.toml").write_text(
+        'seeds = [0, 1]\ndefences = ["lora", "rora_cl"]\n[figure]\ntitle = "parts"\nx = "defence"\n'
+        'y = ["attack_success_rate"]\n' + claim.format(a='defence = "rora_cl"', b='defence = "lora"'))
+    (directory / "grid.toml").write_text(
+        'seeds = [0, 1]\ndefences = ["lora", "rora_cl[cl=0.3]", "rora_cl_pt[cl=0.3]"]\n[figure]\ntitle = "grid"\n'
+        'x = "rora.cl"\ny = ["attack_success_rate", "clean_accuracy"]\n'
+        + claim.format(a='"rora.cl" = 0.3, "rora.pt_layers" = 1', b='"rora.cl" = 0.0'))
+    out = tmp_path / "out"
+    assert main(["reproduce", str(directory), "--out", str(out), "--no-progress"]) == 0
+    assert not (out / "grid").exists() and sorted(p.name for p in (out / "parts" / "runs").iterdir()) == [
+        "lora-seed0", "lora-seed1", "rora_cl-cl0.3-seed0", "rora_cl-cl0.3-seed1", "rora_cl-seed0", "rora_cl-seed1"]
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    parts, grid = summary["figures"]
+    assert grid["runs_in"] == "parts" and "runs_in" not in parts
+    assert grid["before"] == parts["before"]  # one backdoored model
+    (line,) = grid["comparisons"]
+    assert line["difference"]["n"] == 2 and line["a"] == {"rora.cl": 0.3, "rora.pt_layers": 1}
+    lora_asr = {c["defence"]: c["attack_success_rate"]["mean"] for c in parts["defences"]}["lora"]
+    assert line["b_stats"]["mean"] == pytest.approx(lora_asr)  # the same LoRA runs on both tables
+    assert (out / "report" / "grid.png").stat().st_size > 1000
+    assert "It fine-tunes parts's backdoored model" in (out / "report" / "report.md").read_text()
+    capsys.readouterr()

@@ -290,7 +290,7 @@ def figure_grid(rows: list[dict], x: str, ys: list[str], hue: list[str], panel: 
     for i, y in enumerate(ys):
         for j, value in enumerate(panels):
             ax = axes[i][j]
-            chosen = [r for r in rows if panel is None or r[panel] == value]
+            chosen = [r for r in rows if (panel is None or r[panel] == value) and r.get(x) is not None]
             groups: dict = {}
             for row in chosen:
                 if row.get(y) is not None and np.isfinite(row[y]):

@@ -7,7 +7,8 @@
    ASR with the backdoor's trigger), then diagnosed (:mod:`lorasec.pipelines.diagnose`): spectral strength per
    adapted matrix, alignment and the critical scale, and for plain-LoRA defences the scale sweep. ``rora_pt``
    trains nothing: it is RoRA's post-training rescale applied to the ``lora`` runs of the same seeds, evaluated
-   and diagnosed after the rescale.
+   and diagnosed after the rescale (``rora_cl_pt`` and ``rora_tr_pt`` likewise on the ``rora_cl`` and ``rora_tr``
+   runs). A defence may name a point of RoRA's grids (Table 4): ``rora_cl[cl=0.3]``, ``rora_tr[tr=20, tr_k=8]``.
 
 Every run has its own directory under ``out``, so an interrupted pipeline resumes where it stopped; the summary
 (mean ± sd over seeds, never best-of-runs) goes to ``summary.json``, ``report.md``, ``purify.png`` and
@@ -23,43 +24,65 @@ import numpy as np
 
 from lorasec.adapters import rora
 from lorasec.config import (
+    DEFENCE_RORA,
     REAL_DATA,
     AdapterConfig,
     AttackConfig,
     ConfigError,
     ModelConfig,
     PurifyConfig,
+    RoRAConfig,
     RunConfig,
+    defence_fields,
     load,
     to_dict,
 )
 from lorasec.core import files, stats
-from lorasec.pipelines import diagnose, figures
+from lorasec.pipelines import diagnose, figures, rundir
 from lorasec.pipelines.pretrain import pretrain, pretrain_recipe
 from lorasec.pipelines.run import build_model, load_run, prepare_data, train_run
 from lorasec.training.evaluation import evaluate, evaluation_fields
 
-POST_HOC = {"rora_pt": "lora"}  # defences that transform another defence's runs instead of training
+# Defences that are another defence's runs with RoRA's Pt applied after training, instead of runs of their own.
+POST_HOC = {"rora_pt": "lora", "rora_cl_pt": "rora_cl", "rora_tr_pt": "rora_tr"}
+PAIRS = ("rora_cl_tr", "rora_cl_pt", "rora_tr_pt")  # Table 4's two-part rows
 
 
 class BackdoorTooWeak(ConfigError):
     """The backdoored model did not reach the required attack success rate."""
 
 
-def defence_adapter(cfg: PurifyConfig, name: str) -> AdapterConfig:
-    """The adapter a defence fine-tunes with: ``full``, or the shared LoRA settings with DoRA / PiSSA / RoRA parts."""
+def defence_adapter(cfg: PurifyConfig, name: str, r: RoRAConfig | None = None) -> AdapterConfig:
+    """The adapter a defence fine-tunes with: ``full``, or the shared LoRA settings with DoRA / PiSSA and the RoRA
+    parts ``name`` switches on, at the settings ``r`` (default [rora])."""
     if name == "full":
         return AdapterConfig(method="full")
-    r = cfg.rora
-    parts = {
-        "lora": {}, "dora": {"dora": True}, "pissa": {"init": "pissa"},
-        "rora": {"rora_cl": r.cl, "rora_tr": r.tr, "rora_tr_k": r.tr_k, "rora_pt_layers": r.pt_layers},
-        "rora_cl": {"rora_cl": r.cl}, "rora_tr": {"rora_tr": r.tr, "rora_tr_k": r.tr_k},
-        "rora_pt": {},  # trained as plain LoRA; Pt is applied after (POST_HOC)
-        "dora_rora": {"dora": True, "rora_cl": r.cl, "rora_tr": r.tr, "rora_tr_k": r.tr_k,
-                      "rora_pt_layers": r.pt_layers},
-    }[name]
-    return dataclasses.replace(cfg.adapter, **parts)
+    r = cfg.rora if r is None else r
+    parts = set(DEFENCE_RORA.get(name, ()))
+    settings: dict = {"dora": True} if name.startswith("dora") else {"init": "pissa"} if name == "pissa" else {}
+    if "cl" in parts:
+        settings["rora_cl"] = r.cl
+    if "tr" in parts:
+        settings.update(rora_tr=r.tr, rora_tr_k=r.tr_k)
+    if "pt" in parts and name not in POST_HOC:  # a post-hoc defence trains as its source; Pt is applied after
+        settings["rora_pt_layers"] = r.pt_layers
+    return dataclasses.replace(cfg.adapter, **settings)
+
+
+def run_name(cfg: PurifyConfig, name: str, r: RoRAConfig) -> str:
+    """The directory stem of defence ``name`` at RoRA settings ``r``: its name, then each setting it reads that
+    differs from [rora] (``rora_tr-tr20-tr_k8``), so one setting spelt two ways is trained once."""
+    moved = [f"{f}{getattr(r, f):g}" for f in defence_fields(name) if getattr(r, f) != getattr(cfg.rora, f)]
+    return "-".join([name, *moved])
+
+
+def settings_row(cfg: PurifyConfig, text: str) -> dict:
+    """The RoRA settings defence ``text`` ran with, as figure fields: p and λ are 0 where Cl or Tr is off (that is
+    what 0 means to them), k and the Pt layers are None where Tr or Pt is off."""
+    name, r = cfg.defence(text)
+    parts = DEFENCE_RORA.get(name, ())
+    return {"rora.cl": r.cl if "cl" in parts else 0.0, "rora.tr": r.tr if "tr" in parts else 0.0,
+            "rora.tr_k": r.tr_k if "tr" in parts else None, "rora.pt_layers": r.pt_layers if "pt" in parts else None}
 
 
 def clean_attack(cfg: PurifyConfig) -> AttackConfig:
@@ -98,38 +121,43 @@ def make_backdoored(cfg: PurifyConfig, out: Path, *, progress: bool = True) -> P
     return run_dir
 
 
-def defence_config(cfg: PurifyConfig, backdoored: Path, name: str, seed: int) -> RunConfig:
+def defence_config(cfg: PurifyConfig, backdoored: Path, name: str, seed: int,
+                   r: RoRAConfig | None = None) -> RunConfig:
     train = cfg.train
     if name == "full" and cfg.full_lr:
         train = dataclasses.replace(train, lr=cfg.full_lr)
     model = ModelConfig(init_from=str(backdoored), dropout=cfg.model.dropout)
     return RunConfig(seed=seed, data=cfg.data, attack=clean_attack(cfg), model=model,
-                     adapter=defence_adapter(cfg, name), train=train).validate()
+                     adapter=defence_adapter(cfg, name, r), train=train).validate()
 
 
-def defence_run(cfg: PurifyConfig, backdoored: Path, out: Path, name: str, seed: int,
-                progress: bool) -> tuple[dict, dict]:
-    """(results, diagnosis) of one defence and seed, trained (or, for a post-hoc defence, derived) once and read
-    back after."""
+def defence_run(cfg: PurifyConfig, backdoored: Path, out: Path, text: str, seed: int,
+                progress: bool) -> tuple[str, dict, dict]:
+    """(run directory name, results, diagnosis) of one defence (as ``defences`` spells it) and seed, trained (or,
+    for a post-hoc defence, derived) once and read back after. The adapter-scale sweep is taken for the defences at
+    [rora]'s own settings; grid points and the pairs of Table 4 skip it (it would double their cost)."""
+    name, r = cfg.defence(text)
     source = POST_HOC.get(name, name)
-    run_dir = out / "runs" / f"{source}-seed{seed}"
-    results = train_run(defence_config(cfg, backdoored, source, seed), run_dir, progress=progress)
-    record = run_dir / ("diagnosis.json" if source == name else f"{name}.json")
+    run = f"{run_name(cfg, source, r)}-seed{seed}"
+    run_dir = out / "runs" / run
+    results = train_run(defence_config(cfg, backdoored, source, seed, r), run_dir, progress=progress)
+    record = run_dir / ("diagnosis.json" if source == name else f"{run_name(cfg, name, r)}.json")
     saved = files.read_json(record) if record.is_file() else None
     current = saved is not None and (saved["diagnosis"] if source != name else saved).get("format") == diagnose.FORMAT
     if current:
-        return (saved["results"], saved["diagnosis"]) if source != name else (results, saved)
-    run = load_run(run_dir)
+        return (run, saved["results"], saved["diagnosis"]) if source != name else (run, results, saved)
+    finished = load_run(run_dir)
+    sweep = r == cfg.rora and name not in PAIRS
     if source == name:
-        diagnosis = diagnose.diagnose(run)
+        diagnosis = diagnose.diagnose(finished, with_sweep=sweep)
         files.write_json(record, diagnosis)
-        return results, diagnosis
-    scales = rora.post_training_rescale(run.tuned, cfg.rora.pt_layers)
-    evaluation = evaluate(run.tuned, run.cfg, run.test, run.encoder)
+        return run, results, diagnosis
+    scales = rora.post_training_rescale(finished.tuned, r.pt_layers)  # the source's run, rescaled
+    evaluation = evaluate(finished.tuned, finished.cfg, finished.test, finished.encoder)
     results = {**results, **evaluation_fields(evaluation), "rora_pt_scales": scales}
-    diagnosis = diagnose.diagnose(run, with_sweep=False)
+    diagnosis = diagnose.diagnose(finished, with_sweep=False)
     files.write_json(record, {"results": results, "diagnosis": diagnosis})
-    return results, diagnosis
+    return run, results, diagnosis
 
 
 def _before(backdoored: Path, cfg: PurifyConfig) -> dict:
@@ -155,8 +183,8 @@ def run_purify(cfg: PurifyConfig, out: str | Path, *, progress: bool = True) -> 
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "purify_config.json"
     if saved.is_file():
-        previous = load(PurifyConfig, saved)
-        if dataclasses.replace(previous, defences=cfg.defences, seeds=cfg.seeds) != cfg:
+        previous = dataclasses.replace(load(PurifyConfig, saved), defences=cfg.defences, seeds=cfg.seeds)
+        if rundir.deciding(to_dict(previous)) != rundir.deciding(to_dict(cfg)):
             raise ConfigError(f"--out {str(out)!r} holds a purify pipeline with other settings (only defences and "
                               f"seeds may change between calls); choose another --out")
     files.write_json(saved, to_dict(cfg))
@@ -165,10 +193,10 @@ def run_purify(cfg: PurifyConfig, out: str | Path, *, progress: bool = True) -> 
     for name in cfg.defences:
         runs = []
         for seed in cfg.seeds:
-            results, diagnosis = defence_run(cfg, backdoored, out, name, seed, progress)
+            run, results, diagnosis = defence_run(cfg, backdoored, out, name, seed, progress)
             layers = diagnosis["alignment"].values()
             runs.append({
-                "seed": seed, "run": f"{POST_HOC.get(name, name)}-seed{seed}",
+                "seed": seed, "run": run, **settings_row(cfg, name),
                 "clean_accuracy": results["clean_accuracy"], "attack_success_rate": results["attack_success_rate"],
                 "spectral_strength": stats.finite_median(r["spectral_strength"]
                                                          for r in diagnosis["spectral"].values()),

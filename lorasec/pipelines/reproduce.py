@@ -53,7 +53,7 @@ from lorasec.core import files
 from lorasec.core.stats import mean_sd, paired_difference
 from lorasec.pipelines import entropy_proxies, figures, rundir
 from lorasec.pipelines.pretrain import pretrain, pretrain_recipe
-from lorasec.pipelines.purify import run_purify
+from lorasec.pipelines.purify import run_purify, settings_row
 from lorasec.pipelines.sweep import METRICS, read_table, run_sweep
 from lorasec.sweep_spec import SweepSpec, base_table, spec_from_raw
 
@@ -103,7 +103,9 @@ class Figure:
     def values(self) -> dict[str, tuple]:
         """Each field this figure varies and the values it takes."""
         if isinstance(self.config, PurifyConfig):
-            return {"defence": tuple(self.config.defences)}
+            rows = [settings_row(self.config, text) for text in self.config.defences]
+            return {"defence": tuple(self.config.defences),
+                    **{key: tuple(sorted({row[key] for row in rows} - {None})) for key in rows[0]}}
         if isinstance(self.config, KernelFigure):
             return self.config.setting.values
         values = dict(self.config.axes)
@@ -432,6 +434,7 @@ def reproduce(paper: Paper, out_dir: str | Path, *, progress: bool = True) -> di
         configs = [figure.starting_from(encoder) for figure in paper.figures]
     report_dir = out_dir / "report"
     summary = {"paper": paper.name, "title": paper.title, "quick": paper.quick, "figures": []}
+    pipelines: dict[str, str] = {}  # purify settings but defences and seeds -> the first figure's directory
     for figure, config in zip(paper.figures, configs):
         if progress:
             print(f"lorasec reproduce {paper.name}: {figure.name}", file=sys.stderr)
@@ -442,7 +445,13 @@ def reproduce(paper: Paper, out_dir: str | Path, *, progress: bool = True) -> di
             entry["settings"] = (f"layer {config.setting.layer}, {config.setting.examples} test sentences, draws "
                                  f"{list(config.setting.draws)}, A {config.setting.init}, s = 1 (α = r)")
         elif isinstance(config, PurifyConfig):
-            rows, extra = _purify_rows(config, out_dir / figure.name, report_dir, figure.name, progress)
+            # Figures on one backdoored model share its directory: it is made once, a defence × seed trained once.
+            key = json.dumps(rundir.deciding(to_dict(dataclasses.replace(config, defences=(), seeds=()))),
+                             sort_keys=True)
+            home = pipelines.setdefault(key, figure.name)
+            rows, extra = _purify_rows(config, out_dir / home, report_dir, figure.name, progress)
+            if home != figure.name:
+                entry["runs_in"] = home
             entry.update(extra, settings=f"seeds {list(config.seeds)}, {config.train.steps} steps of clean "
                                         f"fine-tuning each, defences {', '.join(config.defences)}")
         else:
@@ -489,7 +498,7 @@ def _purify_rows(cfg: PurifyConfig, out: Path, report_dir: Path, name: str, prog
                       "attack_success_rate": cell["attack_success_rate"],
                       "best": {k: best[k] for k in ("seed", "clean_accuracy", "attack_success_rate")}})
     extra = {"before": before, "defences": table}
-    if (out / "scale_sweep.png").is_file():
+    if result["sweeps"] and (out / "scale_sweep.png").is_file():  # this call's own sweep, not a sharing figure's
         report_dir.mkdir(parents=True, exist_ok=True)
         (report_dir / f"{name}-scale-sweep.png").write_bytes((out / "scale_sweep.png").read_bytes())
         extra["scale_sweep"] = f"{name}-scale-sweep.png"
@@ -533,6 +542,9 @@ def report(summary: dict) -> str:
         if figure["caption"]:
             lines += [figure["caption"], ""]
         lines += [f"Spec `{figure['spec']}`: {figure['runs']} runs; {figure['settings']}.", ""]
+        if "runs_in" in figure:
+            lines += [f"It fine-tunes {figure['runs_in']}'s backdoored model, in that figure's directory: a defence "
+                      f"and seed both list is one run.", ""]
         if "before" in figure:
             lines += [f"The backdoored model before clean fine-tuning: clean accuracy "
                       f"{100 * figure['before']['clean_accuracy']:.1f}%, attack success rate "
