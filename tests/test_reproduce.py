@@ -374,4 +374,8 @@ def test_tables_on_one_backdoored_model_share_it_and_grid_points_plot_on_their_s
     assert line["b_stats"]["mean"] == pytest.approx(lora_asr)  # the same LoRA runs on both tables
     assert (out / "report" / "grid.png").stat().st_size > 1000
     assert "It fine-tunes parts's backdoored model" in (out / "report" / "report.md").read_text()
+    held = json.loads((out / "parts" / "summary.json").read_text())  # the directory's own summary: all it holds
+    assert [c["defence"] for c in held["defences"]] == ["lora", "rora_cl", "rora_cl[cl=0.3]", "rora_cl_pt[cl=0.3]"]
+    assert json.loads((out / "parts" / "purify_config.json").read_text())["defences"] == [
+        c["defence"] for c in held["defences"]]
     capsys.readouterr()

@@ -32,7 +32,9 @@ model; paper.toml's [base] is its starting point, its one field is ``defence``) 
     by = ["attack.kind", "attack.poison_rate"]  # one comparison per value of these fields
     paper = "SST-2, rate 0.0015: LoRA 91.7 vs FF 54.3"
 
-A comparison pairs the runs of a and b by seed. Its verdict: "agrees" when the 95% t-interval of the mean paired
+Purify figures that differ only in defences and seeds (paper 2's tables on one backdoored model) share the first
+one's directory: the backdoored model is made once and a defence × seed trained once; that directory's own
+summary then covers every defence of those figures. A comparison pairs the runs of a and b by seed. Its verdict: "agrees" when the 95% t-interval of the mean paired
 difference a − b lies on the paper's side of zero, "disagrees" when it lies on the other side, "inconclusive" when
 it covers zero. Sweeps resume and a kernel figure's measurements are kept in ``OUT/<figure>/kernels.json``, so
 an interrupted reproduction picks up where it stopped.
@@ -435,6 +437,7 @@ def reproduce(paper: Paper, out_dir: str | Path, *, progress: bool = True) -> di
     report_dir = out_dir / "report"
     summary = {"paper": paper.name, "title": paper.title, "quick": paper.quick, "figures": []}
     pipelines: dict[str, str] = {}  # purify settings but defences and seeds -> the first figure's directory
+    shared: dict[str, PurifyConfig] = {}  # that directory -> its figures' defences and seeds together
     for figure, config in zip(paper.figures, configs):
         if progress:
             print(f"lorasec reproduce {paper.name}: {figure.name}", file=sys.stderr)
@@ -452,6 +455,10 @@ def reproduce(paper: Paper, out_dir: str | Path, *, progress: bool = True) -> di
             rows, extra = _purify_rows(config, out_dir / home, report_dir, figure.name, progress)
             if home != figure.name:
                 entry["runs_in"] = home
+            held = shared.get(home, config)
+            shared[home] = dataclasses.replace(
+                held, defences=tuple(dict.fromkeys((*held.defences, *config.defences))),
+                seeds=tuple(sorted({*held.seeds, *config.seeds})))
             entry.update(extra, settings=f"seeds {list(config.seeds)}, {config.train.steps} steps of clean "
                                         f"fine-tuning each, defences {', '.join(config.defences)}")
         else:
@@ -464,6 +471,8 @@ def reproduce(paper: Paper, out_dir: str | Path, *, progress: bool = True) -> di
         entry.update(runs=sum(r.get("source") != "closed form" for r in rows),
                      comparisons=[line for claim in figure.claims for line in compare(rows, claim)])
         summary["figures"].append(entry)
+    for home, union in shared.items():  # a shared directory's own summary, report and config cover all it holds
+        run_purify(union, out_dir / home, progress=False)
     files.write_json(report_dir / "summary.json", summary)
     files.write_text(report_dir / "report.md", report(summary))
     return summary
