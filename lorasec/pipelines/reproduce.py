@@ -34,7 +34,9 @@ model; paper.toml's [base] is its starting point, its one field is ``defence``) 
 
 Purify figures that differ only in defences and seeds (paper 2's tables on one backdoored model) share the first
 one's directory: the backdoored model is made once and a defence × seed trained once; that directory's own
-summary then covers every defence of those figures. A comparison pairs the runs of a and b by seed. Its verdict: "agrees" when the 95% t-interval of the mean paired
+summary then covers every defence of those figures.
+
+A comparison pairs the runs of a and b by seed. Its verdict: "agrees" when the 95% t-interval of the mean paired
 difference a − b lies on the paper's side of zero, "disagrees" when it lies on the other side, "inconclusive" when
 it covers zero. Sweeps resume and a kernel figure's measurements are kept in ``OUT/<figure>/kernels.json``, so
 an interrupted reproduction picks up where it stopped.
