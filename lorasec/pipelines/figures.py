@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -316,8 +317,10 @@ def figure_grid(rows: list[dict], x: str, ys: list[str], hue: list[str], panel: 
             if not any(a.get_legend() for a in fig.axes):  # the first panel with data
                 ax.legend(fontsize=7)
     seeds = len({r["seed"] for r in rows})
-    fig.suptitle(f"{title}\nmean and 95% interval over {seeds} seed{'s' * (seeds > 1)}"
-                 + ("; dotted: the paper's settings" if marks else ""), fontsize=10)
+    lines = [title, f"mean and 95% interval over {seeds} seed{'s' * (seeds > 1)}"
+             + ("; dotted: the paper's settings" if marks else "")]
+    width = int(13 * 4.2 * len(panels))  # characters of a 10-point title that fit across the panels
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in lines), fontsize=10)
     return _save_png_pdf(plt, fig, stem)
 
 
