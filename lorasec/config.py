@@ -531,6 +531,8 @@ def parse_defence(text: str, name: str = "defences") -> tuple[str, dict[str, flo
             number = int(number)
         overrides[key] = number
     return base, overrides
+
+
 TRIGGER_ATTACKS = ("badnets", "prefix", "sentence", "multi_trigger")
 
 
@@ -626,7 +628,6 @@ class PurifyConfig:
             _fail("backdoor.attack.target_label", self.backdoor.attack.target_label,
                   f"must be < data.num_classes = {self.data.num_classes}")
         return self
-
 
     def defence(self, text: str) -> tuple[str, RoRAConfig]:
         """A defence as ``defences`` spells it -> (its name, the RoRA settings it runs with: [rora] under its

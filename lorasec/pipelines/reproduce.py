@@ -474,7 +474,8 @@ def reproduce(paper: Paper, out_dir: str | Path, *, progress: bool = True) -> di
                      comparisons=[line for claim in figure.claims for line in compare(rows, claim)])
         summary["figures"].append(entry)
     for home, union in shared.items():  # a shared directory's own summary, report and config cover all it holds
-        run_purify(union, out_dir / home, progress=False)
+        if sum(entry.get("runs_in", entry["name"]) == home for entry in summary["figures"]) > 1:
+            run_purify(union, out_dir / home, progress=False)
     files.write_json(report_dir / "summary.json", summary)
     files.write_text(report_dir / "report.md", report(summary))
     return summary
