@@ -337,6 +337,20 @@ def test_runs_without_the_x_setting_are_left_off_its_axis(tmp_path, monkeypatch)
     assert drawn == [[8, 32]]
 
 
+
+def test_the_same_figure_is_written_as_the_same_bytes(tmp_path):
+    """A re-run that changes nothing must not change the committed PNG and PDF files (the PDF's creation date once
+    did, so every reproduce rewrote every PDF in figures/)."""
+    from lorasec.pipelines import figures
+
+    rows = [{"attack.poison_rate": rate, "seed": seed, "adapter.method": "lora", "clean_accuracy": 0.8 + seed / 100}
+            for rate in (0.01, 0.1) for seed in (0, 1)]
+    written = [figures.figure_grid(rows, "attack.poison_rate", ["clean_accuracy"], ["adapter.method"], None,
+                                   tmp_path / name / "f", title="t") for name in ("first", "second")]
+    assert [p.suffix for p in written[0]] == [".png", ".pdf"]
+    assert [p.read_bytes() for p in written[0]] == [p.read_bytes() for p in written[1]]
+    assert b"CreationDate" not in written[0][1].read_bytes()  # the two writes may fall in the same second
+
 @pytest.mark.slow
 def test_tables_on_one_backdoored_model_share_it_and_grid_points_plot_on_their_setting(tmp_path, capsys):
     """Two paper-2 tables with the same threat model: one backdoored model, one run per defence × seed (Table 4's
