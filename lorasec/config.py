@@ -584,13 +584,13 @@ class PurifyConfig:
 
     ``model.pretrained`` is the clean pretrained checkpoint (empty: pretrain the synthetic encoder for
     ``pretrain_steps``); ``adapter`` holds the LoRA settings every LoRA-family defence shares; ``train`` the clean
-    fine-tuning, with full fine-tuning at ``full_lr`` (0 = ``train.lr``). LoRA dropout 0.1 as in paper 2. Its
-    synthetic task keeps every cue word on topic (``data.cue_strength = 1``; a ``[data]`` table that leaves it out
-    gets DataConfig's 0.9): paper 2 asks whether ASR survives clean fine-tuning, and its results were measured there."""
+    fine-tuning, with full fine-tuning at ``full_lr`` (0 = ``train.lr``). LoRA dropout 0.1 as in paper 2. The
+    synthetic task is at its default difficulty (clean accuracy about 90%), so a defence's cost in clean accuracy
+    can show."""
 
     seeds: tuple[int, ...] = (0, 1, 2)
     defences: tuple[str, ...] = ("full", "lora", "dora", "pissa", "rora")
-    data: DataConfig = field(default_factory=lambda: DataConfig(cue_strength=1.0))
+    data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain_steps: int = 1500
     backdoor: BackdoorConfig = field(default_factory=BackdoorConfig)

@@ -256,6 +256,20 @@ def test_crossing_cases():
     np.testing.assert_array_equal(got, [2.0, 0.0, np.inf, np.inf, 0.0])
 
 
+
+def test_a_crossing_reached_by_some_seeds_says_how_many():
+    """The mean crossing is over the seeds that cross: with one of three it once read '6.82 ± 0', like a tight
+    crossing of every seed."""
+    from lorasec.pipelines.figures import crossing_text
+
+    grid = {"scales": [0.0, 1.0, 2.0], "s_train": 2.0, "clean_accuracy": [1.0] * 3}
+    curves = [dict(grid, attack_success_rate=asr, asr_crossing=cross)
+              for asr, cross in (([0.9, 0.4, 0.1], 1.0), ([0.9, 0.8, 0.7], None), ([0.9, 0.6, 0.2], 1.5))]
+    assert crossing_text(purify.mean_curve(curves)) == \
+        "below 50% from s = 1.25 ± 0.35 in 2 of 3 seeds (never on the grid in the others)"
+    assert crossing_text(purify.mean_curve([curves[0], curves[2]])) == "below 50% from s = 1.25 ± 0.35"
+    assert crossing_text(purify.mean_curve(curves[1:2])) == "never below 50% on the grid"
+
 def test_margin_signals_are_the_margin_gradient(x64):
     """c from the tapped backward pass equals a finite difference of the logit margin in a layer's output."""
     from lorasec.pipelines.run import build_model

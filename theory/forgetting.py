@@ -16,6 +16,7 @@ import numpy as np
 from lorasec.config import ConfigError, PurifyConfig, load
 from lorasec.core import stats as seed_stats
 from lorasec.core.claims import Check, claim, consistent, verdict
+from lorasec.pipelines.figures import crossing_text
 from lorasec.pipelines.purify import run_purify
 
 PAPER = "Luong & Chen 2026"
@@ -90,16 +91,14 @@ def critical_scale(purify_dir: Path, cfg: PurifyConfig | None = None) -> list[Ch
         with_threshold = sum(r["layers_with_threshold"] for r in runs)
         layers = sum(r["layers"] for r in runs)
         sweep = summary["sweeps"].get(name, {})
-        network = sweep.get("asr_crossing", {"mean": None})
-        network_text = (f"{network['mean']:.3g} ± {network['sd']:.2g}" if network["mean"] is not None
-                        else "ASR never below 50% on the grid")
+        network_text = crossing_text(sweep) if sweep else "not swept"
         checks.append(Check(
             "critical_scale_trained", f"{setting}, {name}",
             "every layer crossing ≤ s* where ρ_eff > 0",
             f"{with_threshold}/{layers} layer-runs have ρ_eff > 0; "
             f"median s* {_stat_cell(cells[name]['s_star_median'])}, "
             f"median crossing {_stat_cell(cells[name]['crossing_median'])}; whole network (all adapters scaled) "
-            f"ASR < 50% from s = {network_text}", "exact", consistent(bounded),
+            f"ASR {network_text}", "exact", consistent(bounded),
             "an identity of lorasec's definitions (ρ_bd = max and ρ_eff = min over the same examples make s* an "
             "upper bound of every crossing), so it checks the alignment code, not the paper; per-layer s* and "
             "crossings are first-order, one layer scaled at a time, while the network's crossing scales every "

@@ -238,7 +238,7 @@ def mean_curve(curves: list[dict]) -> dict:
     scales = curves[0]["scales"]
     if any(c["scales"] != scales for c in curves):
         raise ValueError("scale sweeps of one defence must share their grid")
-    out = {"scales": scales, "s_train": curves[0]["s_train"],
+    out = {"scales": scales, "s_train": curves[0]["s_train"], "runs": len(curves),
            "asr_crossing": stats.mean_sd(c["asr_crossing"] for c in curves if c["asr_crossing"] is not None)}
     for key in ("clean_accuracy", "attack_success_rate"):
         values = np.asarray([c[key] for c in curves], float)
