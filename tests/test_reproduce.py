@@ -116,8 +116,12 @@ def test_a_tiny_paper_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert "| poison_rate 0.1 | clean accuracy | method lora | method full |" in report
     results = sorted((out / "rates" / "runs").glob("*/results.json"))
     stamps = [p.stat().st_mtime_ns for p in results]
+    for stale in ("old_figure.png", "old_figure.pdf", "notes.txt"):  # a figure the paper no longer lists
+        (out / "report" / stale).write_text("x")
     assert main(["reproduce", str(directory), "--out", str(out), "--no-progress"]) == 0
     assert [p.stat().st_mtime_ns for p in results] == stamps  # nothing was trained again
+    assert sorted(p.name for p in (out / "report").iterdir()) == [
+        "notes.txt", "rates.pdf", "rates.png", "report.md", "summary.json"]
     capsys.readouterr()
 
 

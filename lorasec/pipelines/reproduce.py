@@ -478,6 +478,10 @@ def reproduce(paper: Paper, out_dir: str | Path, *, progress: bool = True) -> di
             run_purify(union, out_dir / home, progress=False)
     files.write_json(report_dir / "summary.json", summary)
     files.write_text(report_dir / "report.md", report(summary))
+    names = {figure.name for figure in paper.figures}
+    for path in report_dir.iterdir():  # a figure the paper dropped or renamed leaves no stale file behind
+        if path.suffix in (".png", ".pdf") and path.stem.removesuffix("-scale-sweep") not in names:
+            path.unlink()
     return summary
 
 
