@@ -112,6 +112,8 @@ def test_tables_hold_every_run_and_cell(swept):
         (0.05, "full", 1e-3), (0.05, "lora", 3e-3), (0.2, "full", 1e-3), (0.2, "lora", 3e-3)}
     header = (out / "results.csv").read_text().splitlines()[0].split(",")
     assert header[:4] == ["cell", "attack.poison_rate", "adapter.method", "train.lr"]
+    groups = list((out / "groups").iterdir())  # finished groups keep their record, not their checkpoints
+    assert groups and all((g / "group.json").is_file() and not (g / "checkpoints").exists() for g in groups)
     summary = json.loads((out / "summary.json").read_text())["cells"]
     for cell in summary:
         values = [r["clean_accuracy"] for r in rows if r["cell"] == cell["cell"]]

@@ -11,7 +11,7 @@ shapes, so they form separate groups. Each run gets an ordinary run directory
 
     out/results.jsonl, results.csv    one row per (cell, seed): axis values, metrics, steps, wall time
     out/summary.json, summary.csv     per cell: mean, sd, 95% t-interval and n of every metric
-    out/groups/<id>/checkpoints       an interrupted group resumes from here
+    out/groups/<id>/checkpoints       an interrupted group resumes from here (removed once its runs are written)
     out/runs/<cell>-seed<k>/          run directories
 
 A restarted sweep skips finished runs and resumes interrupted groups; a second sweep on the same directory is
@@ -28,6 +28,7 @@ import io
 import json
 import math
 import re
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -255,6 +256,8 @@ def _train_group(members: list[tuple[Cell, str, PreparedRun]], out_dir: Path, pr
         trained = nnx.state(run.model, lora.trainable_filter(run.cfg.adapter))
         finish_run(run, trained, training, run_dir)
     placement.barrier(f"lorasec group {group_id}")
+    if jax.process_index() == 0 and all((out_dir / "runs" / name / "results.json").is_file() for name in names):
+        shutil.rmtree(group_dir / "checkpoints", ignore_errors=True)  # the ensemble's optimiser state: GBs on MiniLM
 
 
 def read_table(sweep_dir: str | Path) -> list[dict]:
