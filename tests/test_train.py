@@ -60,7 +60,7 @@ def test_train_step_repeats_fit_and_its_scan_repeats_single_steps():
     fitted = trainer.fit(model, filt, data, cfg.train, seed=cfg.seed, progress=False)
     trained = nnx.state(model, filt)  # fit wrote its result into the model; the steps left it alone until now
     for step in (single, scanned):
-        for ours, theirs in zip(jax.tree.leaves(jax.device_get(step.state[0])), jax.tree.leaves(trained)):
+        for ours, theirs in zip(jax.tree.leaves(jax.device_get(step.trainable)), jax.tree.leaves(trained)):
             np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=1e-6)
     assert np.isfinite(fitted.final_loss)
 
@@ -233,7 +233,7 @@ def test_bfloat16_compute_keeps_float32_master_weights_and_tracks_float32_losses
     for dtype in ("float32", "bfloat16"):
         step = TrainStep(model, filt, config.replace(cfg, train={"compute_dtype": dtype}).train, dropout=False)
         runs[dtype] = np.array([float(step(b)) for b in batches])
-        assert {leaf.dtype for leaf in jax.tree.leaves(step.state[0])} == {np.dtype(np.float32)}
+        assert {leaf.dtype for leaf in jax.tree.leaves(step.trainable)} == {np.dtype(np.float32)}
     gap = np.abs(runs["bfloat16"] - runs["float32"])
     assert gap.max() < 0.05 * runs["float32"].max() and gap.max() > 0  # bfloat16 rounds: close, not equal
 

@@ -54,18 +54,23 @@ class TrainStep:
         if not jax.tree.leaves(trainable):
             raise ConfigError("the trainable filter selects no variable of the model: nothing would train")
         opt_state = make_optimizer(cfg).init(trainable)
+        # State and constants travel as flat tuples of arrays, so a call flattens and rebuilds no nnx Variable in
+        # Python: the tiny benchmark BERT's call returned after 0.28 ms instead of 0.49 (of a 4 ms step).
+        state, self._state_tree = jax.tree.flatten((trainable, opt_state, jnp.zeros((), jnp.int32)))
+        constants, constants_tree = jax.tree.flatten((frozen, terms, jax.random.key_data(keys.key(seed, "dropout"))))
         # copies: the state is donated to each step, and the model's own arrays must outlive it
-        self.state = jax.device_put((trainable, opt_state, jnp.zeros((), jnp.int32)), placed, may_alias=False)
-        self.constants = jax.device_put((frozen, terms, jax.random.key_data(keys.key(seed, "dropout"))), placed)
+        self.state = jax.device_put(tuple(state), placed, may_alias=False)
+        self.constants = jax.device_put(tuple(constants), placed)
         one_step = train_step(graphdef, loss_fn, cfg)
         hparams = hyperparameters(cfg)
+        state_tree = self._state_tree
 
         def advance(state, constants, batch):
-            trainable, opt_state, number = state
-            frozen, terms, raw_key = constants
+            trainable, opt_state, number = jax.tree.unflatten(state_tree, state)
+            frozen, terms, raw_key = jax.tree.unflatten(constants_tree, constants)
             key = jax.random.fold_in(jax.random.wrap_key_data(raw_key), number) if dropout else None
             trainable, opt_state, loss = one_step(trainable, frozen, opt_state, hparams, terms, batch, key)
-            return (trainable, opt_state, number + 1), loss
+            return tuple(jax.tree.leaves((trainable, opt_state, number + 1))), loss
 
         def scanned(state, constants, batches):
             return jax.lax.scan(lambda s, b: advance(s, constants, b), state, batches)
@@ -95,7 +100,12 @@ class TrainStep:
 
     @property
     def steps(self) -> int:
-        return int(self.state[2])
+        return int(self._unflattened()[2])
+
+    @property
+    def trainable(self) -> nnx.State:
+        """The trained variables as they stand (device arrays; :meth:`write_back` puts them into the model)."""
+        return self._unflattened()[0]
 
     @property
     def compilations(self) -> int:
@@ -104,8 +114,12 @@ class TrainStep:
 
     def write_back(self) -> nnx.Module:
         """Put the trained variables into the model (host copies made on its own device) and return it."""
-        nnx.update(self.model, jax.tree.map(jnp.asarray, jax.device_get(self.state[0])))
+        nnx.update(self.model, jax.tree.map(jnp.asarray, jax.device_get(self.trainable)))
         return self.model
+
+    def _unflattened(self):
+        """``(trainable, opt_state, steps taken)`` from the flat state."""
+        return jax.tree.unflatten(self._state_tree, self.state)
 
 
 def _checked(batch: dict, *, stacked: bool) -> dict:
