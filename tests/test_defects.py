@@ -16,7 +16,7 @@ from lorasec.data.textdata import TextDataset
 from lorasec.data.tokenizer import word_level
 from lorasec.diagnostics import kernel, scale_sweep
 from lorasec.models import Architecture, build_classifier
-from lorasec.models.layers import attention
+from lorasec.models.layers import attention, gelu
 from lorasec.pipelines import diagnose
 from lorasec.pipelines import run as run_pipeline
 from lorasec.pipelines.run import load_run, train_run
@@ -101,6 +101,20 @@ def test_attention_matches_jax_in_float32_and_computes_float64_in_x64(x64):
     probs = jax.nn.softmax(jnp.where(mask[:, None, None, :], logits, -jnp.inf), axis=-1)
     reference = jnp.einsum("bnts,bsnh->btnh", probs, v64)
     assert float(jnp.abs(exact - reference).max()) < 1e-14 < jax_error
+
+
+def test_gelu_is_jaxs_exact_gelu_to_rounding_in_float32_and_float64(x64):
+    """lorasec's GELU (erf) against ``jax.nn.gelu(approximate=False)`` (erfc): the same function, values and
+    derivatives within a few float32 roundings, and within 1e-14 in float64; the tanh approximation is not."""
+    for dtype, tolerance in ((jnp.float32, 2e-6), (jnp.float64, 1e-14)):
+        x = jnp.linspace(-12.0, 12.0, 100_001, dtype=dtype)
+        ours, reference = gelu(x), jax.nn.gelu(x, approximate=False)
+        assert ours.dtype == dtype
+        np.testing.assert_allclose(ours, reference, rtol=0, atol=tolerance)
+        slope = jax.vmap(jax.grad(gelu))(x)
+        np.testing.assert_allclose(slope, jax.vmap(jax.grad(lambda t: jax.nn.gelu(t, approximate=False)))(x),
+                                   rtol=0, atol=tolerance)
+        assert float(jnp.abs(jax.nn.gelu(x, approximate=True) - ours).max()) > 100 * tolerance
 
 
 def test_transformer_kernels_agree_to_1e_12_in_x64(x64):

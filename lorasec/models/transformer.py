@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lorasec.models.layers import Dense, Embed, LayerNorm, attention, default_float, dropout
+from lorasec.models.layers import Dense, Embed, LayerNorm, attention, default_float, dropout, gelu
 
 LAYER_NORM_EPS = 1e-12  # BERT's
 
@@ -48,7 +48,7 @@ class EncoderLayer(nnx.Module):
 
     def __call__(self, x: jax.Array, mask: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
         x = self.attention_norm(x + dropout(self.attention(x, mask, rngs), self.dropout, rngs))
-        hidden = jax.nn.gelu(self.intermediate(x, rngs), approximate=False)
+        hidden = gelu(self.intermediate(x, rngs))
         return self.output_norm(x + dropout(self.output(hidden, rngs), self.dropout, rngs))
 
 
@@ -120,5 +120,5 @@ class MaskedLM(nnx.Module):
 
     def __call__(self, tokens, mask, rngs: nnx.Rngs | None = None) -> jax.Array:
         hidden = self.encoder(tokens, mask, rngs)
-        hidden = self.transform_norm(jax.nn.gelu(self.transform(hidden), approximate=False))
+        hidden = self.transform_norm(gelu(self.transform(hidden)))
         return hidden @ self.encoder.word_embeddings.embedding[...].T + self.decoder_bias[...]
