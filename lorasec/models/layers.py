@@ -41,7 +41,10 @@ class Dense(nnx.Linear):
     """``y = x @ kernel + bias`` (Flax's ``nnx.Linear``), recording its input and output signal under capture."""
 
     def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
-        return recorded(self, x, super().__call__(x))
+        # Tokens on one axis, so the kernel's gradient contracts a single axis: contracting (batch, length), XLA's
+        # CPU backend copied the output gradient transposed and ran a slower product.
+        rows = super().__call__(x.reshape(-1, x.shape[-1]))
+        return recorded(self, x, rows.reshape(*x.shape[:-1], rows.shape[-1]))
 
 
 class Embed(nnx.Embed):
