@@ -94,6 +94,30 @@ def test_the_benchmarks_model_flops_match_xlas_count(method, tmp_path):
     assert bench.model_flops(sizes, 64, method) == pytest.approx(counted, rel=0.06)
 
 
+def test_the_matmul_floor_finds_every_product_of_a_compiled_function_and_counts_its_flops():
+    """benchmarks/matmul_floor.py reads a step's matrix products from XLA's optimised HLO: a function with a plain,
+    a batched and a transposed product gives all three back with their shapes, dimensions and FLOPs."""
+    import sys
+    from pathlib import Path
+
+    import jax
+    import jax.numpy as jnp
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import matmul_floor
+
+    def three(x, w, q, k, y):
+        return jnp.tanh(x @ w).sum() + jnp.einsum("bth,bsh->bts", q, k).sum() + jnp.tanh(x.T @ y).sum()
+
+    args = (jnp.ones((24, 16)), jnp.ones((16, 8)), jnp.ones((3, 5, 4)), jnp.ones((3, 6, 4)), jnp.ones((24, 10)))
+    found = matmul_floor.products(jax.jit(three).lower(*args).compile().as_text())
+    assert len(found) == 3
+    assert sorted(matmul_floor.flops(*p) for p in found) == sorted([2 * 24 * 16 * 8, 2 * 3 * 5 * 6 * 4,
+                                                                    2 * 24 * 16 * 10])
+    assert any(lhs == (3, 5, 4) and numbers[1] == ((0,), (0,)) for lhs, _, numbers in found)
+    assert matmul_floor.product_seconds(*found[0]) > 0
+
+
 def test_huge_pages_environment_and_restart():
     import subprocess
     import sys
