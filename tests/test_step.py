@@ -115,7 +115,6 @@ def test_the_matmul_floor_finds_every_product_of_a_compiled_function_and_counts_
     assert sorted(matmul_floor.flops(*p) for p in found) == sorted([2 * 24 * 16 * 8, 2 * 3 * 5 * 6 * 4,
                                                                     2 * 24 * 16 * 10])
     assert any(lhs == (3, 5, 4) and numbers[1] == ((0,), (0,)) for lhs, _, numbers in found)
-    assert matmul_floor.product_seconds(*found[0]) > 0
 
 
 def test_huge_pages_environment_and_restart():

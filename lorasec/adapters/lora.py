@@ -97,9 +97,9 @@ class LoRALinear(nnx.Module):
         a, b = self.lora_a[...], self.lora_b[...]
         if self.base.dtype is not None:  # bfloat16 compute (lorasec.models.layers.set_compute_dtype)
             x, a, b = x.astype(self.base.dtype), a.astype(self.base.dtype), b.astype(self.base.dtype)
-        # Tokens on one axis: the factors' gradients then contract a single axis, which XLA's CPU backend
-        # multiplies in place; contracting (batch, length) it first copied the output gradient transposed and
-        # ran a slow product (24 of them took 18 ms of MiniLM's 290 ms step).
+        # Tokens on one axis, so the factors' gradients contract a single axis: contracting (batch, length), XLA's
+        # CPU backend copied the output gradient transposed and ran a slow product (914 µs instead of 40 for a
+        # rank-8 factor at MiniLM's size).
         rows = x.reshape(-1, x.shape[-1])
         update = (self.scale[...].astype(x.dtype) * ((rows @ a) @ b)).reshape(*x.shape[:-1], b.shape[-1])
         return y + (scale * update if self.dora else update)
