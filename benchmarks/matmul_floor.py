@@ -77,8 +77,6 @@ def flops(lhs: tuple, rhs: tuple, numbers: tuple) -> float:
 def measure(name: str, method: str, work: Path, per_call: int) -> dict:
     import jax
 
-    from lorasec.training.step import _checked
-
     seq_len = vs_peft.MODELS[name][0]
     model_dir, arch = vs_peft._prepare_model(name, work)
     args = type("Args", (), dict(model_dir=model_dir, seq_len=seq_len, method=method, dropout=0.0,
@@ -87,7 +85,7 @@ def measure(name: str, method: str, work: Path, per_call: int) -> dict:
     batches = vs_peft._batches(per_call, seq_len, arch["vocab_size"])
     stacked = jax.device_put({k: np.stack([b[k] for b in batches]) for k in batches[0]})
     step_seconds = _timed(step.run, stacked, repeats=max(3, 200 // per_call)) / per_call
-    hlo = step._one.lower(step.state, step.constants, _checked(batches[0], stacked=False)).compile().as_text()
+    hlo = step.compiled(batches[0]).as_text()
     found = products(hlo)
     seconds, cache = 0.0, {}
     for product in found:

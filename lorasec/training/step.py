@@ -92,10 +92,13 @@ class TrainStep:
         self._compilations += _COMPILES[0] - before
         return losses
 
+    def compiled(self, batch: dict):
+        """The compiled single step for ``batch``'s shapes (``.as_text()`` is XLA's optimised HLO)."""
+        return self._one.lower(self.state, self.constants, _checked(batch, stacked=False)).compile()
+
     def flops(self, batch: dict) -> float:
         """XLA's count of the floating-point operations of one step on ``batch``'s shapes."""
-        compiled = self._one.lower(self.state, self.constants, _checked(batch, stacked=False)).compile()
-        cost = compiled.cost_analysis()
+        cost = self.compiled(batch).cost_analysis()
         return float((cost[0] if isinstance(cost, list) else cost)["flops"])
 
     @property
