@@ -29,13 +29,13 @@ import numpy as np
 def _model_and_inputs(n: int, seq_len: int):
     from lorasec.config import load_config
     from lorasec.pipelines.ntk_report import with_probe_adapters
-    from lorasec.pipelines.run import build_model, prepare_data
+    from lorasec.pipelines.run import prepare_model
 
     cfg = load_config(None, ["data.source=rotten-tomatoes", "data.num_classes=2", f"data.seq_len={seq_len}",
                              "model.pretrained=minilm-l6", "model.pooling=mean", "adapter.rank=8",
                              "adapter.alpha=16", 'adapter.targets=["query", "value"]'])
-    _, test, encoder = prepare_data(cfg)
-    model = with_probe_adapters(build_model(cfg), cfg)
+    model, test, encoder = prepare_model(cfg)
+    model = with_probe_adapters(model, cfg)
     tokens, mask = encoder.encode(test.texts[:n])
     return model, tokens, mask
 

@@ -134,16 +134,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _verify(args) -> int:
+    import theory
     from lorasec.core import claims, files
-    from lorasec.pipelines import verify
 
-    registry = verify.discover()
+    registry = theory.discover()
     if args.list:
         for item in registry.values():
             print(f"{item.name:24s} {item.paper}: {item.statement}")
         return 0
-    checks = verify.run(args.names, Path(args.purify))
-    print(claims.table(checks))
+    checks = theory.verify(args.names, Path(args.purify))
+    print(claims.claims_table(checks))
     if args.json:
         files.write_json(args.json, [c.as_dict() for c in checks])
     found = [c for c in checks if c.kind == "claim"]

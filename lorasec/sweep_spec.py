@@ -21,15 +21,28 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import itertools
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lorasec.config import ConfigError, RunConfig, apply_overrides, from_dict, read_file
+from lorasec.config import grid
+from lorasec.config.schema import at_least, seeds as check_seeds
 
-SPEC_FIELDS = ("base", "seeds", "axes", "zip", "pretrain_steps", "max_members", "pad_ranks", "name")
+
+@dataclass(frozen=True)
+class SweepFile:
+    """A spec file's fields as written (module docstring); :func:`spec_from_raw` turns it into a :class:`SweepSpec`."""
+
+    base: str | dict = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0,)
+    axes: dict = field(default_factory=dict)
+    zip: tuple[dict, ...] = ()
+    pretrain_steps: int = 0
+    max_members: int = 0
+    pad_ranks: bool = True
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,15 +74,9 @@ class SweepSpec:
         return [*self.axes, *(name for group in self.zips for name in group)]
 
     def cells(self) -> list[Cell]:
-        """Every cell, in the order the axes are written (the last axis varies fastest), configs validated."""
-        blocks = [[{name: v} for v in values] for name, values in self.axes.items()]
-        blocks += [[dict(zip(group, column)) for column in zip(*group.values())] for group in self.zips]
-        out = []
-        for index, combination in enumerate(itertools.product(*blocks)):
-            values = {k: v for part in combination for k, v in part.items()}
-            configs = tuple(_cell_config(self.base, values, seed, index) for seed in self.seeds)
-            out.append(Cell(index, values, configs))
-        return out
+        """Every cell (:func:`lorasec.config.grid.cells`), configs validated."""
+        return [Cell(index, values, tuple(_cell_config(self.base, values, seed, index) for seed in self.seeds))
+                for index, values in enumerate(grid.cells(self.axes, self.zips))]
 
     def to_dict(self) -> dict:
         return {"name": self.name, "base": self.base, "seeds": list(self.seeds),
@@ -82,11 +89,7 @@ def _cell_config(base: dict, values: dict, seed: int, index: int) -> RunConfig:
     raw = _deep_copy(base)
     raw["seed"] = seed
     for name, value in values.items():
-        node = raw
-        parts = name.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+        grid.set_field(raw, name, value)
     label = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "base"
     try:
         return from_dict(RunConfig, raw).validate()
@@ -154,45 +157,40 @@ def base_table(base: Any, path: Path) -> dict:
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
-    """Read and validate a spec file; ``overrides`` (``KEY=VALUE``) change fields of the base run config."""
+    """Read and validate a spec file (module docstring); every cell's config is validated now.
+
+    Args:
+        path: the spec (TOML or JSON).
+        overrides: ``KEY=VALUE`` changes to fields of the base run config.
+    Returns:
+        The :class:`SweepSpec`.
+    """
     path = Path(path)
     return spec_from_raw(read_file(path), path, overrides)
 
 
 def spec_from_raw(raw: dict, path: Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
     """Validate a spec read from ``path`` (which names it and anchors a relative ``base`` file)."""
-    for key in raw:
-        if key not in SPEC_FIELDS:
-            close = difflib.get_close_matches(key, SPEC_FIELDS, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else "allowed: " + ", ".join(SPEC_FIELDS)
-            raise ConfigError(f"{key}: unknown sweep field; {hint}")
-    base = base_table(raw.get("base", {}), path)
-    base = _deep_copy(base)
+    try:
+        written = from_dict(SweepFile, raw)
+    except ConfigError as err:
+        message = str(err)
+        if ": unknown field" in message:
+            message = message.replace(": unknown field", ": unknown sweep field", 1)
+        raise ConfigError(message) from None
+    base = _deep_copy(base_table(written.base, path))
     apply_overrides(base, overrides)
     try:
         from_dict(RunConfig, base)
     except ConfigError as err:
         raise ConfigError(f"base.{err}") from None
-    seeds = raw.get("seeds", [0])
-    if (not isinstance(seeds, list) or not seeds
-            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
-        raise ConfigError(f"seeds = {seeds!r}: must be a non-empty list of integers >= 0")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds = {seeds!r}: lists a seed twice")
-    axes_raw = raw.get("axes", {})
-    if not isinstance(axes_raw, dict):
-        raise ConfigError(f"axes = {axes_raw!r}: must be a table of FIELD = [values]")
+    check_seeds("seeds", written.seeds)
     axes = {}
-    for name, value in _flatten(axes_raw).items():
+    for name, value in _flatten(written.axes).items():
         _check_field("axes", name)
         axes[name] = _values(f"axes.{name}", value)
-    zips_raw = raw.get("zip", [])
-    if isinstance(zips_raw, dict):
-        zips_raw = [zips_raw]
-    if not isinstance(zips_raw, list) or any(not isinstance(g, dict) for g in zips_raw):
-        raise ConfigError("zip: must be a table, or a list of tables ([[zip]]), of FIELD = [values]")
     zips = []
-    for number, group in enumerate(zips_raw):
+    for number, group in enumerate(written.zip):
         flat = _flatten(group)
         if not flat:
             raise ConfigError(f"zip[{number}]: is empty; list at least one FIELD = [values]")
@@ -212,19 +210,10 @@ def spec_from_raw(raw: dict, path: Path, overrides: list[str] | tuple[str, ...] 
         if name in seen:
             raise ConfigError(f"{name}: appears in two axes; list it once (in one zip group to move it with others)")
         seen.add(name)
-    integers = {}
-    for key in ("pretrain_steps", "max_members"):
-        value = raw.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"{key} = {value!r}: must be an integer >= 0")
-        integers[key] = value
-    pad_ranks = raw.get("pad_ranks", True)
-    if not isinstance(pad_ranks, bool):
-        raise ConfigError(f"pad_ranks = {pad_ranks!r}: must be true or false")
-    name = raw.get("name", path.stem)
-    if not isinstance(name, str):
-        raise ConfigError(f"name = {name!r}: must be a string")
-    spec = SweepSpec(name, base, tuple(seeds), axes, tuple(zips), **integers, pad_ranks=pad_ranks)
+    at_least("pretrain_steps", written.pretrain_steps, 0)
+    at_least("max_members", written.max_members, 0)
+    spec = SweepSpec(written.name or path.stem, base, written.seeds, axes, tuple(zips), written.pretrain_steps,
+                     written.max_members, written.pad_ranks)
     if spec.pretrain_steps:
         varied = [n for n in spec.fields if n.startswith(("model.", "data."))]
         if varied:
@@ -234,4 +223,4 @@ def spec_from_raw(raw: dict, path: Path, overrides: list[str] | tuple[str, ...] 
     return spec
 
 
-__all__ = ["Cell", "SweepSpec", "base_table", "load_spec", "spec_from_raw"]
+__all__ = ["Cell", "SweepFile", "SweepSpec", "base_table", "load_spec", "spec_from_raw"]

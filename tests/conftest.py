@@ -33,6 +33,17 @@ def tiny_run(**sections) -> RunConfig:
     return RunConfig(**base).validate()
 
 
+def trigger_survives(tokens, trigger_ids: list[int]):
+    """Per row of ``tokens``: whether the trigger's token ids appear there as one contiguous run."""
+    import numpy as np
+
+    n = len(trigger_ids)
+    if tokens.shape[1] < n:
+        return np.zeros(len(tokens), bool)
+    rows = np.lib.stride_tricks.sliding_window_view(tokens, n, axis=1)
+    return (rows == np.asarray(trigger_ids)).all(axis=-1).any(axis=1)
+
+
 @pytest.fixture
 def x64():
     """Double precision for one test, restored afterwards."""
@@ -55,4 +66,4 @@ def small_pretrained(tmp_path_factory):
     return pretrain(cfg, tmp_path_factory.mktemp("pretrained"), progress=False)
 
 
-__all__ = ["tiny_run", "TINY_DATA", "TINY_MODEL", "AttackConfig", "AdapterConfig", "TrainConfig"]
+__all__ = ["tiny_run", "trigger_survives", "TINY_DATA", "TINY_MODEL", "AttackConfig", "AdapterConfig", "TrainConfig"]

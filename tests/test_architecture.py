@@ -23,6 +23,15 @@ def test_import_contracts_are_kept():
         os.chdir(previous)
 
 
+def test_no_project_code_is_loaded_by_file_path():
+    """theory/ is a package imported by name (the contracts above see it); nothing loads project code by path."""
+    for folder in ("lorasec", "theory"):
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text()
+            for needle in ("spec_from_file_location", "exec_module", "SourceFileLoader", "runpy."):
+                assert needle not in text, f"{path.relative_to(ROOT)} loads code by path ({needle})"
+
+
 def test_readme_architecture_names_every_layer_and_module():
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Architecture"):]

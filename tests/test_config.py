@@ -52,10 +52,35 @@ def test_bad_config_gives_one_line_error(tmp_path, case):
     path = tmp_path / "run.toml"
     path.write_text(toml)
     with pytest.raises(ConfigError) as info:
-        config.load(RunConfig, path, overrides)
+        config.check_environment(config.load(RunConfig, path, overrides))
     message = str(info.value)
     assert "\n" not in message
     assert expected in message
+
+
+@pytest.mark.parametrize("overrides", [["data.source=file", "data.test_file=/no/b.csv", "data.train_file=/no/a.csv"],
+                                       ["model.pretrained=/no/ckpt"], ["model.init_from=/no/run"],
+                                       ["data.source=sms-spam", "data.data_dir=/no/dir"], ["data.num_train=10000000000"]])
+def test_the_schema_reads_no_file_and_the_environment_check_does(overrides):
+    """A config's values load anywhere (a run directory moved to another machine still loads); what it needs of
+    this machine (files, memory) is the separate check every command takes before it works."""
+    cfg = config.load(RunConfig, None, overrides)
+    with pytest.raises(ConfigError, match=overrides[-1].split("=")[0]):
+        config.check_environment(cfg)
+
+
+def test_a_memory_refusal_names_the_field_that_dominates():
+    with pytest.raises(ConfigError, match=r"^model\.d_model = 1000000: needs about"):
+        config.check_environment(config.load(RunConfig, None, ["model.d_model=1000000", "model.num_heads=1"]))
+    with pytest.raises(ConfigError, match=r"^data\.seq_len = 100000: needs about"):
+        config.check_environment(config.load(RunConfig, None, ["data.seq_len=100000"]))
+
+
+def test_seeds_beyond_32_bits_are_refused_as_repeats_of_smaller_ones():
+    """JAX keys take a 32-bit seed: 2**32 would draw exactly what seed 0 draws."""
+    assert config.load(RunConfig, None, [f"seed={2**32 - 1}"]).seed == 2**32 - 1
+    with pytest.raises(ConfigError, match=r"seed = 4294967296: must lie in \[0, 2\*\*32\)"):
+        config.load(RunConfig, None, [f"seed={2**32}"])
 
 
 def test_cli_reports_config_error_in_one_line_and_exit_code_2(tmp_path, capsys):

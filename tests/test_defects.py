@@ -6,12 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_run
+from conftest import tiny_run, trigger_survives
 from flax import nnx
 
 from lorasec.adapters import lora
 from lorasec.attacks import poison
 from lorasec.config import AdapterConfig, AttackConfig, ConfigError, ModelConfig
+from lorasec.data.tasks import load_task
 from lorasec.data.textdata import TextDataset
 from lorasec.data.tokenizer import word_level
 from lorasec.diagnostics import kernel, scale_sweep
@@ -19,6 +20,7 @@ from lorasec.models import Architecture, build_classifier
 from lorasec.models.layers import attention, gelu
 from lorasec.pipelines import diagnose
 from lorasec.pipelines import run as run_pipeline
+from lorasec.pipelines import start as starts
 from lorasec.pipelines.run import load_run, train_run
 from lorasec.training import evaluation
 
@@ -33,7 +35,7 @@ def _long_texts(count: int, words: int, seed: int = 0) -> TextDataset:
 def _lost(texts, encoder, phrase: str) -> float:
     tokens, _ = encoder.encode(texts)
     ids = poison.Room(encoder).ids(phrase)
-    return float(1.0 - poison.trigger_survives(tokens, ids).mean())
+    return float(1.0 - trigger_survives(tokens, ids).mean())
 
 
 def test_triggers_survive_truncation_in_training_and_test_sets():
@@ -137,14 +139,14 @@ def test_scale_is_state_so_a_sweep_compiles_once(tmp_path):
     run = load_run(tmp_path / "run")
     evaluation.evaluate(run.tuned, cfg, run.test, run.encoder)
     before = evaluation._logits._cache_size()
-    curve = scale_sweep.sweep(run, scales=[0.0, 1.0, 2.0, 5.0])
+    curve = scale_sweep.scale_sweep(run, scales=[0.0, 1.0, 2.0, 5.0])
     assert evaluation._logits._cache_size() == before
     assert lora.scales(run.tuned) == {name: cfg.adapter.scaling for name in lora.lora_layers(run.tuned)}
     assert curve["attack_success_rate"][2] == pytest.approx(run.results["attack_success_rate"])
 
 
 def _test_set(cfg):
-    return run_pipeline.load_task(cfg)[1]
+    return load_task(cfg.data)[1]
 
 
 def test_load_run_never_prepares_data(tmp_path, monkeypatch):
@@ -157,6 +159,7 @@ def test_load_run_never_prepares_data(tmp_path, monkeypatch):
 
     monkeypatch.setattr(run_pipeline, "prepare_data", refuse)
     monkeypatch.setattr(run_pipeline, "load_task", refuse)
+    monkeypatch.setattr(starts, "load_task", refuse)
     run = load_run(tmp_path / "run")
     assert len(run.test) == results["num_test"] and run.test.label_names == expected_names
     again = evaluation.evaluate(run.tuned, cfg, run.test, run.encoder)

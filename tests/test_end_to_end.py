@@ -80,6 +80,6 @@ def test_csv_task_trains_end_to_end(tmp_path):
 
     assert kernel_report(cfg, tmp_path / "ntk", run_dir=tmp_path / "run", num_examples=4)["lora"]["parameters"] > 0
     assert len(diagnose.diagnose(load_run(tmp_path / "run"))["spectral"]) == 6
-    too_big = config.replace(cfg, train={"batch_size": 300})
+    too_big = config.replace_config(cfg, train={"batch_size": 300})
     with pytest.raises(ConfigError, match="train.batch_size = 300: must be <= the 200 training examples"):
         train_run(too_big, progress=False)

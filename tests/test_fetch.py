@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lorasec import cli
-from lorasec.config import AttackConfig, ConfigError, DataConfig, RunConfig
+from lorasec.config import AttackConfig, ConfigError, DataConfig, RunConfig, check_environment
 from lorasec.data import datasets, fetch
 
 
@@ -145,6 +145,8 @@ def test_every_poisoner_works_on_real_data(kind):
 def test_triggers_survive_truncation_on_rotten_tomatoes():
     """Regression: at seq_len 32, 5.7% of triggered test inputs and 6.0% of poisoned training inputs lost the
     trigger to truncation before triggers were placed within the tokenizer's room."""
+    from conftest import trigger_survives
+
     from lorasec.attacks import poison
     from lorasec.pipelines.run import prepare_data
 
@@ -157,18 +159,18 @@ def test_triggers_survive_truncation_on_rotten_tomatoes():
         tokens, _ = encoder.encode(texts)
         found = np.zeros(len(texts), bool)
         for phrase in trigger.phrases:
-            found |= poison.trigger_survives(tokens, poison.Room(encoder).ids(phrase))
+            found |= trigger_survives(tokens, poison.Room(encoder).ids(phrase))
         assert found.all(), f"{(~found).sum()} of {len(texts)} lost the trigger"
 
 
 @pytest.mark.slow
 def test_a_run_on_the_held_out_part_never_sees_the_downstream_texts():
-    from lorasec.pipelines.run import load_task
+    from lorasec.data.tasks import load_task
 
     downstream = RunConfig(data=DataConfig(source="rotten-tomatoes", max_train=2000, max_test=500)).validate()
     proxy = RunConfig(data=DataConfig(source="rotten-tomatoes", max_train=2000, max_test=500,
                                       train_part="held-out")).validate()
-    (train, test), (held, proxy_test) = load_task(downstream), load_task(proxy)
+    (train, test), (held, proxy_test) = load_task(downstream.data), load_task(proxy.data)
     assert len(held) == 12752 - 2551 - 2000 and proxy_test.texts == test.texts
     assert not set(held.texts) & (set(train.texts) | set(test.texts))
 
@@ -177,7 +179,7 @@ def test_bad_real_data_configs_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match=r"^data.num_classes = 2: bbc-news has 5 classes"):
         DataConfig(source="bbc-news").validate()
     with pytest.raises(ConfigError, match=r"^data.data_dir"):
-        DataConfig(source="sms-spam", data_dir=str(tmp_path / "missing")).validate()
+        check_environment(RunConfig(data=DataConfig(source="sms-spam", data_dir=str(tmp_path / "missing"))))
     with pytest.raises(ConfigError, match=r"^data.test_fraction"):
         DataConfig(source="sms-spam", validation_fraction=0.5, test_fraction=0.6).validate()
     with pytest.raises(ConfigError, match=r"^data.train_part = 'held-out': needs a real set"):

@@ -14,7 +14,9 @@ from lorasec.config import AdapterConfig, ModelConfig, TrainConfig
 from lorasec.diagnostics import kernel
 from lorasec.diagnostics.nt_compat import SUPPORTED_IMPLEMENTATIONS
 from lorasec.models import Architecture, build_classifier
-from lorasec.pipelines.run import build_model, load_task, make_text_encoder
+from lorasec.data.tasks import load_task
+from lorasec.pipelines import start as starts
+from lorasec.pipelines.run import build_model
 from lorasec.training.trainer import ArrayData, fit
 
 
@@ -55,10 +57,10 @@ def test_structured_lora_ntk_matches_neural_tangents_in_x64(kind, stage, x64):
 
 def test_structured_kernel_after_real_training_float32():
     cfg = tiny_run(train=TrainConfig(steps=30, batch_size=16, lr=3e-3))
-    train, _ = load_task(cfg)
-    encoder = make_text_encoder(cfg, train)
-    tokens, mask = encoder.encode(train.texts)
-    model = build_model(cfg, encoder.vocab_size)
+    train, _ = load_task(cfg.data)
+    start = starts.resolve(cfg, train)
+    tokens, mask = start.encoder.encode(train.texts)
+    model = build_model(cfg, start)
     fit(model, lora.trainable_filter(cfg.adapter), ArrayData(tokens, mask, train.labels), cfg.train, seed=0,
         progress=False)
     assert any(float(jnp.abs(layer.lora_b[...]).max()) > 0 for layer in lora.lora_layers(model).values())

@@ -22,6 +22,7 @@ from lorasec.config import (
     TrainConfig,
     load,
 )
+from lorasec.config import check_environment
 from lorasec.config import to_dict as config_dict
 from lorasec.diagnostics import alignment
 from lorasec.pipelines import purify
@@ -112,8 +113,7 @@ def test_rerun_reuses_every_run(purified):
 @pytest.mark.slow
 def test_paper_two_claims_report_measured_numbers(purified):
     from lorasec.core.claims import VERDICTS
-    from lorasec.pipelines.verify import load_module
-    forgetting = load_module("forgetting")
+    from theory import forgetting
 
     work, cfg, _ = purified
     out = work / "purify"
@@ -187,12 +187,13 @@ def test_too_weak_backdoor_is_refused_and_kept(tmp_path):
     (["backdoor.attack.kind='label_flip'"], "backdoor.attack.kind"),
     (["backdoor.min_asr=1.5"], "backdoor.min_asr"),
     (["seeds=[]"], "seeds"),
-    (["data.source='file'", "data.train_file='x.csv'"], "data.train_file"),
+    (["data.source='file'", "data.train_file='x.csv'", "data.test_file='y.csv'", "model.pretrained='minilm-l6'"],
+     "data.train_file"),
     (["data.source='sms-spam'", "data.train_part='held-out'", "model.pretrained='minilm-l6'"], "data.train_part"),
 ])
 def test_bad_purify_configs_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=rf"^{field}"):
-        load(PurifyConfig, None, overrides)
+        check_environment(load(PurifyConfig, None, overrides))
 
 
 def test_pissa_keeps_the_weight_and_moves_its_principal_part(x64):
@@ -275,7 +276,7 @@ def test_margin_signals_are_the_margin_gradient(x64):
     from lorasec.pipelines.run import build_model
 
     cfg = tiny_run(adapter=AdapterConfig(method="full"))
-    model = build_model(cfg, 80)
+    model = build_model(cfg)
     tokens = np.array([[2, 5, 7, 9, 0, 0]] * 2)
     tokens[1, 2] = 11
     mask = tokens > 0
@@ -308,15 +309,15 @@ def test_init_from_starts_from_the_runs_whole_classifier(tmp_path):
     train_run(start, tmp_path / "start", progress=False)
     cfg = tiny_run(model=ModelConfig(init_from=str(tmp_path / "start"), dropout=0.0))
     _, _, encoder = prepare_data(cfg)
-    model = build_model(cfg, encoder.vocab_size)
-    plain = build_model(load(type(cfg), tmp_path / "start"), encoder.vocab_size)
+    model = build_model(cfg)
+    plain = build_model(load(type(cfg), tmp_path / "start"))
     from lorasec.core import files
 
     nnx.update(plain, files.load_state(tmp_path / "start" / "params", nnx.state(plain)))
     tokens, mask = encoder.encode(["w1 w2 t0c1", "w3 t1c0"])
     np.testing.assert_allclose(np.asarray(model(tokens, mask)), np.asarray(plain(tokens, mask)), atol=1e-6)
     with pytest.raises(ConfigError, match=r"^model.init_from"):
-        ModelConfig(init_from=str(tmp_path / "nothing")).validate()
+        check_environment(tiny_run(model=ModelConfig(init_from=str(tmp_path / "nothing"))))
     lora_run = tiny_run(train=TrainConfig(steps=3, batch_size=16))
     train_run(lora_run, tmp_path / "lora", progress=False)
     with pytest.raises(ConfigError, match="start from a full fine-tuning run"):

@@ -169,7 +169,7 @@ predict = "H1_closed"
 
 
 @pytest.mark.parametrize("extra, message", [
-    ('color = "red"', "unknown field 'color'"),
+    ('color = "red"', r"\[figure\]: color: unknown field"),
     ('panel = "attack.kind"', "'attack.kind': not a field it varies"),
 ])
 def test_bad_figure_tables_name_the_field(tmp_path, extra, message):

@@ -25,7 +25,7 @@ from lorasec.pipelines.run import train_run
 ])
 def test_bad_values_name_their_field(override, field):
     with pytest.raises(ConfigError, match=rf"^{field} = "):
-        config.load(RunConfig, None, [override])
+        config.check_environment(config.load(RunConfig, None, [override]))
 
 
 def test_json_configs_with_nan_or_huge_integers_and_non_utf8_files(tmp_path):

@@ -45,7 +45,7 @@ def test_pair_report_converts_flax_layout():
     rng = np.random.default_rng(0)
     kernel_pre = rng.normal(size=(5, 3))            # lorasec (in=5, out=3)
     kernel_tuned = kernel_pre + 0.1 * rng.normal(size=(5, 3))
-    report = spectral.pair_report(kernel_pre, kernel_tuned, k=3)
+    report = spectral.spectral_pair_report(kernel_pre, kernel_tuned, k=3)
     assert report["shape_out_in"] == [3, 5]
     assert report["sigma_max_pre"] == pytest.approx(np.linalg.norm(kernel_pre, 2))
 

@@ -6,14 +6,9 @@ import json
 import numpy as np
 import pytest
 
+import theory
 from lorasec import cli
-from lorasec.pipelines import verify
-from lorasec.pipelines.verify import load_module
-
-corollary_3_5 = load_module("corollary_3_5")
-lemma_3_1 = load_module("lemma_3_1")
-theorem_2_2 = load_module("theorem_2_2")
-theorem_3_6 = load_module("theorem_3_6")
+from theory import corollary_3_5, lemma_3_1, minilm_kernels, theorem_2_2, theorem_3_6, ttr_direction
 
 
 def _by_setting(checks):
@@ -73,16 +68,13 @@ def test_verify_cli_prints_table_and_writes_json(tmp_path, capsys):
 
 
 def test_registry_lists_every_paper_1_claim():
-    names = set(verify.discover())
+    names = set(theory.discover())
     assert {"lemma_3_1", "lemma_3_1_edge", "corollary_3_5", "lora_kernel_fluctuation", "theorem_2_2",
             "theorem_3_6", "ttr_direction"} <= names
 
 
 @pytest.mark.slow
 def test_ttr_metric_on_poisoned_pairs():
-    from lorasec.pipelines.verify import load_module
-    ttr_direction = load_module("ttr_direction")
-
     grid = ttr_direction.measure(ranks=(4,), variances=(1.0 / 3.0, 1.0), seeds=2, pairs=8)
     assert all(0 < m_lora < m_ff for m_lora, m_ff in zip(grid[4, 1.0], grid["ff"]))
     # Regression: with one shared draw of A, M' ∝ c held exactly (ratio 3 by construction) and the σ² direction
@@ -106,11 +98,11 @@ def test_minilm_kernel_claims_are_measured_once_then_read_from_the_cache(tmp_pat
     real kernels, later runs read the cache), never above Lemma 3.1's bound from the factors (an identity)."""
     from lorasec.pipelines import run as run_module
 
-    module = verify.load_module("minilm_kernels")
+    module = minilm_kernels
     monkeypatch.setattr(module, "_cache_path", lambda examples: tmp_path / f"n{examples}.json")
     result = module.measure(examples=12)
     assert (tmp_path / "n12.json").is_file() and len(result["layers"]) == 12
-    monkeypatch.setattr(run_module, "prepare_data", lambda *_: pytest.fail("computed again"))
+    monkeypatch.setattr(run_module, "prepare_model", lambda *_: pytest.fail("computed again"))
     assert module.measure(examples=12) == result
     checks = module.loewner_order_on_minilm(result)
     identity = next(c for c in checks if c.kind == "identity")

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from lorasec.diagnostics import threshold
-from lorasec.pipelines import verify
+import theory
 
 
 def test_theory_counterexample():
-    e = threshold.theory_example()
+    e = threshold.threshold_counterexample()
     a0, a1 = e.margin_terms()
     assert a0 == pytest.approx(-np.sqrt(2)) and a1 == pytest.approx(np.sqrt(2))
     assert e.threshold() == pytest.approx(0.1)
@@ -21,7 +21,7 @@ def test_theory_counterexample():
 
 @pytest.mark.parametrize("form", threshold.FORMS)
 def test_search(form):
-    result = threshold.search(form, samples=600, descents=3, seed=1)
+    result = threshold.search_counterexamples(form, samples=600, descents=3, seed=1)
     assert result.feasible > 100
     if form == "stated":
         assert result.counterexamples
@@ -39,11 +39,11 @@ def test_gradient_search_reaches_violations_of_the_stated_form():
 
 
 def test_paper_2_claims_are_registered_and_verdicts_as_expected():
-    registry = verify.discover()
+    registry = theory.discover()
     checks = registry["proposition_4_2"].run(samples=400, descents=2)
     assert [(c.kind, c.verdict) for c in checks] == [("claim", "violated"), ("claim", "violated"),
                                                       ("consistency", "consistent")]
     (identity,) = registry["pt_condition"].run(samples=300)
     assert (identity.kind, identity.verdict) == ("identity", "consistent")
     with pytest.raises(ValueError, match="form = 'loose'"):
-        threshold.search("loose")
+        threshold.search_counterexamples("loose")

@@ -19,16 +19,18 @@ from lorasec import config
 from lorasec.adapters import lora
 from lorasec.config import TrainConfig
 from lorasec.core.errors import ConfigError, TrainingDiverged
-from lorasec.pipelines.run import build_model, load_task, make_text_encoder, train_run
+from lorasec.data.tasks import load_task
+from lorasec.pipelines import start as starts
+from lorasec.pipelines.run import build_model, train_run
 from lorasec.training import trainer
-from lorasec.training.step import TrainStep
+from lorasec.training.step import TrainStep, make_schedule
 
 
 def _setup(cfg):
-    train_set, _ = load_task(cfg)
-    encoder = make_text_encoder(cfg, train_set)
-    tokens, mask = encoder.encode(train_set.texts)
-    return build_model(cfg, encoder.vocab_size), trainer.ArrayData(tokens, mask, train_set.labels)
+    train_set, _ = load_task(cfg.data)
+    start = starts.resolve(cfg, train_set)
+    tokens, mask = start.encoder.encode(train_set.texts)
+    return build_model(cfg, start), trainer.ArrayData(tokens, mask, train_set.labels)
 
 
 def test_train_step_compiles_once_for_host_committed_and_uncommitted_inputs():
@@ -80,7 +82,7 @@ def test_train_step_refuses_a_malformed_batch_by_name():
 
 def test_fit_compiles_once_across_checkpoints_and_resume(tmp_path):
     cfg = tiny_run(train=TrainConfig(steps=12, batch_size=16, checkpoint_every=4, log_every=2))
-    first = train_run(config.replace(cfg, train={"steps": 8}), tmp_path / "a", progress=False)
+    first = train_run(config.replace_config(cfg, train={"steps": 8}), tmp_path / "a", progress=False)
     assert first["train_step_compilations"] == 1
     results = train_run(cfg, tmp_path / "b", progress=False)
     assert results["train_step_compilations"] == 1 and results["steps"] == 12
@@ -94,9 +96,9 @@ def test_batches_are_a_pure_function_of_seed_and_step():
 
 
 def test_schedules():
-    warm = trainer.make_schedule(TrainConfig(lr=1.0, steps=10, warmup_steps=5, schedule="warmup_linear"))
+    warm = make_schedule(TrainConfig(lr=1.0, steps=10, warmup_steps=5, schedule="warmup_linear"))
     assert float(warm(0)) == 0.0 and float(warm(5)) == pytest.approx(1.0) and float(warm(10)) == pytest.approx(0.0)
-    assert float(trainer.make_schedule(TrainConfig(lr=0.3))(1000)) == pytest.approx(0.3)
+    assert float(make_schedule(TrainConfig(lr=0.3))(1000)) == pytest.approx(0.3)
 
 
 @pytest.mark.parametrize("schedule", config.SCHEDULES)
@@ -106,8 +108,8 @@ def test_every_schedule_takes_a_traced_learning_rate_as_ensembles_need(schedule)
 
     cfg = TrainConfig(lr=0.5, steps=10, warmup_steps=4 if schedule != "constant" else 0, schedule=schedule)
     steps = np.arange(11)
-    traced = jax.vmap(lambda lr: jax.vmap(trainer.make_schedule(cfg, lr))(steps))(np.float32([0.5, 1.0]))
-    plain = np.array([trainer.make_schedule(cfg)(s) for s in steps])
+    traced = jax.vmap(lambda lr: jax.vmap(make_schedule(cfg, lr))(steps))(np.float32([0.5, 1.0]))
+    plain = np.array([make_schedule(cfg)(s) for s in steps])
     np.testing.assert_allclose(traced[0], plain, rtol=1e-6)
     np.testing.assert_allclose(traced[1], 2 * plain, rtol=1e-6)
     if schedule == "warmup_cosine":  # the spelled-out form equals optax's own
@@ -117,7 +119,7 @@ def test_every_schedule_takes_a_traced_learning_rate_as_ensembles_need(schedule)
 
 def test_non_finite_loss_stops_with_step_and_last_finite_loss():
     cfg = tiny_run(train=TrainConfig(steps=30, batch_size=16, lr=1e30, grad_clip=0.0))
-    model, data = _setup(config.replace(cfg, adapter={"method": "full"}))
+    model, data = _setup(config.replace_config(cfg, adapter={"method": "full"}))
     with pytest.raises(TrainingDiverged, match=r"loss became nan or inf in steps \d+–\d+; last finite loss"):
         trainer.fit(model, nnx.Param, data, cfg.train, seed=0, progress=False)
 
@@ -172,7 +174,7 @@ def test_finished_run_is_not_redone_and_other_config_is_refused(tmp_path):
     first = train_run(cfg, tmp_path, progress=False)
     assert train_run(cfg, tmp_path, progress=False) == first
     with pytest.raises(config.ConfigError, match="holds a run with train.lr"):
-        train_run(config.replace(cfg, train={"lr": 5e-4}), tmp_path, progress=False)
+        train_run(config.replace_config(cfg, train={"lr": 5e-4}), tmp_path, progress=False)
     # a run made before a field existed (here data.max_train) still counts as the same run at its default
     stored = json.loads((tmp_path / "config.json").read_text())
     del stored["data"]["max_train"]
@@ -195,11 +197,11 @@ def test_a_synthetic_knob_decides_a_synthetic_run_only(tmp_path):
     on_file = tiny_run(data=config.DataConfig(source="file", train_file=str(tmp_path / "train.csv"),
                                               test_file=str(tmp_path / "test.csv"), cue_strength=1.0), train=steps)
     first = train_run(on_file, tmp_path / "file", progress=False)
-    assert train_run(config.replace(on_file, data={"cue_strength": 0.9}), tmp_path / "file", progress=False) == first
+    assert train_run(config.replace_config(on_file, data={"cue_strength": 0.9}), tmp_path / "file", progress=False) == first
     synthetic_run = tiny_run(train=steps)
     train_run(synthetic_run, tmp_path / "synthetic", progress=False)
     with pytest.raises(ConfigError, match="holds a run with data.cue_strength"):
-        train_run(config.replace(synthetic_run, data={"cue_strength": 0.5}), tmp_path / "synthetic", progress=False)
+        train_run(config.replace_config(synthetic_run, data={"cue_strength": 0.5}), tmp_path / "synthetic", progress=False)
 
 
 def test_train_on_a_run_directory_uses_it(tmp_path, capsys, monkeypatch):
@@ -231,7 +233,7 @@ def test_bfloat16_compute_keeps_float32_master_weights_and_tracks_float32_losses
     batches = [data.take(trainer.batch_indices(k, len(data), 16, seed=0)) for k in range(8)]
     runs = {}
     for dtype in ("float32", "bfloat16"):
-        step = TrainStep(model, filt, config.replace(cfg, train={"compute_dtype": dtype}).train, dropout=False)
+        step = TrainStep(model, filt, config.replace_config(cfg, train={"compute_dtype": dtype}).train, dropout=False)
         runs[dtype] = np.array([float(step(b)) for b in batches])
         assert {leaf.dtype for leaf in jax.tree.leaves(step.trainable)} == {np.dtype(np.float32)}
     gap = np.abs(runs["bfloat16"] - runs["float32"])

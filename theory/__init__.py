@@ -1,6 +1,48 @@
-"""Paper claims as code: each module registers claims in :mod:`lorasec.core.claims`; ``lorasec verify`` runs them.
+"""Paper claims as code: each module of this package registers its claims in :mod:`lorasec.core.claims`, and
+``lorasec verify`` (:func:`run`) runs them.
 
 Paper 1 (Liang et al., ICML 2025): ``lemma_3_1`` (kernel order and its finite-n edge), ``corollary_3_5`` (the
 LoRA kernel law at init and its fluctuation with r), ``theorem_2_2`` (Fisher–NTK duality), ``theorem_3_6``
-(information bits and Rényi entropies), ``ttr_direction`` (the TTR metric over poisoned pairs).
+(information bits and Rényi entropies), ``ttr_direction`` (the TTR metric over poisoned pairs), ``minilm_kernels``
+(the per-layer kernel claims on MiniLM). Paper 2 (Luong & Chen 2026): ``proposition_4_2`` (the critical scaling
+threshold and its counter-example), ``forgetting`` (LoRA's failure to forget, on trained models).
+
+The package sits above :mod:`lorasec.pipelines` and below :mod:`lorasec.cli` in the import layers (pyproject's
+contracts): claim modules use the whole engine, and nothing in the engine imports them.
 """
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+
+from lorasec.core import claims
+from lorasec.core.errors import ConfigError
+
+
+def discover() -> dict[str, claims.Claim]:
+    """Import every claim module of this package (each registers its claims); the registry."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    return claims.REGISTRY
+
+
+def verify(names=(), purify_dir: str | Path = "runs/verify/purify") -> list[claims.Check]:
+    """Run the named claims (all when empty); paper 2's trained-model claims read ``purify_dir``.
+
+    Args:
+        names: claim names (``lorasec verify --list`` shows them).
+        purify_dir: a ``lorasec purify`` output, made there with the default synthetic setting when absent.
+    Returns:
+        Every check of every claim run, claims and identities alike (:class:`lorasec.core.claims.Check`).
+    """
+    registry = discover()
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise ConfigError(f"verify {unknown[0]!r}: no such claim; registered: {', '.join(registry)}")
+    checks = []
+    for name in list(names) or list(registry):
+        item = registry[name]
+        checks += item.run(Path(purify_dir)) if item.trains else item.run()
+    return checks

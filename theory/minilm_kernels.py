@@ -6,7 +6,7 @@ value, peft's A init, variance c₀/n with c₀ = 1/3), from lorasec's structure
 (:func:`lorasec.pipelines.ntk_report.per_layer_comparison`). At B = 0, K_LoRA^(l) = s²·Σ⟨Ax, Ax'⟩⟨δ, δ'⟩ is
 exactly linear in c and in s², so one computation answers every (c, s): K_LoRA^(l) ⪯ K_FF^(l) at (c, s) iff
 (c/c₀)(s/s₀)²·λ* ≤ 1, λ* the least λ with K_LoRA^(l) ⪯ λ·K_FF^(l) measured at (c₀, s₀ = 2). The kernels are
-computed once (about 2.5 minutes on 2 cores, MiniLM fetched from the registry) and cached under lorasec's cache.
+computed once (minutes on a CPU; MiniLM is fetched from the registry) and cached under lorasec's cache.
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ def measure(examples: int = EXAMPLES) -> dict:
     from lorasec.config import load_config
     from lorasec.diagnostics import full_kernel, kernel
     from lorasec.pipelines import ntk_report
-    from lorasec.pipelines.run import build_model, prepare_data
+    from lorasec.pipelines.run import prepare_model
 
     cfg = load_config(None, ["data.source=rotten-tomatoes", "data.num_classes=2", f"data.seq_len={SEQ_LEN}",
                              "model.pretrained=minilm-l6", "model.pooling=mean", "adapter.rank=8",
                              "adapter.alpha=16", 'adapter.targets=["query", "value"]'])
-    _, test, encoder = prepare_data(cfg)
-    model = ntk_report.with_probe_adapters(build_model(cfg), cfg)
+    model, test, encoder = prepare_model(cfg)
+    model = ntk_report.with_probe_adapters(model, cfg)
     tokens, mask = encoder.encode(test.texts[:examples])
     _, full_parts = full_kernel.structured_full_ntk(model, tokens, mask, trace_axes=(), per_parameter=True)
     _, lora_parts = kernel.structured_lora_ntk(model, tokens, mask, trace_axes=(), per_layer=True)

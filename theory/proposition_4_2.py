@@ -20,14 +20,14 @@ SAMPLES, DESCENTS = 2000, 10
 @claim("proposition_4_2", "Luong & Chen 2026",
        "s > s* = (ρ_bd/ρ_eff)(σ_pre/σ_Δ) ⇒ M(s) > 0, with A1 as stated (upper bound) and as corrected (lower bound)")
 def critical_threshold(samples: int = SAMPLES, descents: int = DESCENTS) -> list[Check]:
-    example = threshold.theory_example()
+    example = threshold.threshold_counterexample()
     checks = [Check("proposition_4_2", "THEORY.md example: C=2 d=1, ρ_bd=0.1 ρ_eff=1, s=0.2",
                     f"M(0.2) > 0 (s* = {example.threshold():.3g})",
                     f"M(0.2) = {example.margin():.4f}, true crossing {example.crossing():.3g}", "exact",
                     verdict(example.margin() > 0),
                     "A1 as stated holds, s > s*, yet the margin is negative" if example.margin() <= 0 else "")]
     for form in threshold.FORMS:
-        result = threshold.search(form, samples=samples, descents=descents)
+        result = threshold.search_counterexamples(form, samples=samples, descents=descents)
         worst = min((inst.margin() for inst in result.counterexamples), default=None)
         checks.append(Check(
             "proposition_4_2", f"A1 {form}: {result.tried} random + descended instances",

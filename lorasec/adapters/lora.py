@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from lorasec.config import AdapterConfig, ConfigError
+from lorasec.core.paths import dotted
 from lorasec.models.layers import dropout as apply_dropout
 
 
@@ -98,15 +99,10 @@ class LoRALinear(nnx.Module):
         if self.base.dtype is not None:  # bfloat16 compute (lorasec.models.layers.set_compute_dtype)
             x, a, b = x.astype(self.base.dtype), a.astype(self.base.dtype), b.astype(self.base.dtype)
         # Tokens on one axis, so the factors' gradients contract a single axis: contracting (batch, length), XLA's
-        # CPU backend copied the output gradient transposed and ran a slow product (914 µs instead of 40 for a
-        # rank-8 factor at MiniLM's size).
+        # CPU backend copied the output gradient transposed and ran a much slower product.
         rows = x.reshape(-1, x.shape[-1])
         update = (self.scale[...].astype(x.dtype) * ((rows @ a) @ b)).reshape(*x.shape[:-1], b.shape[-1])
         return y + (scale * update if self.dora else update)
-
-
-def _path_name(path) -> str:
-    return ".".join(str(p) for p in path)
 
 
 def _matches(name: str, pattern: str) -> bool:
@@ -118,7 +114,7 @@ def _matches(name: str, pattern: str) -> bool:
 
 
 def linear_layers(model: nnx.Module) -> dict[str, nnx.Linear]:
-    return {_path_name(path): m for path, m in nnx.iter_modules(model) if isinstance(m, nnx.Linear)}
+    return {dotted(path): m for path, m in nnx.iter_modules(model) if isinstance(m, nnx.Linear)}
 
 
 def select_targets(model: nnx.Module, targets: tuple[str, ...], exclude: tuple[str, ...] = ()) -> list[str]:
@@ -146,9 +142,19 @@ def _set_child(model: nnx.Module, name: str, module: nnx.Module) -> None:
 
 
 def apply_lora(model: nnx.Module, cfg: AdapterConfig, *, rngs: nnx.Rngs) -> list[str]:
-    """Wrap each target ``nnx.Linear`` of ``model`` in place with :class:`LoRALinear`; return their names."""
+    """Wrap each target ``nnx.Linear`` of ``model`` in place with :class:`LoRALinear`; return their names.
+
+    Args:
+        model: the NNX model, edited in place.
+        cfg: the adapter: ``targets`` (peft patterns, ``re:`` regexes or ``all-linear``), ``modules_to_save``
+            (never wrapped), ``rank``, the scale ``scaling``, ``init``, ``init_scale``, ``dropout``, ``rora_cl``
+            and ``dora``.
+        rngs: NNX rngs; ``rngs.params()`` draws the A factors.
+    Returns:
+        The wrapped layers' dotted names, in the model's order.
+    """
     layers = linear_layers(model)
-    modules = [_path_name(path) for path, _ in nnx.iter_modules(model) if path]
+    modules = [dotted(path) for path, _ in nnx.iter_modules(model) if path]
     for pattern in cfg.modules_to_save:
         if not any(_matches(name, pattern) for name in modules):
             raise ConfigError(f"adapter.modules_to_save = {list(cfg.modules_to_save)!r}: {pattern!r} matches no "
@@ -167,7 +173,25 @@ def apply_lora(model: nnx.Module, cfg: AdapterConfig, *, rngs: nnx.Rngs) -> list
 
 
 def lora_layers(model: nnx.Module) -> dict[str, LoRALinear]:
-    return {_path_name(path): m for path, m in nnx.iter_modules(model) if isinstance(m, LoRALinear)}
+    """Every :class:`LoRALinear` adapter of ``model``, by the dotted name of the layer it wraps.
+
+    Args:
+        model: an NNX model, usually after :func:`apply_lora`.
+    Returns:
+        ``{dotted name: LoRALinear}`` in the model's order; empty for a model without adapters.
+    """
+    return {dotted(path): m for path, m in nnx.iter_modules(model) if isinstance(m, LoRALinear)}
+
+
+def structural_problem(model: nnx.Module, what: str) -> str:
+    """Why ``what`` (a computation that reads the adapters' factors and base weights apart) cannot take ``model``:
+    merged adapters, or DoRA's rescaled ones; empty when it can."""
+    layers = lora_layers(model).values()
+    if any(layer.merged for layer in layers):
+        return f"{what} needs unmerged adapters (the base weights are separate parameters); call lora.unmerge(model)"
+    if any(layer.dora for layer in layers):
+        return f"{what} covers plain LoRA; use kernel.empirical_ntk for DoRA adapters"
+    return ""
 
 
 def merge(model: nnx.Module) -> None:
@@ -193,18 +217,22 @@ def path_filter(patterns: tuple[str, ...]):
     """An NNX filter selecting variables whose module path matches one of ``patterns`` (peft rule)."""
 
     def predicate(path, _value) -> bool:
-        name = _path_name(path)
+        name = dotted(path)
         prefixes = [".".join(name.split(".")[:k]) for k in range(1, name.count(".") + 1)]
         return any(_matches(prefix, p) for prefix in prefixes for p in patterns)
 
     return predicate
 
 
+# Every parameter but LoRA factors: what full fine-tuning trains, and the weights of a model's full NTK.
+BASE_PARAMS = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
+
+
 def trainable_filter(cfg: AdapterConfig):
     """Which variables train: every ``nnx.Param`` for full fine-tuning; for LoRA the factors (``lora_b`` only
     with ``freeze_a``) plus the ``modules_to_save`` (the new classification head)."""
     if cfg.method == "full":
-        return nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
+        return BASE_PARAMS
     factors = nnx.LoRAParam
     if cfg.freeze_a:
         factors = nnx.All(nnx.LoRAParam, nnx.Not(nnx.PathContains("lora_a")))
@@ -218,8 +246,19 @@ def count_params(state) -> int:
 
 
 def set_scales(model: nnx.Module, scales: dict[str, float] | float) -> None:
-    """Set adapter scales in place: one value for every adapter, or ``{layer name: s}``."""
+    """Set adapter scales in place: one value for every adapter, or ``{layer name: s}``.
+
+    Args:
+        model: a model with LoRA adapters, edited in place (a state update: nothing recompiles).
+        scales: one scale s for every adapter, or ``{name: s}`` keyed as :func:`lora_layers`; adapters it does not
+            name keep their scale. Cast to each adapter's dtype.
+    Raises:
+        ValueError: ``scales`` names a layer that carries no adapter.
+    """
     layers = lora_layers(model)
+    unknown = sorted(set(scales) - set(layers)) if isinstance(scales, dict) else []
+    if unknown:
+        raise ValueError(f"set_scales: {unknown[0]!r} carries no adapter; adapted layers: {', '.join(layers)}")
     for name, layer in layers.items():
         value = scales if not isinstance(scales, dict) else scales.get(name)
         if value is not None:

@@ -212,11 +212,3 @@ def apply_trigger(texts, trigger: Trigger, seed: int, room: Room | None = None) 
     rng = keys.numpy_rng(seed, "triggers")
     return tuple(trigger.insert(t, rng, room) for t in texts)
 
-
-def trigger_survives(tokens: np.ndarray, trigger_ids: list[int]) -> np.ndarray:
-    """Per row of ``tokens``: whether the trigger's token ids appear there as one contiguous run."""
-    n = len(trigger_ids)
-    rows = np.lib.stride_tricks.sliding_window_view(tokens, n, axis=1) if tokens.shape[1] >= n else None
-    if rows is None:
-        return np.zeros(len(tokens), bool)
-    return (rows == np.asarray(trigger_ids)).all(axis=-1).any(axis=1)

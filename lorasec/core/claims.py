@@ -89,8 +89,15 @@ def _rows(checks: list[Check]) -> list[str]:
     return lines
 
 
-def table(checks: list[Check]) -> str:
-    """Plain-text tables: the claims, then (apart) the identities and consistency checks; notes after each."""
+def claims_table(checks: list[Check]) -> str:
+    """Plain-text tables: the claims, then (apart) the identities and consistency checks; notes after each.
+
+    Args:
+        checks: :class:`Check` records, e.g. those of the claims ``lorasec verify`` runs.
+    Returns:
+        The text: per non-empty part a title, an aligned table (claim, setting, predicted, measured, tolerance,
+        verdict) and the notes; "" for no checks.
+    """
     out = []
     for title, part in (("Claims: prediction vs measurement", [c for c in checks if c.kind == "claim"]),
                         ("Identities and consistency checks (they test lorasec's code, not the papers)",

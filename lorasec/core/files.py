@@ -63,10 +63,6 @@ def truncate_jsonl(path: str | Path, last_step: int) -> None:
     write_text(path, "".join(line + "\n" for line in kept))
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 def _this_process_only() -> ocp.options.MultiprocessingOptions:
     """Orbax options under which this process reads and writes alone (one run's files belong to one process of
     a multi-process sweep, so no other process joins)."""

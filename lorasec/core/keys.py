@@ -54,8 +54,8 @@ def numpy_rng(seed: int, stream: str, *path: int) -> np.random.Generator:
 
 @jax.jit
 def _folded(root, folds):
-    """:func:`key`'s folds as one compiled program (one per path length): op by op they cost ~50 ms a call,
-    which a sweep pays for every member's every epoch of batch orders."""
+    """:func:`key`'s folds as one compiled program (one per path length): dispatched op by op they cost far more,
+    and a sweep pays them for every member's every epoch of batch orders."""
     node = jax.random.wrap_key_data(root)
     for index in range(folds.shape[0]):
         node = jax.random.fold_in(node, folds[index])

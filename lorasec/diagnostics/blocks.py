@@ -23,9 +23,8 @@ from lorasec.core import memory
 from lorasec.diagnostics.signals import module_signals
 
 # Chosen automatically, a block is the largest (all N examples, then powers of two below N) whose estimate stays
-# under PREFERRED_BYTES, else the largest that fits at all. Larger blocks stop paying beyond that: on MiniLM at
-# N = 128, blocks of 16, 32 and 64 (2.0, 3.3, 6.2 GB estimated) took 49, 55 and 56 s; a small model's whole N in
-# one block avoids the per-block passes.
+# under PREFERRED_BYTES, else the largest that fits at all. Larger blocks stop paying beyond that on MiniLM
+# (benchmarks/minilm_kernels.py); a small model's whole N in one block avoids the per-block passes.
 PREFERRED_BYTES = 4 * 2**30
 LENGTH_STEP = 16
 # The peak beyond what the process held before, measured on MiniLM (blocks of 16–64, 64 tokens): about four

@@ -17,8 +17,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-# The gradient-block order's products (a reduction over p·q, with few rows) ran 3–4× slower per operation than
-# the Gram order's on a 2-core CPU (MiniLM's shapes, blocks of 32 examples, 32 and 64 tokens).
+# How much slower per operation the gradient-block order's products (a reduction over p·q, with few rows) run than
+# the Gram order's on XLA's CPU backend: a calibration made once at MiniLM's shapes (blocks of 32 examples).
 BLOCK_ORDER_SLOWDOWN = 4
 
 

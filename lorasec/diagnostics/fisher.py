@@ -39,7 +39,20 @@ def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
 
 
 def fisher_spectrum(kernel4, logits, *, kind: str = "true", labels=None) -> np.ndarray:
-    """Eigenvalues (descending) of the dual matrix whose non-zero spectrum is the Fisher's (Theorem 2.2)."""
+    """Eigenvalues (descending) of the dual matrix whose non-zero spectrum is the Fisher's (Theorem 2.2).
+
+    Paper 1's duality (module docstring): ``(1/N) H^{1/2} K H^{1/2}`` for the true Fisher, ``(1/N) Rᵀ K R`` for the
+    empirical one.
+
+    Args:
+        kernel4: float (N, N, C, C) full NTK at the inputs, untraced (``trace_axes=()``); computed in float64.
+        logits: float (N, C) logits at the same inputs.
+        kind: ``"true"`` (the Fisher = Gauss-Newton) or ``"empirical"``.
+        labels: int (N,) labels; needed for ``kind="empirical"`` only.
+    Returns:
+        float64 (N·C,) for ``"true"`` or (N,) for ``"empirical"``, descending; the zero eigenvalues included (the
+        true dual has rank ≤ N(C−1)), with round-off that may be slightly negative.
+    """
     if kind not in FISHER_KINDS:
         raise ValueError(f"kind = {kind!r}: must be one of {', '.join(FISHER_KINDS)}")
     k = kernel_matrix(np.asarray(kernel4, np.float64))
@@ -65,7 +78,16 @@ def fisher_spectrum(kernel4, logits, *, kind: str = "true", labels=None) -> np.n
 
 
 def fisher_vector_product(f, params, inputs):
-    """``v ↦ F v = (1/N) Jᵀ H (J v)`` for ``f(params, inputs) -> logits``, without forming J or F (jitted)."""
+    """``v ↦ F v = (1/N) Jᵀ H (J v)`` for ``f(params, inputs) -> logits``, without forming J or F (jitted).
+
+    Args:
+        f: ``f(params, inputs) -> logits``, float (N, C).
+        params: the pytree F is taken with respect to (P entries in all); also where H's probabilities are taken.
+        inputs: the N inputs ``f`` takes (e.g. :func:`lorasec.diagnostics.kernel.pack_inputs`' int32 (N, 2, L)).
+    Returns:
+        The true Fisher's product ``fvp(v) -> F v``, from a pytree ``v`` shaped like ``params`` to a pytree of the
+        same structure, shapes and dtypes.
+    """
     logits = f(params, inputs)
     probs = jax.nn.softmax(logits, axis=-1)
     n = logits.shape[0]
@@ -101,7 +123,16 @@ class Estimate:
 
 
 def hutchinson_trace(fvp, params, *, probes: int = 64, seed: int = 0) -> Estimate:
-    """``tr F ≈ mean_v vᵀ F v`` over Rademacher ``v`` (Hutchinson 1989)."""
+    """``tr F ≈ mean_v vᵀ F v`` over Rademacher ``v`` (Hutchinson 1989).
+
+    Args:
+        fvp: ``v ↦ F v`` on pytrees shaped like ``params`` (:func:`fisher_vector_product`).
+        params: the pytree whose leaves' shapes and dtypes the probes take (its values are not read).
+        probes: number of probes (at least 2 for a standard error).
+        seed: the probes' seed.
+    Returns:
+        :class:`Estimate`: the mean over probes, its standard error (sample sd / √probes) and ``probes``.
+    """
     samples = []
     for k in range(probes):
         v = _rademacher_like(params, keys.key(seed, "hutchinson", k))
@@ -137,7 +168,18 @@ def slq_logdet(fvp, params, *, shift: float, probes: int = 16, steps: int = 40, 
     """``log det(F + shift·I)`` by stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017).
 
     F is rank-deficient (rank ≤ N(C−1) ≪ P), so the shift keeps the log-determinant finite; the zero
-    eigenvalues contribute ``(P − rank)·log(shift)``."""
+    eigenvalues contribute ``(P − rank)·log(shift)``.
+
+    Args:
+        fvp: ``v ↦ F v`` on pytrees shaped like ``params`` (:func:`fisher_vector_product`).
+        params: the pytree F acts on, flattened to P entries (its values are not read).
+        shift: δ > 0 added to F's diagonal.
+        probes: number of Rademacher probes.
+        steps: Lanczos steps per probe (fewer once the Krylov space is exhausted).
+        seed: the probes' seed.
+    Returns:
+        :class:`Estimate` of ``log det(F + shift·I)`` in nats: the mean over probes, its standard error, ``probes``.
+    """
     flat, unravel = jax.flatten_util.ravel_pytree(params)
     dim = flat.size
 
@@ -156,7 +198,16 @@ def slq_logdet(fvp, params, *, shift: float, probes: int = 16, steps: int = 40, 
 
 
 def exact_logdet(nonzero_eigenvalues, dim: int, shift: float) -> float:
-    """``log det(F + shift·I)`` from F's non-zero spectrum (e.g. the NTK dual's) and its dimension P."""
+    """``log det(F + shift·I)`` from F's non-zero spectrum (e.g. the NTK dual's) and its dimension P.
+
+    Args:
+        nonzero_eigenvalues: float (k,) eigenvalues of F, k ≤ P, e.g. :func:`fisher_spectrum`'s (zeros among them
+            change nothing: each counts as one of the P − k).
+        dim: P, the number of parameters (F is P × P).
+        shift: δ > 0.
+    Returns:
+        ``Σ log(λ + δ) + (P − k)·log δ`` in nats, a float.
+    """
     lam = np.asarray(nonzero_eigenvalues, np.float64)
     return float(np.log(lam + shift).sum() + (dim - lam.size) * np.log(shift))
 

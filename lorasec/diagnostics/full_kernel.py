@@ -47,12 +47,9 @@ def parameter_modules(model: nnx.Module) -> dict[str, tuple[str, str]]:
 
 def unsupported(model: nnx.Module) -> str:
     """Why :func:`structured_full_ntk` cannot take this model (empty when it can)."""
-    layers = lora.lora_layers(model)
-    if any(layer.merged for layer in layers.values()):
-        return ("structured_full_ntk needs unmerged adapters (the base weights are the parameters); "
-                "call lora.unmerge(model) first")
-    if any(layer.dora for layer in layers.values()):
-        return "structured_full_ntk covers plain LoRA probes; use kernel.empirical_ntk for DoRA adapters"
+    problem = lora.structural_problem(model, "structured_full_ntk")
+    if problem:
+        return problem
     try:
         parameter_modules(model)
     except ValueError as err:

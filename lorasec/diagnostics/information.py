@@ -35,7 +35,14 @@ def nonzero(eigenvalues) -> np.ndarray:
 
 
 def renyi_entropy(eigenvalues, alpha: float) -> float:
-    """Normalised Rényi entropy (nats) of the spectrum's distribution ``p = λ/Σλ``."""
+    """Normalised Rényi entropy (nats) of the spectrum's distribution ``p = λ/Σλ``.
+
+    Args:
+        eigenvalues: float (k,) PSD spectrum, any order; eigenvalues below ``1e-12·λ_max`` count as zero.
+        alpha: the order α: 1 gives Shannon's entropy, ``inf`` the min-entropy ``−log max p``.
+    Returns:
+        ``H_α = log(Σ p^α)/(1−α)`` in nats, a float.
+    """
     p = nonzero(eigenvalues)
     p = p / p.sum()
     if np.isclose(alpha, 1.0):
@@ -46,7 +53,14 @@ def renyi_entropy(eigenvalues, alpha: float) -> float:
 
 
 def log_power_sum(eigenvalues, alpha: float) -> float:
-    """The authors' unnormalised ``H'_α = log Σ λ^α`` over the non-zero eigenvalues."""
+    """The authors' unnormalised ``H'_α = log Σ λ^α`` over the non-zero eigenvalues.
+
+    Args:
+        eigenvalues: float (k,) PSD spectrum, any order; eigenvalues below ``1e-12·λ_max`` count as zero.
+        alpha: the power α (α = 1 gives ``log tr``).
+    Returns:
+        ``log Σ λ^α``, a float.
+    """
     return float(np.log((nonzero(eigenvalues) ** alpha).sum()))
 
 
@@ -59,7 +73,13 @@ def closed_form_proxies(rank: int, width: int, variance: float, init: str = "gau
 
 
 def information_bits(eigenvalues) -> float:
-    """``½ Σ log2(1 + λ)`` (lorasec's definition, module docstring)."""
+    """``½ Σ log2(1 + λ)`` (lorasec's definition, module docstring).
+
+    Args:
+        eigenvalues: float (k,) PSD spectrum, any order.
+    Returns:
+        The information bits, a float.
+    """
     return float(0.5 * np.log2(1.0 + _clean(eigenvalues)).sum())
 
 
@@ -90,8 +110,17 @@ def kernel_target_alignment(kernel: np.ndarray, targets: np.ndarray, *, centred:
     return float((k * target_gram).sum() / norms) if norms > 1e-12 * scale else float("nan")
 
 
-def summary(eigenvalues, alphas=(0.5, 1.0, 2.0)) -> dict:
-    """All scalar summaries of one spectrum, as a JSON-ready dict."""
+def spectrum_summary(eigenvalues, alphas=(0.5, 1.0, 2.0)) -> dict:
+    """All scalar summaries of one spectrum, as a JSON-ready dict.
+
+    Args:
+        eigenvalues: float (k,) PSD spectrum (a kernel's or the Fisher's), any order.
+        alphas: the orders of the Rényi entropies and log power sums.
+    Returns:
+        ``{"trace", "lambda_max", "rank", "effective_rank", "condition_number", "information_bits"}`` and, per
+        α, ``"renyi_{α:g}"`` (:func:`renyi_entropy`) and ``"log_power_sum_{α:g}"`` (:func:`log_power_sum`):
+        floats, but ``rank`` an int (eigenvalues above ``1e-12·λ_max``).
+    """
     lam = _clean(eigenvalues)
     out = {"trace": float(lam.sum()), "lambda_max": float(lam.max()), "rank": int(nonzero(lam).size),
            "effective_rank": effective_rank(lam), "condition_number": condition_number(lam),

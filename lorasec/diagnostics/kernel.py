@@ -30,6 +30,7 @@ from flax import nnx
 
 from lorasec.adapters import lora
 from lorasec.core import memory
+from lorasec.core.paths import dotted
 from lorasec.diagnostics import blocks
 from lorasec.diagnostics.contractions import pair_term
 from lorasec.diagnostics.nt_compat import (
@@ -43,7 +44,7 @@ SUBSETS = ("full", "lora")
 def subset_filter(subset):
     """``"full"``: every ``nnx.Param`` except LoRA factors; ``"lora"``: the LoRA factors; else an NNX filter."""
     if subset == "full":
-        return nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
+        return lora.BASE_PARAMS
     if subset == "lora":
         return nnx.LoRAParam
     if isinstance(subset, str):
@@ -99,7 +100,22 @@ def empirical_ntk(model: nnx.Module, tokens1, mask1, tokens2=None, mask2=None, *
     """neural-tangents' empirical NTK of ``model`` w.r.t. ``subset``; ``block_size > 0`` computes it in
     (block_size × block_size) blocks gathered on the host, so only one block's Jacobians are in memory. Refuses
     (:class:`lorasec.core.errors.MemoryEstimateError`, naming a block size that fits) when the Jacobians of one
-    block pair (:func:`jacobian_bytes`) exceed ``memory_limit`` (default: the usable memory)."""
+    block pair (:func:`jacobian_bytes`) exceed ``memory_limit`` (default: the usable memory).
+
+    Args:
+        model: a classifier ``model(tokens, mask) -> logits`` (N, C); dropout is off.
+        tokens1: int (N1, L) token ids (cast to int32).
+        mask1: bool (N1, L) attention mask.
+        tokens2: int (N2, L) token ids, or None for the kernel of ``tokens1`` with itself (N2 = N1).
+        mask2: bool (N2, L) attention mask, with ``tokens2``.
+        subset: ``"lora"``, ``"full"`` or an NNX filter: the parameters differentiated (:func:`subset_filter`).
+        trace_axes: ``(-1,)``: the mean over the C output pairs (c, c); ``()``: every output pair (c, d).
+        implementation: neural-tangents' implementation, 1 (Jacobian contraction) or 2 (NTK-vector products).
+        block_size: examples per block; 0 for the whole kernel in one call.
+        memory_limit: bytes the Jacobians may take; None for the usable memory.
+    Returns:
+        float (N1, N2) with ``trace_axes=(-1,)``, or (N1, N2, C, C) with ``trace_axes=()``; the parameters' dtype.
+    """
     if implementation not in SUPPORTED_IMPLEMENTATIONS:
         raise ValueError(f"implementation = {implementation}: must be one of {SUPPORTED_IMPLEMENTATIONS} "
                          f"(see lorasec.diagnostics.nt_compat)")
@@ -133,14 +149,29 @@ def structured_lora_ntk(model: nnx.Module, tokens1, mask1, tokens2=None, mask2=N
     """The LoRA-factor NTK from activations and backward signals (module docstring); equals
     ``empirical_ntk(..., subset="lora")``. In blocks of ``block_size`` examples (``None``: chosen to fit; a block
     that does not fit is refused: :func:`lorasec.diagnostics.blocks.block_size_for`). With ``per_layer``, also
-    ``{adapted layer: K_LoRA^(l)}`` as float64 arrays (they sum to the kernel)."""
+    ``{adapted layer: K_LoRA^(l)}`` as float64 arrays (they sum to the kernel).
+
+    Args:
+        model: a classifier with unmerged, non-DoRA LoRA adapters (:func:`lorasec.adapters.lora.apply_lora`).
+        tokens1: int (N1, L) token ids.
+        mask1: bool (N1, L) attention mask.
+        tokens2: int (N2, L) token ids, or None for the kernel of ``tokens1`` with itself (N2 = N1).
+        mask2: bool (N2, L) attention mask, with ``tokens2``.
+        trace_axes: ``(-1,)``: the mean over the C output pairs (c, c); ``()``: every output pair (c, d).
+        block_size: examples per block; None to choose one that fits.
+        memory_limit: bytes a block may take; None for the usable memory.
+        per_layer: also return each adapted layer's kernel.
+    Returns:
+        The kernel, (N1, N2) with ``trace_axes=(-1,)`` or (N1, N2, C, C) with ``trace_axes=()``, as a jax array in
+        the factors' dtype; with ``per_layer``, ``(kernel, {layer name: kernel of that layer})``, all float64
+        numpy arrays of that shape.
+    """
     layers = lora.lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRA layers: apply_lora first")
-    if any(layer.merged for layer in layers.values()):
-        raise ValueError("structured_lora_ntk needs unmerged adapters; call lora.unmerge(model) first")
-    if any(layer.dora for layer in layers.values()):
-        raise ValueError("structured_lora_ntk covers plain LoRA; use empirical_ntk for DoRA adapters")
+    problem = lora.structural_problem(model, "structured_lora_ntk")
+    if problem:
+        raise ValueError(problem)
     diagonal = blocks.diagonal_only(trace_axes)
     factors = {name: (layer.lora_a[...], layer.lora_b[...], layer.scale[...]) for name, layer in layers.items()}
     n1, length = np.shape(tokens1)
@@ -200,20 +231,35 @@ def lora_ntk(model: nnx.Module, tokens1, mask1, tokens2=None, mask2=None, *, tra
 
 def path_is(name: str):
     """NNX filter for the one variable at dotted path ``name``."""
-    return lambda path, _value: ".".join(str(p) for p in path) == name
+    return lambda path, _value: dotted(path) == name
 
 
 def path_under(prefix: str):
     """NNX filter for every variable whose dotted path starts with ``prefix``."""
-    return lambda path, _value: ".".join(str(p) for p in path).startswith(prefix)
+    return lambda path, _value: dotted(path).startswith(prefix)
 
 
 def layer_kernels(model: nnx.Module, layer: str, tokens1, mask1, tokens2=None, mask2=None, *,
                   trace_axes=(-1,)) -> tuple[jax.Array, jax.Array]:
     """Per-layer kernels of paper 1's Lemma 3.1 for the adapted layer ``layer``: ``K_FF^(l)`` w.r.t. its weight
-    matrix W0 (bias excluded) and ``K_LoRA^(l)`` w.r.t. its factors A and B."""
+    matrix W0 (bias excluded) and ``K_LoRA^(l)`` w.r.t. its factors A and B.
+
+    Args:
+        model: a classifier with LoRA adapters.
+        layer: an adapted layer's dotted name (a key of :func:`lorasec.adapters.lora.lora_layers`).
+        tokens1: int (N1, L) token ids.
+        mask1: bool (N1, L) attention mask.
+        tokens2: int (N2, L) token ids, or None for the kernels of ``tokens1`` with itself (N2 = N1).
+        mask2: bool (N2, L) attention mask, with ``tokens2``.
+        trace_axes: as :func:`empirical_ntk`'s.
+    Returns:
+        ``(K_FF^(l), K_LoRA^(l))``, each float (N1, N2) with ``trace_axes=(-1,)`` or (N1, N2, C, C) with ``()``.
+    """
     if layer not in lora.lora_layers(model):
         raise ValueError(f"layer {layer!r} carries no LoRA adapter; adapted: {sorted(lora.lora_layers(model))}")
+    problem = lora.structural_problem(model, "layer_kernels")
+    if problem:
+        raise ValueError(problem)
     args = (tokens1, mask1, tokens2, mask2)
     full = empirical_ntk(model, *args, subset=path_is(f"{layer}.base.kernel"), trace_axes=trace_axes)
     factors = empirical_ntk(model, *args, subset=path_under(f"{layer}.lora_"), trace_axes=trace_axes)

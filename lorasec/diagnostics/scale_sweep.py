@@ -16,10 +16,19 @@ from lorasec.training.evaluation import evaluation_inputs, score
 DEFAULT_FACTORS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
-def sweep(run, scales=None) -> dict:
+def scale_sweep(run, scales=None) -> dict:
     """``{"scales", "clean_accuracy", "attack_success_rate", "s_train", "asr_crossing"}`` of a finished run (with
     ``cfg``, ``tuned``, ``test``, ``encoder``); default scales are multiples of the trained one. Each point is a
-    state update of the adapters' scale variables: the evaluation compiles once for the whole sweep."""
+    state update of the adapters' scale variables: the evaluation compiles once for the whole sweep.
+
+    Args:
+        run: a finished plain-LoRA run (e.g. :func:`lorasec.load_run`'s); its adapters' scales are restored after.
+        scales: the scales s to evaluate, or None for :data:`DEFAULT_FACTORS` times ``cfg.adapter.scaling``.
+    Returns:
+        ``{"scales": [s], "clean_accuracy": [CACC], "attack_success_rate": [ASR], "s_train": s_train,
+        "asr_crossing": s or None}``: one CACC and ASR per scale (ASR None without a trigger attack) and the first s
+        where ASR falls below 0.5 (:func:`asr_crossing`), the measured counterpart of paper 2's Proposition 4.2.
+    """
     cfg = run.cfg
     if not cfg.adapter.plain_lora:
         raise ConfigError("scale sweep: needs a plain LoRA run (adapter.method = 'lora', no dora, no pissa)")

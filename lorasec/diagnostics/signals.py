@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lorasec.core.paths import dotted
 from lorasec.models.layers import Dense, Embed, LayerNorm
 
 
@@ -29,7 +30,7 @@ def _forward(model, tokens, mask):
 
 
 def _layer_name(path: tuple) -> str:
-    name = ".".join(str(p) for p in path[:-1])
+    name = dotted(path[:-1])
     return name[: -len(".base")] if name.endswith(".base") else name
 
 
@@ -79,7 +80,17 @@ def module_signals(model: nnx.Module, tokens, mask, names=None) -> dict[str, tup
 
 def layer_signals(model: nnx.Module, tokens, mask, names=None) -> dict[str, tuple[jax.Array, jax.Array]]:
     """Per linear layer of ``model`` (or the ``names`` given): its inputs x (N, T, n) and the logits' backward
-    signals δ (N, C, T, m); T = 1 for layers applied once per example."""
+    signals δ (N, C, T, m); T = 1 for layers applied once per example.
+
+    Args:
+        model: a lorasec classifier ``model(tokens, mask) -> logits`` (N, C) built of ``Dense`` layers.
+        tokens: int (N, L) token ids.
+        mask: bool (N, L) attention mask.
+        names: layer names (dotted paths, an adapter's ``.base`` dropped); None for every ``Dense`` layer.
+    Returns:
+        ``{name: (x, δ)}``: x float (N, T, n), the layer's inputs, and δ (N, C, T, m) in the logits' dtype,
+        ``∂f_c/∂h`` at its output; T = L for per-token layers.
+    """
     if names is None:
         names = [name for name, module in captured_modules(model).items() if isinstance(module, Dense)]
     graphdef, state = nnx.split(model)

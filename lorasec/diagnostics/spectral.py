@@ -1,7 +1,7 @@
 """Spectral diagnostics of a (pretrained, tuned) weight pair, per adapted matrix (paper 2 and related work).
 
 Matrices are taken in PyTorch's ``(out, in)`` layout, ``W = kernelᵀ`` of lorasec's Flax ``(in, out)`` kernels;
-:func:`pair_report` converts. Measures:
+:func:`spectral_pair_report` converts. Measures:
 
 - spectral strength ``σ_max(W_pre) / σ_max(ΔW)`` (paper 2; large = the update is spectrally weak);
 - stable rank ``‖W‖²_F / ‖W‖²_2`` and effective rank ``exp(H(σ/‖σ‖₁))`` (Roy & Vetterli);
@@ -26,11 +26,27 @@ def singular_values(w: np.ndarray) -> np.ndarray:
 
 
 def spectral_strength(w_pre: np.ndarray, delta: np.ndarray) -> float:
-    """``σ_max(W_pre) / σ_max(ΔW)``; infinite for a zero update."""
+    """``σ_max(W_pre) / σ_max(ΔW)``; infinite for a zero update.
+
+    Paper 2's spectral strength (module docstring): large means the update is spectrally weak.
+
+    Args:
+        w_pre: float (out, in) pretrained weight W_pre.
+        delta: float (out, in) update ΔW (the ratio is the same for both transposed).
+    Returns:
+        The ratio, a float; ``inf`` when ΔW = 0.
+    """
     return _strength(singular_values(w_pre), singular_values(delta))
 
 
 def stable_rank(w: np.ndarray) -> float:
+    """Stable rank ``‖W‖²_F / ‖W‖²_2 = Σ σ_i² / σ_max²`` of one matrix.
+
+    Args:
+        w: float (out, in) matrix (either layout: the value is the same for its transpose).
+    Returns:
+        The stable rank, a float between 1 and rank(W); 0.0 for a zero matrix.
+    """
     return _stable_rank(singular_values(w))
 
 
@@ -57,7 +73,18 @@ def _svd(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def intruder_dimensions(w_pre: np.ndarray, w_tuned: np.ndarray, *, k: int = 10, epsilon: float = 0.5) -> dict:
-    """Intruder dimensions of ``w_tuned`` relative to ``w_pre`` (both (out, in)); see the module docstring."""
+    """Intruder dimensions of ``w_tuned`` relative to ``w_pre`` (both (out, in)); see the module docstring.
+
+    Args:
+        w_pre: float (out, in) pretrained weight.
+        w_tuned: float (out, in) tuned weight.
+        k: how many top left singular vectors of ``w_tuned`` are tested (at most min(out, in)).
+        epsilon: a tested vector is an intruder when its largest |cos| with the pretrained ones is below this.
+    Returns:
+        ``{"k", "epsilon", "count", "indices", "energy_share", "max_cosine", "epsilon_sweep"}``: the intruders'
+        count and indices among the top k, their share ``Σ σ_i² / ‖W_tuned‖²_F``, each tested vector's largest
+        |cos| (a list of k floats), and ``{f"{ε:g}": count}`` over :data:`EPSILON_SWEEP`.
+    """
     return _intruders(_svd(w_pre)[0], *_svd(w_tuned), k=k, epsilon=epsilon)
 
 
@@ -71,9 +98,21 @@ def _intruders(u_pre: np.ndarray, u_tuned: np.ndarray, s_tuned: np.ndarray, *, k
             "energy_share": energy, "max_cosine": similarity.tolist(), "epsilon_sweep": sweep}
 
 
-def pair_report(kernel_pre: np.ndarray, kernel_tuned: np.ndarray, *, k: int = 10, epsilon: float = 0.5) -> dict:
+def spectral_pair_report(kernel_pre: np.ndarray, kernel_tuned: np.ndarray, *, k: int = 10, epsilon: float = 0.5) -> dict:
     """All measures for one matrix given lorasec ``(in, out)`` kernels before and after tuning (strength None
-    for a zero update). Three decompositions per matrix (W_pre, W_tuned, ΔW) serve every measure."""
+    for a zero update). Three decompositions per matrix (W_pre, W_tuned, ΔW) serve every measure.
+
+    Args:
+        kernel_pre: float (in, out) kernel before tuning (lorasec's layout; transposed to W here).
+        kernel_tuned: float (in, out) effective kernel after tuning.
+        k: top-k tuned directions tested for intruders.
+        epsilon: the intruders' threshold (:func:`intruder_dimensions`).
+    Returns:
+        A JSON-ready dict: ``shape_out_in`` ([out, in]), ``spectral_strength`` (None for ΔW = 0),
+        ``sigma_max_pre``, ``sigma_max_delta``, ``stable_rank_pre`` / ``_tuned`` / ``_delta``,
+        ``effective_rank_pre`` / ``_delta``, ``intruders`` (:func:`intruder_dimensions`' dict) and
+        ``singular_values_delta`` (ΔW's largest 32, descending).
+    """
     w_pre, w_tuned = np.asarray(kernel_pre, np.float64).T, np.asarray(kernel_tuned, np.float64).T
     delta = w_tuned - w_pre
     (u_pre, s_pre), (u_tuned, s_tuned), s_delta = _svd(w_pre), _svd(w_tuned), singular_values(delta)

@@ -14,7 +14,7 @@ lorasec's normalisations (the paper's were not recoverable), with ``σ_pre = σ_
   a LOWER bound ``A0 ≥ −ρ_bd σ_pre‖c‖‖x‖`` (the corrected form);
 - A2: ``A1 ≥ ρ_eff σ_Δ‖c‖‖x‖`` with ``ρ_eff > 0``.
 
-:func:`search` looks for instances satisfying the assumptions with s > s* and M(s) ≤ 0, by random sampling and
+:func:`search_counterexamples` looks for instances satisfying the assumptions with s > s* and M(s) ≤ 0, by random sampling and
 by gradient descent on the margin over the assumption set. The stated form has such counter-examples; the
 corrected form cannot (it is then a two-line proof), and the search must come back empty for it.
 """
@@ -33,7 +33,20 @@ FORMS = ("stated", "corrected")
 
 
 @dataclass(frozen=True)
-class Instance:
+class ThresholdInstance:
+    """One instance of paper 2's Proposition 4.2 for one adapted layer, in PyTorch layout (module docstring).
+
+    Attributes:
+        w_pre: float (C, d) pretrained weight W_pre.
+        delta: float (C, d) update ΔW.
+        x: float (d,) triggered input.
+        y: the true label (a row of W).
+        y_bd: the backdoor label, another row.
+        rho_bd: ρ_bd, the pretrained weights' normalised push toward ``y_bd`` (assumption A1).
+        rho_eff: ρ_eff = ρ_cl − ρ_tr, the update's normalised push toward ``y`` (assumption A2).
+        s: the adapter scale at which :meth:`margin` is taken by default.
+    """
+
     w_pre: np.ndarray   # (C, d)
     delta: np.ndarray   # (C, d)
     x: np.ndarray       # (d,)
@@ -77,19 +90,24 @@ def _sigma_max(w) -> float:
     return float(np.linalg.norm(np.asarray(w, np.float64), 2))
 
 
-def theory_example() -> Instance:
+def threshold_counterexample() -> ThresholdInstance:
     """THEORY.md's counter-example: 2 classes, d = 1, x = 1, W_pre = (−1/√2, 1/√2)ᵀ, ΔW = −W_pre,
-    ρ_bd = 0.1, ρ_eff = ρ_cl − ρ_tr = 1, so s* = 0.1; at s = 0.2 the margin is −0.8√2."""
+    ρ_bd = 0.1, ρ_eff = ρ_cl − ρ_tr = 1, so s* = 0.1; at s = 0.2 the margin is −0.8√2.
+
+    Returns:
+        A :class:`ThresholdInstance` (C = 2, d = 1, y = 0, y_bd = 1, s = 0.2) that satisfies the stated form of
+        the assumptions, with s > s* and ``margin() < 0``.
+    """
     w = np.array([[-1.0], [1.0]]) / np.sqrt(2.0)
-    return Instance(w, -w, np.array([1.0]), 0, 1, 0.1, 1.0, 0.2)
+    return ThresholdInstance(w, -w, np.array([1.0]), 0, 1, 0.1, 1.0, 0.2)
 
 
-def _random_instance(rng: np.random.Generator, form: str) -> Instance | None:
+def _random_instance(rng: np.random.Generator, form: str) -> ThresholdInstance | None:
     classes, dim = int(rng.integers(2, 5)), int(rng.integers(1, 6))
     w_pre, delta = rng.normal(size=(classes, dim)), rng.normal(size=(classes, dim))
     x = rng.normal(size=dim)
     y, y_bd = rng.choice(classes, size=2, replace=False)
-    probe = Instance(w_pre, delta, x, int(y), int(y_bd), 1.0, 1.0, 1.0)
+    probe = ThresholdInstance(w_pre, delta, x, int(y), int(y_bd), 1.0, 1.0, 1.0)
     a0, a1 = probe.margin_terms()
     norm = np.sqrt(2.0) * np.linalg.norm(x)
     rho_bd_limit = -a0 / (_sigma_max(w_pre) * norm)    # A1 binds at this ρ_bd
@@ -103,9 +121,9 @@ def _random_instance(rng: np.random.Generator, form: str) -> Instance | None:
     else:                         # A0 ≥ −ρ_bd·(...): ρ_bd ≥ limit
         rho_bd = max(rho_bd_limit, 0.0) + rng.exponential(0.5) + 1e-6
     rho_eff = rho_eff_max * rng.uniform(0.05, 1.0)
-    candidate = Instance(w_pre, delta, x, int(y), int(y_bd), float(rho_bd), float(rho_eff), 1.0)
+    candidate = ThresholdInstance(w_pre, delta, x, int(y), int(y_bd), float(rho_bd), float(rho_eff), 1.0)
     s = candidate.threshold() * (1.0 + rng.exponential(0.5)) + 1e-9
-    return Instance(w_pre, delta, x, int(y), int(y_bd), float(rho_bd), float(rho_eff), float(s))
+    return ThresholdInstance(w_pre, delta, x, int(y), int(y_bd), float(rho_bd), float(rho_eff), float(s))
 
 
 def _parts(p, c, frac_bd, frac_eff, form):
@@ -129,7 +147,7 @@ def _objective(p, c, frac_bd, frac_eff, form):
 _gradient = jax.jit(jax.grad(_objective), static_argnums=4)
 
 
-def _descend(rng: np.random.Generator, form: str, steps: int = 300) -> Instance | None:
+def _descend(rng: np.random.Generator, form: str, steps: int = 300) -> ThresholdInstance | None:
     """Gradient descent on the margin over the assumption set: ρ_bd and ρ_eff follow the current weights at a
     fixed fraction of their feasible range, so A1/A2 hold by construction wherever the penalty is zero."""
     classes, dim = 2 + int(rng.integers(0, 3)), 1 + int(rng.integers(0, 4))
@@ -144,7 +162,7 @@ def _descend(rng: np.random.Generator, form: str, steps: int = 300) -> Instance 
     a0, a1, rho_bd, rho_eff, s, _ = (float(v) for v in _parts(params, c, frac_bd, frac_eff, form))
     if not (np.isfinite(s) and rho_bd > 0 and rho_eff > 0):
         return None
-    return Instance(np.asarray(params["w"]), np.asarray(params["d"]), np.asarray(params["x"]), y, y_bd,
+    return ThresholdInstance(np.asarray(params["w"]), np.asarray(params["d"]), np.asarray(params["x"]), y, y_bd,
                     rho_bd, rho_eff, s)
 
 
@@ -153,11 +171,21 @@ class SearchResult:
     form: str
     tried: int
     feasible: int
-    counterexamples: list[Instance]
+    counterexamples: list[ThresholdInstance]
 
 
-def search(form: str, *, samples: int = 2000, descents: int = 10, seed: int = 0) -> SearchResult:
-    """Random sampling plus gradient descent over the assumption set of ``form`` ('stated' or 'corrected')."""
+def search_counterexamples(form: str, *, samples: int = 2000, descents: int = 10, seed: int = 0) -> SearchResult:
+    """Random sampling plus gradient descent over the assumption set of ``form`` ('stated' or 'corrected').
+
+    Args:
+        form: ``"stated"`` (A1 an upper bound on A0, as paper 2's main text) or ``"corrected"`` (a lower bound).
+        samples: random instances drawn (2 to 4 classes, d from 1 to 5).
+        descents: gradient-descent runs (300 steps each).
+        seed: the search's seed.
+    Returns:
+        :class:`SearchResult`: ``form``, ``tried`` (samples + descents), ``feasible`` (instances satisfying the
+        assumptions with s > s*) and ``counterexamples`` (those with ``M(s) ≤ 0``; none expected for "corrected").
+    """
     if form not in FORMS:
         raise ValueError(f"form = {form!r}: must be one of {', '.join(FORMS)}")
     rng = keys.numpy_rng(seed, "instances", FORMS.index(form))

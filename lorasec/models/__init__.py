@@ -18,6 +18,24 @@ CLASSIFIER_LAYERS = ("head", "pooler")  # the linear layers a classifier adds on
 
 @dataclass(frozen=True)
 class Architecture:
+    """Everything needed to rebuild a network with the same shapes (module docstring).
+
+    Attributes:
+        kind: ``"transformer"`` or ``"mlp"`` (a bag of embeddings, ReLU hidden layers, a head).
+        vocab_size: V, the token embedding's rows.
+        max_positions: the position embedding's rows, the longest sequence (transformer).
+        d_model: the embedding width, and the transformer's hidden width.
+        num_layers: encoder layers (transformer).
+        num_heads: attention heads, dividing ``d_model`` (transformer).
+        d_ff: the feed-forward width (transformer).
+        dropout: the transformer's dropout rate (embeddings and encoder layers); the MLP has none.
+        pooling: ``"mean"`` (masked mean) or ``"cls"`` (BERT's tanh pooler on [CLS]) (transformer).
+        mlp_hidden: the MLP's hidden widths.
+        type_vocab_size: segment embedding rows (BERT imports); 0 for none.
+        attention_dropout: dropout on the attention probabilities.
+        head_dropout: dropout on the pooled features before the head; -1 for ``dropout``.
+    """
+
     kind: str
     vocab_size: int
     max_positions: int
@@ -53,6 +71,16 @@ class Architecture:
 
 
 def build_classifier(arch: Architecture, num_classes: int, *, rngs: nnx.Rngs) -> nnx.Module:
+    """A freshly initialised classifier of ``arch``: a ``TransformerClassifier`` or an ``MLPClassifier``.
+
+    Args:
+        arch: the architecture (``arch.kind`` picks the class).
+        num_classes: C, the head's outputs.
+        rngs: NNX rngs for the initial parameters (float32; float64 under x64).
+    Returns:
+        An NNX module ``model(tokens, mask, rngs=None) -> logits`` from int32 (N, L) token ids and a bool (N, L)
+        mask to float (N, C) logits; dropout only when ``rngs`` is given.
+    """
     from lorasec.models.mlp import MLPClassifier
     from lorasec.models.transformer import TransformerClassifier
 

@@ -75,7 +75,7 @@ def gelu(x: jax.Array) -> jax.Array:
     """Exact GELU, ``x·Φ(x) = x/2·(1 + erf(x/√2))`` (Hendrycks & Gimpel 2016), in BERT's and PyTorch's form.
 
     ``jax.nn.gelu(approximate=False)`` writes the same function through ``erfc``, which XLA's CPU backend
-    evaluates piecewise, 2.5–4× slower than ``erf``. The two agree to float32 rounding (9.5e-7 absolute on
+    evaluates piecewise, more slowly than ``erf``. The two agree to float32 rounding (9.5e-7 absolute on
     [−12, 12], the derivative to 2.4e-7)."""
     return 0.5 * x * (1.0 + jax.lax.erf(x * 0.7071067811865476))
 

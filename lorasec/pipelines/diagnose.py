@@ -27,16 +27,22 @@ def apply_pt(run: FinishedRun, scales: dict[str, float] | None = None) -> dict[s
 
 
 def update_pairs(run: FinishedRun, base: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(starting, tuned) kernels per adapted matrix; ``base`` compares a full fine-tuning run with another
-    pretrained checkpoint instead of its own starting point."""
+    """The weight pairs paper 2's spectral measures compare.
+
+    Args:
+        run: a finished run (:func:`lorasec.pipelines.run.load_run`).
+        base: a pretrained checkpoint to compare a full fine-tuning run with, instead of its own starting point.
+    Returns:
+        ``{matrix name: (starting kernel, tuned effective kernel)}``, float arrays (in, out) in lorasec's layout.
+    """
     pairs = spectral.update_pairs(run)
     if not base:
         return pairs
     if run.cfg.adapter.method != "full":
         raise config.ConfigError("spectral --base: only for full fine-tuning runs (a LoRA run's W_pre is its "
                                  "frozen weight)")
-    reference = build_model(config.replace(run.cfg, model={"pretrained": base, "init_from": ""},
-                                           adapter={"method": "full"}), run.encoder.vocab_size)
+    reference = build_model(config.replace_config(run.cfg, model={"pretrained": base, "init_from": ""},
+                                           adapter={"method": "full"}))
     before = lora.linear_layers(reference)
     return {name: (np.asarray(before[name].kernel[...]), tuned) for name, (_, tuned) in pairs.items()}
 
@@ -46,16 +52,27 @@ FORMAT = 2  # diagnosis records of format 1 were measured before Pt's rescale; t
 
 def diagnose(run: FinishedRun, *, base: str | None = None, k: int = 10, epsilon: float = 0.5,
              with_alignment: bool = True, with_sweep: bool = True) -> dict:
-    """``{"spectral": per matrix, "alignment": per matrix, "sweep": curve}`` (the last two where they apply)."""
+    """The diagnoses of one finished run, as it was evaluated (after RoRA's Pt, when it ran).
+
+    Args:
+        run: a finished run.
+        base: see :func:`update_pairs`.
+        k, epsilon: the intruder-dimension settings (top-k tuned directions, |cos| threshold).
+        with_alignment, with_sweep: take the alignment table and the scale sweep (runs with a trigger only).
+    Returns:
+        ``{"format", "spectral": per matrix, "alignment": per matrix, "sweep": curve}``, the last two where they
+        apply (:func:`lorasec.diagnostics.spectral.spectral_pair_report`, :mod:`lorasec.diagnostics.alignment`,
+        :func:`lorasec.diagnostics.scale_sweep.scale_sweep`).
+    """
     pt_scales = apply_pt(run)
     pairs = update_pairs(run, base)
-    report = {"format": FORMAT, "spectral": {name: spectral.pair_report(pre, tuned, k=k, epsilon=epsilon)
+    report = {"format": FORMAT, "spectral": {name: spectral.spectral_pair_report(pre, tuned, k=k, epsilon=epsilon)
                                              for name, (pre, tuned) in pairs.items()}}
     if poison.triggers_for(run.cfg.attack):
         if with_alignment:
             report["alignment"] = alignment.run_alignment(run)
         if with_sweep and run.cfg.adapter.plain_lora:
-            report["sweep"] = scale_sweep.sweep(run)
+            report["sweep"] = scale_sweep.scale_sweep(run)
             if pt_scales:
                 report["sweep"]["note"] = ("one uniform s on every adapter; the run was evaluated with Pt's "
                                            "per-layer scales, so s_train = α/r is the scale it trained at")

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from lorasec.adapters import lora
-from lorasec.config import AdapterConfig, AttackConfig, ConfigError, RunConfig, replace
+from lorasec.config import AdapterConfig, AttackConfig, ConfigError, RunConfig, check_environment, replace_config
 from lorasec.diagnostics import information, kernel
-from lorasec.pipelines.run import build_model, prepare_data
+from lorasec.data.tasks import load_task
+from lorasec.pipelines import start as starts
+from lorasec.pipelines.run import build_model
 
 METRICS = ("H1", "H2")
 FIELDS = ("layer", "examples", "draws", "ranks", "rank_c", "variances", "variance_rank", "init")
@@ -54,7 +56,10 @@ class ProxySetting:
 
 def measure(cfg: RunConfig, setting: ProxySetting) -> list[dict]:
     """One row per (sweep, setting, draw): the measured proxies and the closed forms (unshifted)."""
-    _, test, encoder = prepare_data(replace(cfg, attack=AttackConfig()))
+    check_environment(cfg)
+    train, test = load_task(cfg.data)
+    start = starts.resolve(replace_config(cfg, attack=AttackConfig()), train)
+    encoder = start.text_encoder()
     if setting.examples > len(test):
         raise ConfigError(f"examples = {setting.examples}: the test set holds {len(test)} sentences")
     tokens, mask = encoder.encode(test.texts[:setting.examples])
@@ -65,7 +70,7 @@ def measure(cfg: RunConfig, setting: ProxySetting) -> list[dict]:
         for draw in setting.draws:
             adapter = AdapterConfig(rank=rank, alpha=float(rank), init=setting.init, init_scale=c,
                                     targets=(setting.layer,))
-            model = build_model(replace(cfg, seed=draw, adapter=adapter), vocab_size=encoder.vocab_size)
+            model = build_model(replace_config(cfg, seed=draw, adapter=adapter), start)
             layer = _the_adapted_layer(model, setting.layer)
             width = int(lora.lora_layers(model)[layer].lora_a[...].shape[0])  # n, the layer's input width
             _, factors = kernel.layer_kernels(model, layer, tokens, mask)

@@ -1,6 +1,6 @@
 """``lorasec infinite``: how fast finite transformer encoders approach their infinite-width kernels.
 
-For each width, ``draws`` encoders of :func:`lorasec.diagnostics.infinite.encoder` are drawn at init on the same
+For each width, ``draws`` encoders of :func:`lorasec.diagnostics.infinite.stax_encoder` are drawn at init on the same
 random sentences; their NTK's relative Frobenius distance to the analytic limit is recorded per draw, and the
 fitted log-log slope against width is compared with the ``-1/2`` of the law of large numbers (one network's kernel
 is an average over ``width`` random units). Writes ``infinite.json`` and ``encoder_convergence.png`` / ``.pdf``.
@@ -40,11 +40,11 @@ def convergence(widths, *, draws: int = 4, num_layers: int = 1, examples: int = 
                  f"the encoder kernels at width {max(widths)}, {examples} examples of {length} tokens",
                  "lower --n, --length or the largest --widths")
     tokens = jax.random.randint(keys.key(seed, "inputs"), (examples, length), 0, vocab)
-    x = infinite.one_hot_tokens(tokens, vocab)
+    x = infinite.stax_inputs(tokens, vocab)
     errors = []
     for width in widths:
-        network = infinite.encoder(num_layers, width, 2, parameterization=parameterization)
-        limit = infinite.analytic(network, x)["ntk"]
+        network = infinite.stax_encoder(num_layers, width, 2, parameterization=parameterization)
+        limit = infinite.infinite_kernels(network, x)["ntk"]
         finite = infinite.finite_kernels(network, x, draws=draws, seed=seed)["ntk"]
         errors.append(np.asarray(infinite.relative_error(finite, limit), float).tolist())
     mean = np.mean(errors, axis=1)

@@ -20,13 +20,13 @@ from flax import nnx
 
 from lorasec.adapters import lora
 from lorasec.attacks import poison
-from lorasec.config import AttackConfig, ConfigError, RunConfig
+from lorasec.config import AttackConfig, ConfigError, RunConfig, check_environment
 from lorasec.core import files, keys
 from lorasec.core.stats import finite as _finite
 from lorasec.diagnostics import fisher, full_kernel, information, kernel
 from lorasec.pipelines import figures
 from lorasec.pipelines.diagnose import apply_pt
-from lorasec.pipelines.run import build_model, load_run, prepare_data
+from lorasec.pipelines.run import load_run, prepare_model
 
 
 def with_probe_adapters(model: nnx.Module, cfg: RunConfig) -> nnx.Module:
@@ -93,7 +93,7 @@ def per_layer_comparison(full_parts: dict, lora_parts: dict, bounds: dict | None
         k_ff = full_parts[f"{layer}.base.kernel"]
         top = float(np.linalg.eigvalsh(_flat(k_ff)).max())
         gap = float(np.linalg.eigvalsh(_flat(k_lora - k_ff)).max()) / top if top > 0 else float("inf")
-        ff, lo = information.summary(traced_spectrum(k_ff)), information.summary(traced_spectrum(k_lora))
+        ff, lo = information.spectrum_summary(traced_spectrum(k_ff)), information.spectrum_summary(traced_spectrum(k_lora))
         out[layer] = {"loewner_gap": _finite(gap), "lora_below_ff": bool(gap <= 1e-6),
                       "relative_order": _finite(relative_order(k_ff, k_lora)),
                       "bound_from_factors": _finite(bounds[layer]) if bounds else None,
@@ -180,8 +180,7 @@ def kernel_report(cfg: RunConfig, out_dir: str | Path, *, run_dir: str | Path | 
         apply_pt(run)  # the kernels of the model as the run was evaluated
         test, encoder, model = run.test, run.encoder, run.tuned
     else:
-        _, test, encoder = prepare_data(cfg)
-        model = build_model(cfg, encoder.vocab_size)
+        model, test, encoder = prepare_model(check_environment(cfg))
     if num_examples < 2 or num_examples > len(test):
         raise ConfigError(f"--n {num_examples}: must lie in [2, {len(test)}] (the test set's size)")
     model = with_probe_adapters(model, cfg)
@@ -202,8 +201,8 @@ def kernel_report(cfg: RunConfig, out_dir: str | Path, *, run_dir: str | Path | 
         traced = np.einsum("ijcc->ij", k4) / k4.shape[-1]
         fisher_spectrum = fisher.fisher_spectrum(k4, logits)
         summary[name] = {
-            "kernel": information.summary(spectra[name]),
-            "fisher": information.summary(np.clip(fisher_spectrum, 0.0, None)),
+            "kernel": information.spectrum_summary(spectra[name]),
+            "fisher": information.spectrum_summary(np.clip(fisher_spectrum, 0.0, None)),
             "kernel_target_alignment": _finite(information.kernel_target_alignment(traced, subset.labels)),
             "centred_alignment": _finite(information.kernel_target_alignment(traced, subset.labels, centred=True)),
             "parameters": lora.count_params(nnx.state(model, kernel.subset_filter(name))),

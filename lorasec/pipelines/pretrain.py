@@ -18,6 +18,7 @@ from lorasec.config import (
     DataConfig,
     ModelConfig,
     PretrainConfig,
+    check_environment,
     from_dict,
     to_dict,
 )
@@ -42,8 +43,17 @@ def pretrain_recipe(data: DataConfig, model: ModelConfig, steps: int) -> Pretrai
 
 
 def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True) -> Path:
-    """Pretrain (or resume pretraining) into ``out_dir``; returns it. A finished checkpoint is left as it is; no
-    other lorasec process may write to ``out_dir`` meanwhile."""
+    """Pretrain (or resume pretraining) into ``out_dir``. A finished checkpoint is left as it is; no other lorasec
+    process may write to ``out_dir`` meanwhile.
+
+    Args:
+        cfg: a validated pretraining config (the synthetic corpus, a transformer encoder).
+        out_dir: the checkpoint directory.
+        progress: show a progress bar.
+    Returns:
+        ``out_dir``, a checkpoint ``model.pretrained`` can name (``model.json``, ``tokenizer.json``, ``params/``).
+    """
+    check_environment(cfg)
     out_dir = Path(out_dir)
     with exclusive(out_dir):
         return _pretrain(cfg, out_dir, progress)

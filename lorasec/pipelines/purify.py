@@ -33,6 +33,7 @@ from lorasec.config import (
     PurifyConfig,
     RoRAConfig,
     RunConfig,
+    check_environment,
     defence_fields,
     load,
     to_dict,
@@ -40,7 +41,7 @@ from lorasec.config import (
 from lorasec.core import files, stats
 from lorasec.pipelines import diagnose, figures, rundir
 from lorasec.pipelines.pretrain import pretrain, pretrain_recipe
-from lorasec.pipelines.run import build_model, load_run, prepare_data, train_run
+from lorasec.pipelines.run import load_run, prepare_model, train_run
 from lorasec.training.evaluation import evaluate, evaluation_fields
 
 # Defences that are another defence's runs with RoRA's Pt applied after training, instead of runs of their own.
@@ -163,8 +164,7 @@ def defence_run(cfg: PurifyConfig, backdoored: Path, out: Path, text: str, seed:
 def _before(backdoored: Path, cfg: PurifyConfig) -> dict:
     """The backdoored model on the downstream test set, before any clean fine-tuning."""
     run_cfg = defence_config(cfg, backdoored, "full", cfg.seeds[0])
-    _, test, encoder = prepare_data(run_cfg)
-    model = build_model(run_cfg, encoder.vocab_size)
+    model, test, encoder = prepare_model(run_cfg)
     result = evaluate(model, run_cfg, test, encoder)
     return {"clean_accuracy": result.clean_accuracy, "attack_success_rate": result.attack_success_rate}
 
@@ -178,7 +178,17 @@ def summarise_defence(name: str, runs: list[dict]) -> dict:
 
 
 def run_purify(cfg: PurifyConfig, out: str | Path, *, progress: bool = True) -> dict:
-    """The whole pipeline into ``out`` (module docstring)."""
+    """The whole pipeline into ``out`` (module docstring), resuming what an earlier call left.
+
+    Args:
+        cfg: a validated purify config.
+        out: the output directory (``backdoored/``, ``runs/``, ``summary.json``, ``report.md`` and figures).
+        progress: show progress bars.
+    Returns:
+        The summary: seeds, the backdoored model's CACC and ASR (proxy and downstream), per defence its runs and
+        mean ± sd of CACC, ASR and the spectral diagnoses, and the mean scale-sweep curves.
+    """
+    check_environment(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "purify_config.json"

@@ -48,12 +48,12 @@ import dataclasses
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from lorasec.config import ConfigError, PurifyConfig, RunConfig, from_dict, read_file, to_dict
-from lorasec.core import files
+from lorasec.config import ConfigError, PurifyConfig, RunConfig, check_environment, from_dict, read_file, to_dict
+from lorasec.core import files, tables
 from lorasec.core.stats import mean_sd, paired_difference
 from lorasec.pipelines import entropy_proxies, figures, rundir
 from lorasec.pipelines.pretrain import pretrain, pretrain_recipe
@@ -61,12 +61,67 @@ from lorasec.pipelines.purify import run_purify, settings_row
 from lorasec.pipelines.sweep import METRICS, read_table, run_sweep
 from lorasec.sweep_spec import SweepSpec, base_table, spec_from_raw
 
-PAPER_FIELDS = ("title", "figures", "pretrain_steps", "base", "quick")
-QUICK_FIELDS = ("seeds", "pretrain_steps", "base", "figures")
-FIGURE_FIELDS = ("title", "x", "y", "hue", "panel", "marks", "caption")
-CLAIM_FIELDS = ("metric", "where", "a", "b", "expect", "predict", "by", "paper")
 EXPECTS = ("a > b", "a < b")
 PURIFY_METRICS = ("clean_accuracy", "attack_success_rate")
+
+
+# --- the files, as the one schema loader reads them -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuickFile:
+    """paper.toml's [quick]: the smoke setting of ``--quick``."""
+
+    seeds: tuple[int, ...] = ()
+    pretrain_steps: int = -1  # -1: the paper's own
+    base: dict = field(default_factory=dict)
+    figures: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PaperFile:
+    """paper.toml (module docstring)."""
+
+    title: str = ""
+    figures: tuple[str, ...] = ()
+    pretrain_steps: int = 0
+    base: dict = field(default_factory=dict)
+    quick: QuickFile = field(default_factory=QuickFile)
+
+
+@dataclass(frozen=True)
+class FigureTable:
+    """A figure file's [figure] table."""
+
+    x: str
+    y: tuple[str, ...]
+    title: str = ""
+    hue: tuple[str, ...] = ()
+    panel: str = ""
+    marks: tuple[float, ...] = ()
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class ClaimTable:
+    """One [[claims]] entry of a figure file, as written."""
+
+    metric: str
+    a: dict
+    b: dict
+    where: dict = field(default_factory=dict)
+    expect: str = ""
+    predict: str = ""
+    by: tuple[str, ...] = ()
+    paper: str = ""
+
+
+@dataclass(frozen=True)
+class KernelsFile:
+    """A kernel figure's own fields: [kernels] (:class:`entropy_proxies.ProxySetting`) and an optional [base]."""
+
+    kernels: dict
+    base: str | dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,12 +136,166 @@ class Comparison:
     predict: str = ""
 
 
+# --- figure kinds ------------------------------------------------------------------------------------------------
+
+
+class FigureKind(Protocol):
+    """What a figure measures and how: a sweep of runs, paper 2's purify pipeline, or kernels without training."""
+
+    values: dict[str, tuple]  # each field the figure varies, with the values it takes
+    seeds: tuple[int, ...]
+    metrics: tuple[str, ...]
+
+    def start(self) -> tuple:
+        """(data, model) configs: what a shared pretrained encoder is made for."""
+
+    def starting_from(self, encoder: Path) -> FigureKind:
+        """The same figure with ``model.pretrained`` set to the paper's shared encoder."""
+
+    def home_key(self) -> str:
+        """Figures with one non-empty key share a directory (paper 2's tables on one backdoored model)."""
+
+    def run(self, out: Path, report_dir: Path, name: str, progress: bool) -> tuple[list[dict], dict]:
+        """Measure into ``out`` (resuming); one row per run (or draw), and what the report adds about it."""
+
+
+@dataclass(frozen=True)
+class SweepFigure:
+    """A grid of fine-tuning runs (:mod:`lorasec.sweep_spec`)."""
+
+    spec: SweepSpec
+    metrics = METRICS
+
+    @property
+    def values(self) -> dict[str, tuple]:
+        values = dict(self.spec.axes)
+        for group in self.spec.zips:
+            values.update(group)
+        return values
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(self.spec.seeds)
+
+    def start(self) -> tuple:
+        cfg = from_dict(RunConfig, self.spec.base)
+        return cfg.data, cfg.model
+
+    def home_key(self) -> str:
+        return ""  # each sweep figure has its own directory
+
+    def starting_from(self, encoder: Path) -> SweepFigure:
+        return SweepFigure(dataclasses.replace(self.spec, base=_merge(self.spec.base,
+                                                                      {"model": {"pretrained": str(encoder)}})))
+
+    def run(self, out: Path, report_dir: Path, name: str, progress: bool) -> tuple[list[dict], dict]:
+        run_sweep(self.spec, out, progress=progress)
+        steps = from_dict(RunConfig, self.spec.base).train.steps
+        return read_table(out), {"settings": f"{len(self.spec.cells())} cells, seeds {list(self.spec.seeds)}, "
+                                             f"{steps} steps each"}
+
+
+@dataclass(frozen=True)
+class PurifyFigure:
+    """Paper 2's threat model (:mod:`lorasec.pipelines.purify`): a backdoored model, then each defence × seed."""
+
+    config: PurifyConfig
+    metrics = PURIFY_METRICS
+
+    @property
+    def values(self) -> dict[str, tuple]:
+        rows = [settings_row(self.config, text) for text in self.config.defences]
+        return {"defence": tuple(self.config.defences),
+                **{key: tuple(sorted({row[key] for row in rows} - {None})) for key in rows[0]}}
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(self.config.seeds)
+
+    def start(self) -> tuple:
+        return self.config.data, self.config.model
+
+    def starting_from(self, encoder: Path) -> PurifyFigure:
+        return PurifyFigure(dataclasses.replace(self.config, model=dataclasses.replace(self.config.model,
+                                                                                      pretrained=str(encoder))))
+
+    def home_key(self) -> str:
+        """Its settings but defences and seeds: figures with one key share one backdoored model and directory."""
+        return json.dumps(rundir.deciding(to_dict(dataclasses.replace(self.config, defences=(), seeds=()))),
+                          sort_keys=True)
+
+    def run(self, out: Path, report_dir: Path, name: str, progress: bool) -> tuple[list[dict], dict]:
+        """One row per run, and what the report adds: the backdoored model before clean fine-tuning, the
+        per-defence table and the adapter-scale curve."""
+        result = run_purify(self.config, out, progress=progress)
+        rows = [{"defence": cell["defence"], **run} for cell in result["defences"] for run in cell["runs"]]
+        table = []
+        for cell in result["defences"]:
+            best = min(cell["runs"], key=lambda run: run["attack_success_rate"])  # the paper's best-of-runs view
+            table.append({"defence": cell["defence"], "clean_accuracy": cell["clean_accuracy"],
+                          "attack_success_rate": cell["attack_success_rate"],
+                          "best": {k: best[k] for k in ("seed", "clean_accuracy", "attack_success_rate")}})
+        extra = {"before": result["backdoored"]["downstream"], "defences": table,
+                 "settings": f"seeds {list(self.config.seeds)}, {self.config.train.steps} steps of clean "
+                             f"fine-tuning each, defences {', '.join(self.config.defences)}"}
+        if result["sweeps"] and (out / "scale_sweep.png").is_file():  # this call's own sweep, not a sharing figure's
+            report_dir.mkdir(parents=True, exist_ok=True)
+            (report_dir / f"{name}-scale-sweep.png").write_bytes((out / "scale_sweep.png").read_bytes())
+            extra["scale_sweep"] = f"{name}-scale-sweep.png"
+        return rows, extra
+
+
 @dataclass(frozen=True)
 class KernelFigure:
     """Paper 1's Fig. 3 kind: entropy proxies of one layer's LoRA kernel (:mod:`entropy_proxies`), no training."""
 
     base: dict
     setting: entropy_proxies.ProxySetting
+
+    @property
+    def values(self) -> dict[str, tuple]:
+        return self.setting.values
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return self.setting.draws
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return (*entropy_proxies.METRICS, *(f"{m}_closed" for m in entropy_proxies.METRICS))
+
+    def start(self) -> tuple:
+        cfg = from_dict(RunConfig, self.base)
+        return cfg.data, cfg.model
+
+    def home_key(self) -> str:
+        return ""
+
+    def starting_from(self, encoder: Path) -> KernelFigure:
+        return KernelFigure(_merge(self.base, {"model": {"pretrained": str(encoder)}}), self.setting)
+
+    def run(self, out: Path, report_dir: Path, name: str, progress: bool) -> tuple[list[dict], dict]:
+        measured = self._measured(out)
+        s = self.setting
+        return measured + entropy_proxies.shifted_closed_forms(measured, s), {
+            "settings": f"layer {s.layer}, {s.examples} test sentences, draws {list(s.draws)}, A {s.init}, "
+                        f"s = 1 (α = r)"}
+
+    def _measured(self, out: Path) -> list[dict]:
+        """The measured rows, read back from ``out/kernels.json`` when that file holds this very setting (a re-run
+        or resumed reproduction does not measure them again), else measured and written there."""
+        cfg = from_dict(RunConfig, self.base)
+        key = json.loads(json.dumps({"base": rundir.deciding(to_dict(cfg)),
+                                     "setting": dataclasses.asdict(self.setting)}))
+        path = out / "kernels.json"
+        if path.is_file():
+            saved = files.read_json(path)
+            held = saved.get("key") or {}
+            if isinstance(held.get("base"), dict) and {**held, "base": rundir.deciding(held["base"])} == key:
+                return saved["rows"]
+        rows = entropy_proxies.measure(check_environment(cfg.validate()), self.setting)
+        files.write_json(path, {"key": key, "rows": rows})
+        return rows
 
 
 @dataclass(frozen=True)
@@ -101,44 +310,15 @@ class Figure:
     panel: str
     marks: tuple[float, ...]
     claims: tuple[Comparison, ...]
-    config: SweepSpec | PurifyConfig | KernelFigure
-
-    @property
-    def values(self) -> dict[str, tuple]:
-        """Each field this figure varies and the values it takes."""
-        if isinstance(self.config, PurifyConfig):
-            rows = [settings_row(self.config, text) for text in self.config.defences]
-            return {"defence": tuple(self.config.defences),
-                    **{key: tuple(sorted({row[key] for row in rows} - {None})) for key in rows[0]}}
-        if isinstance(self.config, KernelFigure):
-            return self.config.setting.values
-        values = dict(self.config.axes)
-        for group in self.config.zips:
-            values.update(group)
-        return values
+    kind: FigureKind
 
     @property
     def seeds(self) -> tuple[int, ...]:
-        return self.config.setting.draws if isinstance(self.config, KernelFigure) else tuple(self.config.seeds)
+        return self.kind.seeds
 
     @property
-    def metrics(self) -> tuple[str, ...]:
-        if isinstance(self.config, KernelFigure):
-            return (*entropy_proxies.METRICS, *(f"{m}_closed" for m in entropy_proxies.METRICS))
-        return PURIFY_METRICS if isinstance(self.config, PurifyConfig) else METRICS
-
-    def start(self) -> tuple:
-        """(data, model) configs: what a shared pretrained encoder is made for."""
-        cfg = self.config if isinstance(self.config, PurifyConfig) else from_dict(RunConfig, self.config.base)
-        return cfg.data, cfg.model
-
-    def starting_from(self, encoder: Path) -> SweepSpec | PurifyConfig | KernelFigure:
-        """This figure's config with ``model.pretrained`` set to the paper's shared encoder."""
-        if isinstance(self.config, PurifyConfig):
-            return dataclasses.replace(self.config, model=dataclasses.replace(self.config.model,
-                                                                              pretrained=str(encoder)))
-        return dataclasses.replace(self.config, base=_merge(self.config.base,
-                                                            {"model": {"pretrained": str(encoder)}}))
+    def values(self) -> dict[str, tuple]:
+        return self.kind.values
 
 
 @dataclass(frozen=True)
@@ -149,6 +329,9 @@ class Paper:
     pretrain_steps: int
     quick: bool
     figures: tuple[Figure, ...]
+
+
+# --- loading -----------------------------------------------------------------------------------------------------
 
 
 def paper_directory(paper: str, experiments: str | None = None) -> Path:
@@ -175,103 +358,82 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
-def _unknown(where: str, raw: dict, allowed: tuple[str, ...]) -> None:
-    for key in raw:
-        if key not in allowed:
-            raise ConfigError(f"{where}: unknown field {key!r}; allowed: {', '.join(allowed)}")
-
-
-def _strings(where: str, value: Any, *, empty: bool = False) -> tuple[str, ...]:
-    value = [value] if isinstance(value, str) else value
-    if not isinstance(value, list) or any(not isinstance(v, str) for v in value) or (not value and not empty):
-        raise ConfigError(f"{where} = {value!r}: must be a field name or a list of them")
-    return tuple(value)
+def _read(cls: type, raw: dict, where: str):
+    """``raw`` through the schema loader, its messages prefixed with ``where`` (the file, and the table in it)."""
+    try:
+        return from_dict(cls, raw)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def load_paper(directory: str | Path, *, quick: bool = False) -> Paper:
     """Read and validate a paper directory (module docstring); every figure's every cell is validated now."""
     directory = Path(directory)
-    raw = read_file(directory / "paper.toml")
     where = str(directory / "paper.toml")
-    _unknown(where, raw, PAPER_FIELDS)
-    names = _strings(f"{where}: figures", raw.get("figures"))
-    quick_raw = raw.get("quick", {})
-    if not isinstance(quick_raw, dict):
-        raise ConfigError(f"{where}: [quick] must be a table")
-    _unknown(f"{where}: [quick]", quick_raw, QUICK_FIELDS)
-    if quick and "figures" in quick_raw:
-        chosen = _strings(f"{where}: [quick] figures", quick_raw["figures"])
-        if any(name not in names for name in chosen):
-            raise ConfigError(f"{where}: [quick] figures = {list(chosen)}: each must be one of figures {list(names)}")
-        names = chosen
-    base = raw.get("base", {})
-    quick_base = quick_raw.get("base", {}) if quick else {}
-    pretrain_steps = raw.get("pretrain_steps", 0)
-    if quick:
-        pretrain_steps = quick_raw.get("pretrain_steps", pretrain_steps)
-    if not isinstance(base, dict) or not isinstance(quick_base, dict):
-        raise ConfigError(f"{where}: [base] and [quick.base] must be tables")
-    if isinstance(pretrain_steps, bool) or not isinstance(pretrain_steps, int) or pretrain_steps < 0:
-        raise ConfigError(f"{where}: pretrain_steps = {pretrain_steps!r}: must be an integer >= 0")
+    written = _read(PaperFile, read_file(directory / "paper.toml"), where)
+    if not written.figures:
+        raise ConfigError(f"{where}: figures = []: must list the figure files of this directory, in report order")
+    names = written.figures
+    if quick and written.quick.figures:
+        if any(name not in names for name in written.quick.figures):
+            raise ConfigError(f"{where}: [quick] figures = {list(written.quick.figures)}: each must be one of figures "
+                              f"{list(names)}")
+        names = written.quick.figures
+    pretrain_steps = written.pretrain_steps
+    if quick and written.quick.pretrain_steps >= 0:
+        pretrain_steps = written.quick.pretrain_steps
+    if pretrain_steps < 0:
+        raise ConfigError(f"{where}: pretrain_steps = {pretrain_steps}: must be >= 0")
+    quick_base = written.quick.base if quick else {}
+    seeds = written.quick.seeds if quick and written.quick.seeds else None
     loaded = []
     for name in names:
         path = directory / f"{name}.toml"
         if not path.is_file():
             raise ConfigError(f"{where}: figures lists {name!r}, but {str(path)!r} does not exist")
-        loaded.append(_load_figure(path, base, quick_base, quick_raw.get("seeds") if quick else None,
-                                   pretrain_steps))
+        loaded.append(_load_figure(path, written.base, quick_base, seeds, pretrain_steps))
     if pretrain_steps:
-        first = [to_dict(part) for part in loaded[0].start()]
+        first = [to_dict(part) for part in loaded[0].kind.start()]
         for figure in loaded[1:]:
-            if [to_dict(part) for part in figure.start()] != first:
+            if [to_dict(part) for part in figure.kind.start()] != first:
                 raise ConfigError(f"{figure.path}: data or model differs from {loaded[0].name}'s; every figure starts "
                                   f"from one pretrained encoder, so data and model come from paper.toml's [base]")
-    return Paper(directory.name, directory, str(raw.get("title", directory.name)), pretrain_steps, quick,
-                 tuple(loaded))
+    return Paper(directory.name, directory, written.title or directory.name, pretrain_steps, quick, tuple(loaded))
 
 
-def _load_figure(path: Path, paper_base: dict, quick_base: dict, seeds: list | None,
+def _load_figure(path: Path, paper_base: dict, quick_base: dict, seeds: tuple[int, ...] | None,
                  pretrain_steps: int) -> Figure:
     """A figure file with paper.toml's [base] under it and, for --quick, [quick.base] over it."""
     raw = read_file(path)
-    figure = raw.pop("figure", None)
-    claims = raw.pop("claims", [])
-    if not isinstance(figure, dict):
+    if not isinstance(raw.get("figure"), dict):
         raise ConfigError(f"{path}: needs a [figure] table (title, x, y, hue)")
-    _unknown(f"{path}: [figure]", figure, FIGURE_FIELDS)
-    if "kernels" in raw:
-        config = _kernel_figure(path, raw, paper_base, quick_base, seeds)
-    elif "defences" in raw or "backdoor" in raw:
-        config = _purify_config(path, _merge(_merge(paper_base, raw), quick_base), seeds)
-    else:
-        config = _sweep_spec(path, raw, paper_base, quick_base, seeds, pretrain_steps)
-    draft = Figure(path.stem, path, str(figure.get("title", path.stem)), str(figure.get("caption", "")), "", (),
-                   (), "", (), (), config)
-    fields = draft.values
-    x = figure.get("x")
-    if x not in fields:
-        raise ConfigError(f"{path}: [figure] x = {x!r}: must be one of the fields it varies: {', '.join(fields)}")
-    ys = _strings(f"{path}: [figure] y", figure.get("y"))
-    hue = _strings(f"{path}: [figure] hue", figure.get("hue", []), empty=True)
-    panel = figure.get("panel", "")
-    for name in (*hue, *([panel] if panel else [])):
-        if name not in fields:
-            raise ConfigError(f"{path}: [figure] {name!r}: not a field it varies; fields: {', '.join(fields)}")
-    for y in ys:
-        if y not in draft.metrics:
-            raise ConfigError(f"{path}: [figure] y {y!r}: not a metric; metrics: {', '.join(draft.metrics)}")
-    marks = figure.get("marks", [])
-    if not isinstance(marks, list) or any(isinstance(m, bool) or not isinstance(m, (int, float)) for m in marks):
-        raise ConfigError(f"{path}: [figure] marks = {marks!r}: must be a list of numbers")
+    table = _read(FigureTable, raw.pop("figure"), f"{path}: [figure]")
+    claims = raw.pop("claims", [])
     if not isinstance(claims, list):
         raise ConfigError(f"{path}: claims must be a list of tables ([[claims]])")
-    comparisons = tuple(_load_claim(f"{path}: claims[{i}]", c, fields, draft.metrics) for i, c in enumerate(claims))
-    return dataclasses.replace(draft, x=x, y=ys, hue=hue, panel=panel, marks=tuple(float(m) for m in marks),
-                               claims=comparisons)
+    if "kernels" in raw:
+        kind = _kernel_figure(path, raw, paper_base, quick_base, seeds)
+    elif "defences" in raw or "backdoor" in raw:
+        kind = _purify_figure(path, _merge(_merge(paper_base, raw), quick_base), seeds)
+    else:
+        kind = _sweep_figure(path, raw, paper_base, quick_base, seeds, pretrain_steps)
+    fields = kind.values
+    if table.x not in fields:
+        raise ConfigError(f"{path}: [figure] x = {table.x!r}: must be one of the fields it varies: "
+                          f"{', '.join(fields)}")
+    for name in (*table.hue, *([table.panel] if table.panel else [])):
+        if name not in fields:
+            raise ConfigError(f"{path}: [figure] {name!r}: not a field it varies; fields: {', '.join(fields)}")
+    for y in table.y:
+        if y not in kind.metrics:
+            raise ConfigError(f"{path}: [figure] y {y!r}: not a metric; metrics: {', '.join(kind.metrics)}")
+    comparisons = tuple(_load_claim(f"{path}: claims[{i}]", c, fields, kind.metrics) for i, c in enumerate(claims))
+    return Figure(path.stem, path, table.title or path.stem, table.caption, table.x, table.y, table.hue, table.panel,
+                  table.marks, comparisons, kind)
 
 
-def _sweep_spec(path: Path, raw: dict, paper_base: dict, quick_base: dict, seeds: list | None,
-                pretrain_steps: int) -> SweepSpec:
+def _sweep_figure(path: Path, raw: dict, paper_base: dict, quick_base: dict, seeds: tuple[int, ...] | None,
+                  pretrain_steps: int) -> SweepFigure:
     if "pretrain_steps" in raw:
         raise ConfigError(f"{path}: pretrain_steps belongs in paper.toml (one encoder for every figure)")
     try:
@@ -280,36 +442,22 @@ def _sweep_spec(path: Path, raw: dict, paper_base: dict, quick_base: dict, seeds
         raise ConfigError(f"{path}: {err} (paper.toml's [base] goes under it)") from None
     raw["base"] = _merge(_merge(paper_base, base), quick_base)
     if seeds is not None:
-        raw["seeds"] = seeds
+        raw["seeds"] = list(seeds)
     spec = spec_from_raw(raw, path)
     if pretrain_steps:
         varied = [f for f in spec.fields if f.startswith(("data.", "model."))]
         if varied:
             raise ConfigError(f"{path}: {varied[0]} cannot vary: every figure starts from one pretrained encoder")
-    return spec
+    return SweepFigure(spec)
 
 
-def _kernel_figure(path: Path, raw: dict, paper_base: dict, quick_base: dict, seeds: list | None) -> KernelFigure:
-    _unknown(str(path), raw, ("kernels", "base"))
-    table = raw["kernels"]
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [kernels] must be a table")
-    _unknown(f"{path}: [kernels]", table, entropy_proxies.FIELDS)
-    missing = [f for f in entropy_proxies.FIELDS if f not in table and f != "init"]
-    if missing:
-        raise ConfigError(f"{path}: [kernels] needs {', '.join(missing)}")
-    if seeds is not None:
-        table = {**table, "draws": seeds}
+def _kernel_figure(path: Path, raw: dict, paper_base: dict, quick_base: dict,
+                   seeds: tuple[int, ...] | None) -> KernelFigure:
+    written = _read(KernelsFile, raw, str(path))
+    table = {**written.kernels, "draws": list(seeds)} if seeds is not None else written.kernels
+    setting = _read(entropy_proxies.ProxySetting, table, f"{path}: [kernels]")
     try:
-        setting = entropy_proxies.ProxySetting(
-            str(table["layer"]), int(table["examples"]), tuple(int(d) for d in table["draws"]),
-            tuple(int(r) for r in table["ranks"]), float(table["rank_c"]),
-            tuple(float(c) for c in table["variances"]), int(table["variance_rank"]),
-            str(table.get("init", "gaussian")))
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{path}: [kernels]: {err}") from None
-    try:
-        own = base_table(raw.get("base", {}), path)
+        own = base_table(written.base, path)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err} (paper.toml's [base] goes under it)") from None
     base = _merge(_merge(paper_base, own), quick_base)
@@ -320,11 +468,11 @@ def _kernel_figure(path: Path, raw: dict, paper_base: dict, quick_base: dict, se
     return KernelFigure(base, setting.validate(f"{path}: [kernels]"))
 
 
-def _purify_config(path: Path, raw: dict, seeds: list | None) -> PurifyConfig:
+def _purify_figure(path: Path, raw: dict, seeds: tuple[int, ...] | None) -> PurifyFigure:
     if seeds is not None:
-        raw["seeds"] = seeds
+        raw["seeds"] = list(seeds)
     try:
-        return from_dict(PurifyConfig, raw).validate()
+        return PurifyFigure(from_dict(PurifyConfig, raw).validate())
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
 
@@ -332,13 +480,12 @@ def _purify_config(path: Path, raw: dict, seeds: list | None) -> PurifyConfig:
 def _load_claim(where: str, raw: Any, values: dict[str, tuple], metrics: tuple[str, ...]) -> Comparison:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a table")
-    _unknown(where, raw, CLAIM_FIELDS)
-    metric = raw.get("metric")
-    if metric not in metrics:
-        raise ConfigError(f"{where}: metric = {metric!r}: must be one of {', '.join(metrics)}")
-    expect, predict = raw.get("expect", ""), raw.get("predict", "")
+    written = _read(ClaimTable, raw, where)
+    if written.metric not in metrics:
+        raise ConfigError(f"{where}: metric = {written.metric!r}: must be one of {', '.join(metrics)}")
+    expect, predict = written.expect, written.predict
     if predict:
-        if predict not in metrics or predict == metric:
+        if predict not in metrics or predict == written.metric:
             raise ConfigError(f"{where}: predict = {predict!r}: must name another metric ({', '.join(metrics)}) whose "
                               f"a − b is the prediction")
         if expect:
@@ -346,10 +493,9 @@ def _load_claim(where: str, raw: Any, values: dict[str, tuple], metrics: tuple[s
     elif expect not in EXPECTS:
         raise ConfigError(f"{where}: expect = {expect!r}: must be \"a > b\" or \"a < b\" (the paper's direction), "
                           f"or give predict")
-    sides = {}
     for side in ("where", "a", "b"):
-        chosen = raw.get(side, {} if side == "where" else None)
-        if not isinstance(chosen, dict) or (not chosen and side != "where"):
+        chosen = getattr(written, side)
+        if not chosen and side != "where":
             raise ConfigError(f"{where}: {side} must be a table of FIELD = value, e.g. "
                               f"{{\"adapter.method\" = \"lora\"}}")
         for name, value in chosen.items():
@@ -358,12 +504,71 @@ def _load_claim(where: str, raw: Any, values: dict[str, tuple], metrics: tuple[s
             if not any(_same(value, v) for v in values[name]):
                 raise ConfigError(f"{where}: {side}.{name} = {value!r}: the figure never takes it; values: "
                                   f"{list(values[name])}")
-        sides[side] = dict(chosen)
-    by = _strings(f"{where}: by", raw.get("by", []), empty=True)
-    for name in by:
+    for name in written.by:
         if name not in values:
             raise ConfigError(f"{where}: by {name!r}: not a field it varies; fields: {', '.join(values)}")
-    return Comparison(metric, sides["where"], sides["a"], sides["b"], expect, by, str(raw.get("paper", "")), predict)
+    return Comparison(written.metric, dict(written.where), dict(written.a), dict(written.b), expect, written.by,
+                      written.paper, predict)
+
+
+# --- running and reporting ---------------------------------------------------------------------------------------
+
+
+def reproduce(paper: Paper, out_dir: str | Path, *, progress: bool = True) -> dict:
+    """Run every figure (resuming finished runs), then write ``report/``: each figure as PNG and PDF, the
+    Markdown report with the side-by-side tables, and ``summary.json``. Returns the summary."""
+    out_dir = Path(out_dir)
+    kinds = [figure.kind for figure in paper.figures]
+    if paper.pretrain_steps:
+        data, model = kinds[0].start()
+        encoder = pretrain(pretrain_recipe(data, model, paper.pretrain_steps), out_dir / "pretrained",
+                           progress=progress).resolve()
+        kinds = [kind.starting_from(encoder) for kind in kinds]
+    homes = _purify_homes(paper.figures, kinds)
+    report_dir = out_dir / "report"
+    summary = {"paper": paper.name, "title": paper.title, "quick": paper.quick, "figures": []}
+    for figure, kind in zip(paper.figures, kinds):
+        if progress:
+            print(f"lorasec reproduce {paper.name}: {figure.name}", file=sys.stderr)
+        home = homes.get(figure.name, figure.name)
+        rows, extra = kind.run(out_dir / home, report_dir, figure.name, progress)
+        entry = {"name": figure.name, "title": figure.title, "caption": figure.caption, "spec": _shown(figure.path),
+                 **extra, **({"runs_in": home} if home != figure.name else {})}
+        figures.figure_grid(rows, figure.x, list(figure.y), list(figure.hue), figure.panel or None,
+                            report_dir / figure.name, title=figure.title, marks=list(figure.marks))
+        entry.update(runs=sum(r.get("source") != "closed form" for r in rows),
+                     comparisons=[line for claim in figure.claims for line in compare(rows, claim)])
+        summary["figures"].append(entry)
+    for home, union in _shared_unions(paper.figures, kinds, homes).items():
+        run_purify(union, out_dir / home, progress=False)  # a shared directory's own summary covers all it holds
+    files.write_json(report_dir / "summary.json", summary)
+    files.write_text(report_dir / "report.md", report(summary))
+    names = {figure.name for figure in paper.figures}
+    for path in report_dir.iterdir():  # a figure the paper dropped or renamed leaves no stale file behind
+        if path.suffix in (".png", ".pdf") and path.stem.removesuffix("-scale-sweep") not in names:
+            path.unlink()
+    return summary
+
+
+def _purify_homes(paper_figures: tuple[Figure, ...], kinds: list) -> dict[str, str]:
+    """Purify figures that differ only in defences and seeds (one backdoored model) share the first one's
+    directory: the backdoored model is made once, a defence × seed trained once. Figure name -> directory name."""
+    first: dict[str, str] = {}
+    return {figure.name: first.setdefault(kind.home_key(), figure.name)
+            for figure, kind in zip(paper_figures, kinds) if kind.home_key()}
+
+
+def _shared_unions(paper_figures: tuple[Figure, ...], kinds: list, homes: dict[str, str]) -> dict[str, PurifyConfig]:
+    """Each directory several purify figures share -> one config holding all their defences and seeds."""
+    unions: dict[str, PurifyConfig] = {}
+    for figure, kind in zip(paper_figures, kinds):
+        if figure.name not in homes or list(homes.values()).count(homes[figure.name]) < 2:
+            continue
+        held = unions.get(homes[figure.name], kind.config)
+        unions[homes[figure.name]] = dataclasses.replace(
+            held, defences=tuple(dict.fromkeys((*held.defences, *kind.config.defences))),
+            seeds=tuple(sorted({*held.seeds, *kind.config.seeds})))
+    return unions
 
 
 def _same(x: Any, y: Any) -> bool:
@@ -426,101 +631,6 @@ def compare(rows: list[dict], claim: Comparison) -> list[dict]:
     return out
 
 
-def reproduce(paper: Paper, out_dir: str | Path, *, progress: bool = True) -> dict:
-    """Run every figure's sweep (resuming finished runs), then write ``report/``: each figure as PNG and PDF, the
-    Markdown report with the side-by-side tables, and ``summary.json``. Returns the summary."""
-    out_dir = Path(out_dir)
-    configs = [figure.config for figure in paper.figures]
-    if paper.pretrain_steps:
-        data, model = paper.figures[0].start()
-        encoder = pretrain(pretrain_recipe(data, model, paper.pretrain_steps), out_dir / "pretrained",
-                           progress=progress).resolve()
-        configs = [figure.starting_from(encoder) for figure in paper.figures]
-    report_dir = out_dir / "report"
-    summary = {"paper": paper.name, "title": paper.title, "quick": paper.quick, "figures": []}
-    pipelines: dict[str, str] = {}  # purify settings but defences and seeds -> the first figure's directory
-    shared: dict[str, PurifyConfig] = {}  # that directory -> its figures' defences and seeds together
-    for figure, config in zip(paper.figures, configs):
-        if progress:
-            print(f"lorasec reproduce {paper.name}: {figure.name}", file=sys.stderr)
-        entry = {"name": figure.name, "title": figure.title, "caption": figure.caption, "spec": _shown(figure.path)}
-        if isinstance(config, KernelFigure):
-            measured = _kernel_rows(config, out_dir / figure.name)
-            rows = measured + entropy_proxies.shifted_closed_forms(measured, config.setting)
-            entry["settings"] = (f"layer {config.setting.layer}, {config.setting.examples} test sentences, draws "
-                                 f"{list(config.setting.draws)}, A {config.setting.init}, s = 1 (α = r)")
-        elif isinstance(config, PurifyConfig):
-            # Figures on one backdoored model share its directory: it is made once, a defence × seed trained once.
-            key = json.dumps(rundir.deciding(to_dict(dataclasses.replace(config, defences=(), seeds=()))),
-                             sort_keys=True)
-            home = pipelines.setdefault(key, figure.name)
-            rows, extra = _purify_rows(config, out_dir / home, report_dir, figure.name, progress)
-            if home != figure.name:
-                entry["runs_in"] = home
-            held = shared.get(home, config)
-            shared[home] = dataclasses.replace(
-                held, defences=tuple(dict.fromkeys((*held.defences, *config.defences))),
-                seeds=tuple(sorted({*held.seeds, *config.seeds})))
-            entry.update(extra, settings=f"seeds {list(config.seeds)}, {config.train.steps} steps of clean "
-                                        f"fine-tuning each, defences {', '.join(config.defences)}")
-        else:
-            run_sweep(config, out_dir / figure.name, progress=progress)
-            rows = read_table(out_dir / figure.name)
-            steps = from_dict(RunConfig, config.base).train.steps
-            entry["settings"] = f"{len(config.cells())} cells, seeds {list(config.seeds)}, {steps} steps each"
-        figures.figure_grid(rows, figure.x, list(figure.y), list(figure.hue), figure.panel or None,
-                            report_dir / figure.name, title=figure.title, marks=list(figure.marks))
-        entry.update(runs=sum(r.get("source") != "closed form" for r in rows),
-                     comparisons=[line for claim in figure.claims for line in compare(rows, claim)])
-        summary["figures"].append(entry)
-    for home, union in shared.items():  # a shared directory's own summary, report and config cover all it holds
-        if sum(entry.get("runs_in", entry["name"]) == home for entry in summary["figures"]) > 1:
-            run_purify(union, out_dir / home, progress=False)
-    files.write_json(report_dir / "summary.json", summary)
-    files.write_text(report_dir / "report.md", report(summary))
-    names = {figure.name for figure in paper.figures}
-    for path in report_dir.iterdir():  # a figure the paper dropped or renamed leaves no stale file behind
-        if path.suffix in (".png", ".pdf") and path.stem.removesuffix("-scale-sweep") not in names:
-            path.unlink()
-    return summary
-
-
-def _kernel_rows(config: KernelFigure, out: Path) -> list[dict]:
-    """A kernel figure's measured rows, read back from ``out/kernels.json`` when that file holds this very setting
-    (a re-run or resumed reproduction does not measure them again), else measured and written there."""
-    cfg = from_dict(RunConfig, config.base)
-    key = json.loads(json.dumps({"base": rundir.deciding(to_dict(cfg)), "setting": dataclasses.asdict(config.setting)}))
-    path = out / "kernels.json"
-    if path.is_file():
-        saved = files.read_json(path)
-        held = saved.get("key") or {}
-        if isinstance(held.get("base"), dict) and {**held, "base": rundir.deciding(held["base"])} == key:
-            return saved["rows"]
-    rows = entropy_proxies.measure(cfg.validate(), config.setting)
-    files.write_json(path, {"key": key, "rows": rows})
-    return rows
-
-
-def _purify_rows(cfg: PurifyConfig, out: Path, report_dir: Path, name: str, progress: bool) -> tuple[list, dict]:
-    """Paper 2's pipeline (a backdoored model, then each defence × seed); one row per run, and what the report
-    adds: the backdoored model before clean fine-tuning and the adapter-scale curve."""
-    result = run_purify(cfg, out, progress=progress)
-    rows = [{"defence": cell["defence"], **run} for cell in result["defences"] for run in cell["runs"]]
-    before = result["backdoored"]["downstream"]
-    table = []
-    for cell in result["defences"]:
-        best = min(cell["runs"], key=lambda run: run["attack_success_rate"])  # the paper's best-of-runs view
-        table.append({"defence": cell["defence"], "clean_accuracy": cell["clean_accuracy"],
-                      "attack_success_rate": cell["attack_success_rate"],
-                      "best": {k: best[k] for k in ("seed", "clean_accuracy", "attack_success_rate")}})
-    extra = {"before": before, "defences": table}
-    if result["sweeps"] and (out / "scale_sweep.png").is_file():  # this call's own sweep, not a sharing figure's
-        report_dir.mkdir(parents=True, exist_ok=True)
-        (report_dir / f"{name}-scale-sweep.png").write_bytes((out / "scale_sweep.png").read_bytes())
-        extra["scale_sweep"] = f"{name}-scale-sweep.png"
-    return rows, extra
-
-
 def _shown(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
@@ -566,20 +676,19 @@ def report(summary: dict) -> str:
                       f"{100 * figure['before']['clean_accuracy']:.1f}%, attack success rate "
                       f"{100 * figure['before']['attack_success_rate']:.1f}%.", ""]
         if "defences" in figure:
-            lines += ["| defence | CACC % (mean ± sd) | ASR % (mean ± sd) | best of runs (lowest ASR): CACC / ASR % |",
-                      "|---|---|---|---|"]
-            for cell in figure["defences"]:
-                c, a, best = cell["clean_accuracy"], cell["attack_success_rate"], cell["best"]
-                lines.append(f"| {cell['defence']} | {100 * c['mean']:.1f} ± {100 * c['sd']:.1f} | "
-                             f"{100 * a['mean']:.1f} ± {100 * a['sd']:.1f} | {100 * best['clean_accuracy']:.1f} / "
-                             f"{100 * best['attack_success_rate']:.1f} (seed {best['seed']}) |")
+            lines += tables.markdown(
+                ("defence", "CACC % (mean ± sd)", "ASR % (mean ± sd)", "best of runs (lowest ASR): CACC / ASR %"),
+                ((cell["defence"], f"{100 * cell['clean_accuracy']['mean']:.1f} ± "
+                                   f"{100 * cell['clean_accuracy']['sd']:.1f}",
+                  f"{100 * cell['attack_success_rate']['mean']:.1f} ± {100 * cell['attack_success_rate']['sd']:.1f}",
+                  f"{100 * cell['best']['clean_accuracy']:.1f} / {100 * cell['best']['attack_success_rate']:.1f} "
+                  f"(seed {cell['best']['seed']})") for cell in figure["defences"]))
             lines.append("")
         if "scale_sweep" in figure:
             lines += [f"![adapter scale]({figure['scale_sweep']})", ""]
         if not figure["comparisons"]:
             continue
-        lines += ["| at | metric | a | b | mean a | mean b | a − b (95% CI) | paper | verdict |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        rows = []
         for line in figure["comparisons"]:
             d, metric = line["difference"], line["metric"]
             interval = _value(metric, d["mean"], "+") + (
@@ -587,9 +696,11 @@ def report(summary: dict) -> str:
             at = ", ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in line["at"].items()) or "all"
             expects = f"expects {line['expect']}" if line.get("predicted") is None else \
                 f"predicts a − b = {_value(metric, line['predicted'], '+')}"
-            lines.append(f"| {at} | {metric.replace('_', ' ')} | {_side(line['a'])} | {_side(line['b'])} | "
-                         f"{_value(metric, line['a_stats']['mean'])} | {_value(metric, line['b_stats']['mean'])} | "
-                         f"{interval} | {line['paper']} ({expects}) | {line['verdict']} |")
+            rows.append((at, metric.replace("_", " "), _side(line["a"]), _side(line["b"]),
+                         _value(metric, line["a_stats"]["mean"]), _value(metric, line["b_stats"]["mean"]), interval,
+                         f"{line['paper']} ({expects})", line["verdict"]))
+        lines += tables.markdown(("at", "metric", "a", "b", "mean a", "mean b", "a − b (95% CI)", "paper", "verdict"),
+                                 rows)
         lines.append("")
     return "\n".join(lines)
 

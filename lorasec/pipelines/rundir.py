@@ -1,6 +1,6 @@
 """A run directory, which describes itself: everything needed to load the run is in it.
 
-``config.json``   the resolved run config (written first: it claims the directory for that config)
+``config.json``   the resolved run config (written first: it reserves the directory for that config)
 ``metrics.jsonl`` training loss per logging window; ``checkpoints/`` orbax checkpoints for resume
 ``model.json``    the architecture, number of classes and where training started (a local pretrained checkpoint
                   directory, or the run it started from)
@@ -11,8 +11,7 @@
 
 :func:`lorasec.pipelines.run.load_run` rebuilds a finished run from these files and the local files its training
 started from (the pretrained checkpoint directory or the starting run, both stored as absolute paths): it never
-prepares data, poisons or fetches. Directories of format 1 stored no tokenizer or test set; for those alone the
-data preparation is replayed from the config.
+prepares data, poisons or fetches.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from lorasec.data.textdata import TextDataset
 from lorasec.data.tokenizer import TextEncoder
 from lorasec.models import Architecture
 
-FORMAT = 2  # 1: before run directories described themselves (no model.json, tokenizer.json, test.jsonl)
+FORMAT = 2  # 1: before run directories described themselves (no model.json, tokenizer.json, test.jsonl); not read
 
 
 def _first_difference(a, b, prefix=""):
@@ -121,7 +120,7 @@ def read_results(run_dir: Path, cfg: RunConfig) -> dict:
     return results
 
 
-def claim(cfg: RunConfig, out_dir: Path) -> dict | None:
+def reserve(cfg: RunConfig, out_dir: Path) -> dict | None:
     """Prepare ``out_dir`` for ``cfg``: returns finished results if the same run already completed there;
     refuses a directory that holds a different run (never overwrite work). Call it under :func:`exclusive`."""
     resolved = to_dict(cfg)
@@ -141,8 +140,8 @@ def claim(cfg: RunConfig, out_dir: Path) -> dict | None:
     return None
 
 
-def release_claim(out_dir: Path) -> None:
-    """Undo a fresh :func:`claim` whose run failed before training wrote anything (a bad config or data set must
+def release(out_dir: Path) -> None:
+    """Undo a fresh :func:`reserve` whose run failed before training wrote anything (a bad config or data set must
     not leave the directory claimed for that config)."""
     if not (out_dir / "checkpoints").exists() and not (out_dir / "metrics.jsonl").exists():
         (out_dir / "config.json").unlink(missing_ok=True)
@@ -162,18 +161,15 @@ def save(out_dir: Path, *, model: nnx.Module, architecture: Architecture, num_cl
     files.write_json(out_dir / "results.json", results)
 
 
-def read_config(run_dir: Path, *, validate: bool = True) -> RunConfig:
-    """The run's config; ``validate=False`` skips the checks of paths on this machine (the run was validated
-    when it trained; loading it must not depend on where it is loaded from)."""
+def read_config(run_dir: Path) -> RunConfig:
+    """The run's config, its values validated (the schema probes no file, so a run loads wherever it is)."""
     if not (run_dir / "config.json").is_file():
         raise ConfigError(f"{str(run_dir)!r}: not a lorasec run directory (config.json missing)")
-    if not validate:
-        return from_dict(RunConfig, files.read_json(run_dir / "config.json"))
     return load_config(RunConfig, run_dir / "config.json")
 
 
 def describes_itself(run_dir: Path) -> bool:
-    """Format 2 (this one); format-1 directories stored no model.json, tokenizer.json or test.jsonl."""
+    """Format 2 (this one); directories of format 1 stored no model.json, tokenizer.json or test.jsonl."""
     return all((run_dir / name).is_file() for name in ("model.json", "tokenizer.json", "test.jsonl"))
 
 

@@ -18,9 +18,10 @@ from lorasec.config import (
     RunConfig,
     StudyConfig,
     TrainConfig,
+    check_environment,
     parse_arm,
     parse_attack,
-    replace,
+    replace_config,
     to_dict,
 )
 from lorasec.core import files, stats
@@ -78,10 +79,11 @@ def run_study(out_dir: str | Path, *, quick: bool = False, progress: bool = True
     out_dir = Path(out_dir)
     study = study or plan(quick)
     base = study.base or RunConfig(data=study.data, model=study.model, train=TrainConfig(steps=study.steps))
+    check_environment(base)
     if not base.model.pretrained and base.data.source == "synthetic" and base.model.kind == "transformer":
         recipe = pretrain_recipe(base.data, base.model, study.pretrain_steps)
         checkpoint = pretrain(recipe, out_dir / "pretrained", progress=progress)
-        base = replace(base, model={"pretrained": str(checkpoint)})
+        base = replace_config(base, model={"pretrained": str(checkpoint)})
     attack_names = {(a.kind, a.poison_rate, a.target_label): _attack_name(a) for a in study.attacks}
     spec = SweepSpec(name="study", base=to_dict(base), seeds=tuple(study.seeds), axes={}, zips=(
         {"attack.kind": tuple(a.kind for a in study.attacks),

@@ -3,9 +3,9 @@
 Runs whose model structure and shape-setting training fields agree form a group and train together as one
 ensemble (:func:`lorasec.training.trainer.fit_ensemble`): seeds, learning rate, weight decay, clip norm, the A-init
 variance, LoRA α, RoRA Tr's λ and the attack (each member with its own poisoned data) vary inside a group; so do
-LoRA ranks, whose factors are zero-padded to the group's largest rank (exact: the padding stays zero; measured
-1.9x faster than a program per rank on the tiny encoder, ranks 4-64; ``pad_ranks = false`` in the spec turns it
-off, for models where the largest rank's extra work outweighs a compilation). Dropout rates and sizes set code or
+LoRA ranks, whose factors are zero-padded to the group's largest rank (exact: the padding stays zero; one program
+instead of one per rank, ``benchmarks/sweep_speed.py``; ``pad_ranks = false`` in the spec turns it off, for models
+where the largest rank's extra work outweighs a compilation). Dropout rates and sizes set code or
 shapes, so they form separate groups. Each run gets an ordinary run directory
 (``runs/``; ``lorasec ntk``, ``spectral`` and ``load_run`` read it), and the table is written from those:
 
@@ -39,7 +39,7 @@ from flax import nnx
 from tqdm import tqdm  # text bars: tqdm.auto warns in a notebook without ipywidgets
 
 from lorasec.adapters import lora
-from lorasec.config import ConfigError, RunConfig, from_dict, replace, to_dict
+from lorasec.config import ConfigError, RunConfig, check_environment, from_dict, replace_config, to_dict
 from lorasec.core import files, stats
 from lorasec.pipelines import rundir
 from lorasec.pipelines.pretrain import pretrain, pretrain_recipe
@@ -135,8 +135,16 @@ def _row(cell: Cell, seed: int, name: str, results: dict) -> dict:
 
 def run_sweep(spec: SweepSpec, out_dir: str | Path, *, progress: bool = True,
               names: Callable[[Cell, int], str] = run_name) -> list[dict]:
-    """Run every (cell, seed) of ``spec`` into ``out_dir`` (module docstring); returns the per-cell summary.
-    ``names(cell, seed)`` names the run directories (default :func:`run_name`)."""
+    """Run every (cell, seed) of ``spec`` into ``out_dir`` (module docstring), resuming what an earlier call left.
+
+    Args:
+        spec: a validated sweep spec (:func:`lorasec.sweep_spec.load_spec`).
+        out_dir: the sweep directory.
+        progress: show progress bars.
+        names: ``names(cell, seed)`` names the run directories (default :func:`run_name`).
+    Returns:
+        One entry per cell: its axis values, ``runs``, and per metric ``{mean, sd, ci95, n}``.
+    """
     out_dir = Path(out_dir)
     if jax.process_index() == 0:
         with rundir.exclusive(out_dir):
@@ -147,6 +155,12 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, progress: bool = True,
 def _run_sweep(spec: SweepSpec, out_dir: Path, progress: bool, names: Callable[[Cell, int], str]) -> list[dict]:
     primary = jax.process_index() == 0
     cells = spec.cells()
+    for cell in cells:
+        for cfg in cell.configs:
+            try:
+                check_environment(cfg)
+            except ConfigError as err:
+                raise ConfigError(f"{err} (sweep cell {cell.index}: {cell.label}, seed {cfg.seed})") from None
     if primary:
         files.write_json(out_dir / "spec.json", spec.to_dict())
     start = _pretrained(spec, cells, out_dir, progress)
@@ -154,11 +168,11 @@ def _run_sweep(spec: SweepSpec, out_dir: Path, progress: bool, names: Callable[[
     for cell in cells:
         for cfg in cell.configs:
             if start:
-                cfg = replace(cfg, model={"pretrained": start})
+                cfg = replace_config(cfg, model={"pretrained": start})
             name = names(cell, cfg.seed)
             if primary:  # refuses a run directory that holds another config
                 _adopt_finished(out_dir / "runs", name, cfg)
-                rundir.claim(cfg, out_dir / "runs" / name)
+                rundir.reserve(cfg, out_dir / "runs" / name)
             todo.setdefault(_group_key(cfg, spec.pad_ranks), []).append((cell, cfg, name))
     placement.barrier("lorasec sweep claimed")
     todo = {key: unfinished for key, entries in todo.items()
@@ -261,8 +275,14 @@ def _train_group(members: list[tuple[Cell, str, PreparedRun]], out_dir: Path, pr
 
 
 def read_table(sweep_dir: str | Path) -> list[dict]:
-    """The rows of a finished sweep's ``results.jsonl`` (``pandas.read_csv(sweep_dir / 'results.csv')`` gives the
-    same table as a data frame)."""
+    """The per-run table of a finished sweep.
+
+    Args:
+        sweep_dir: a sweep directory ``lorasec sweep`` wrote.
+    Returns:
+        One dict per (cell, seed) from ``results.jsonl``: cell, axis values, seed, metrics, steps, wall time, run
+        (``pandas.read_csv(sweep_dir / 'results.csv')`` gives the same table as a data frame).
+    """
     path = Path(sweep_dir) / "results.jsonl"
     if not path.is_file():
         raise ConfigError(f"{str(sweep_dir)!r}: not a finished sweep (results.jsonl missing); run `lorasec sweep`")

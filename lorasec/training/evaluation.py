@@ -92,5 +92,17 @@ def score(model: nnx.Module, cfg: RunConfig, inputs: EvaluationInputs) -> Evalua
 
 
 def evaluate(model: nnx.Module, cfg: RunConfig, test: TextDataset, encoder: TextEncoder) -> Evaluation:
-    """:func:`score` on :func:`evaluation_inputs`."""
+    """:func:`score` on :func:`evaluation_inputs`.
+
+    Args:
+        model: the classifier ``model(tokens, mask) -> logits``, evaluated without dropout.
+        cfg: the run's config: its ``attack`` (triggers, ``target_label``), ``seed`` (where triggers go) and
+            ``train.eval_batch_size``.
+        test: the clean test set: texts and int32 (N,) labels.
+        encoder: the tokenizer, giving int32 (N, L) ids and bool (N, L) masks.
+    Returns:
+        :class:`Evaluation`: ``clean_accuracy``; ``attack_success_rate``, ``triggered_accuracy`` and
+        ``robust_accuracy`` averaged over the attack's triggers (None without one); ``per_trigger``, those three
+        per trigger, keyed by its phrases joined with " | " (empty without a trigger).
+    """
     return score(model, cfg, evaluation_inputs(cfg, test, encoder))

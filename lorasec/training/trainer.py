@@ -15,15 +15,14 @@ import functools
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
@@ -32,9 +31,9 @@ from tqdm import tqdm  # text bars: tqdm.auto warns in a notebook without ipywid
 from lorasec.config import TrainConfig
 from lorasec.core import files, keys
 from lorasec.core.errors import ConfigError, TrainingDiverged
-from lorasec.models.layers import set_compute_dtype
 from lorasec.training import placement
 from lorasec.training.losses import classification_loss
+from lorasec.training.step import LossFn, Programs, TrainState, make_optimizer, make_schedule, train_step
 
 
 @dataclass(frozen=True)
@@ -64,62 +63,6 @@ def batch_indices(step: int, num: int, batch_size: int, seed: int) -> np.ndarray
     epoch, position = divmod(step, per_epoch)
     return _epoch_order(seed, epoch, num)[position * batch_size:(position + 1) * batch_size]
 
-
-
-def make_schedule(cfg: TrainConfig, lr=None) -> optax.Schedule:
-    """The learning-rate schedule of ``cfg`` peaking at ``lr`` (default ``cfg.lr``; may be a traced value)."""
-    lr = cfg.lr if lr is None else lr
-    if cfg.schedule == "constant":
-        return optax.constant_schedule(lr)
-    if cfg.schedule == "warmup_linear":
-        return optax.join_schedules([optax.linear_schedule(0.0, lr, cfg.warmup_steps),
-                                     optax.linear_schedule(lr, 0.0, cfg.steps - cfg.warmup_steps)],
-                                    [cfg.warmup_steps])
-    # optax.warmup_cosine_decay_schedule(0, lr, warmup, steps) spelled out: it branches on lr in Python, and an
-    # ensemble's lr is traced.
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, cfg.warmup_steps),
-                                 optax.cosine_decay_schedule(lr, cfg.steps - cfg.warmup_steps, alpha=0.0)],
-                                [cfg.warmup_steps])
-
-
-def hyperparameters(cfg: TrainConfig) -> dict[str, np.ndarray]:
-    """The values of ``cfg`` that may differ between the members of one ensemble (float32 scalars)."""
-    return {"lr": np.float32(cfg.lr), "weight_decay": np.float32(cfg.weight_decay),
-            "grad_clip": np.float32(cfg.grad_clip)}
-
-
-def make_optimizer(cfg: TrainConfig, hparams: dict | None = None) -> optax.GradientTransformation:
-    """AdamW with the configured schedule, after global-norm gradient clipping (``grad_clip = 0`` disables it).
-    ``hparams`` (:func:`hyperparameters`, possibly traced) override learning rate, weight decay and clip norm."""
-    hp = hyperparameters(cfg) if hparams is None else hparams
-    adamw = optax.adamw(make_schedule(cfg, hp["lr"]), weight_decay=hp["weight_decay"])
-    return optax.chain(optax.clip_by_global_norm(hp["grad_clip"]), adamw) if cfg.grad_clip > 0 else adamw
-
-
-LossFn = Callable[[nnx.Module, dict, jax.Array, Any], jax.Array]
-
-
-def train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, cfg: TrainConfig):
-    """``step(trainable, frozen, opt_state, hparams, terms, batch, key) -> (trainable, opt_state, loss)``: one
-    AdamW step of one run, pure and unjitted (the ensemble vmaps it; :class:`lorasec.training.step.TrainStep`
-    jits it). ``terms`` are the loss's extra inputs. With ``compute_dtype = 'bfloat16'`` the linear layers
-    compute in bfloat16 (:func:`lorasec.models.layers.set_compute_dtype`) while the weights, their gradients and
-    AdamW stay float32."""
-    compute = None if cfg.compute_dtype == "float32" else jnp.dtype(cfg.compute_dtype)
-
-    def step(trainable, frozen, opt_state, hparams, terms, batch, key):
-        def objective(params):
-            model = nnx.merge(graphdef, params, frozen)
-            if compute is not None:
-                set_compute_dtype(model, compute)
-            loss = loss_fn(model, batch, key, terms)
-            return loss.astype(jnp.promote_types(loss.dtype, jnp.float32))
-
-        loss, grads = jax.value_and_grad(objective)(trainable)
-        updates, opt_state = make_optimizer(cfg, hparams).update(grads, opt_state, trainable)
-        return optax.apply_updates(trainable, updates), opt_state, loss
-
-    return step
 
 
 STRUCTURAL_FIELDS = ("steps", "batch_size", "schedule", "warmup_steps", "log_every", "checkpoint_every",
@@ -162,61 +105,51 @@ class FitResult:
     compilations: int
 
 
-def _checkpoint_manager(run_dir: Path, cfg: TrainConfig) -> ocp.CheckpointManager:
-    """Process 0's manager: checkpoints hold host copies of the whole ensemble, written by it alone."""
-    directory = (run_dir / "checkpoints").resolve()
-    directory.mkdir(parents=True, exist_ok=True)
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=cfg.keep_checkpoints, create=False,
-        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0}),
-        async_options=files.UNSHARED_SAVES)
-    return ocp.CheckpointManager(directory, options=options)
+class Shared(NamedTuple):
+    """Leaves equal in every member, kept once, and the others, stacked on a leading member axis."""
+
+    shared: list
+    stacked: list
 
 
-def _restore_newest_readable(manager: ocp.CheckpointManager, run_dir: Path,
-                             target: dict) -> tuple[dict | None, int]:
-    """(state, step) of the newest checkpoint that restores; a damaged one is named on stderr and skipped for the
-    one kept before it (resume from it is exact as well). No checkpoint: (None, 0); none readable: an error."""
-    steps = sorted(manager.all_steps(), reverse=True)
-    damaged = []
-    for step in steps:
-        try:
-            restored = manager.restore(step, args=ocp.args.StandardRestore(files.jax_abstract(target)))
-        except Exception as err:  # orbax / tensorstore raise many kinds for damaged files
-            damaged.append(step)
-            print(f"lorasec: checkpoint {str(run_dir / 'checkpoints' / str(step))!r} is damaged "
-                  f"({type(err).__name__}); trying the one kept before it", file=sys.stderr)
-            continue
-        for bad in damaged:  # so that training past them writes fresh ones
-            manager.delete(bad)
-        return restored, step
-    if damaged:
-        raise ConfigError(f"--out {str(run_dir)!r}: every kept checkpoint is damaged or from another lorasec "
-                          f"version (steps {damaged}); remove {str(run_dir / 'checkpoints')!r} to train from the "
-                          f"start")
-    return None, 0
+@dataclass(frozen=True)
+class Layout:
+    """Where each leaf of a tree went in its :class:`Shared` form (static: it shapes the program)."""
+
+    is_stacked: tuple[bool, ...]
+    treedef: Any
+
+    @staticmethod
+    def split(trees: Sequence) -> tuple[Shared, Layout]:
+        flat = [jax.tree.flatten(t) for t in trees]
+        shared, stacked, is_stacked = [], [], []
+        for column in zip(*(leaves for leaves, _ in flat)):
+            column = [np.asarray(x) for x in column]
+            same = all(x.shape == column[0].shape and np.array_equal(x, column[0]) for x in column[1:])
+            is_stacked.append(not same)
+            (shared if same else stacked).append(column[0] if same else np.stack(column))
+        return Shared(shared, stacked), Layout(tuple(is_stacked), flat[0][1])
+
+    def join(self, parts: Shared) -> Any:
+        shared, stacked = iter(parts.shared), iter(parts.stacked)
+        return jax.tree.unflatten(self.treedef, [next(stacked) if s else next(shared) for s in self.is_stacked])
+
+
+class Constants(NamedTuple):
+    """What every step of an ensemble reads and none changes: frozen variables and training data (each kept once
+    where the members agree), the loss's extra terms and the raw dropout keys (one per member)."""
+
+    frozen: Shared
+    data: Shared
+    terms: Any
+    keys: Any
+
+
+MEMBER_AXES = Constants(frozen=Shared(None, 0), data=Shared(None, 0), terms=0, keys=0)  # vmap's in_axes
 
 
 def _stack(trees: Sequence) -> Any:
     return jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *trees)
-
-
-def _split_shared(trees: Sequence) -> tuple[list, list, list[bool], Any]:
-    """Leaves equal in every member (kept once) and the others (stacked): (shared, stacked, is_stacked, treedef)."""
-    flat = [jax.tree.flatten(t) for t in trees]
-    treedef = flat[0][1]
-    shared, stacked, is_stacked = [], [], []
-    for column in zip(*(leaves for leaves, _ in flat)):
-        column = [np.asarray(x) for x in column]
-        same = all(x.shape == column[0].shape and np.array_equal(x, column[0]) for x in column[1:])
-        is_stacked.append(not same)
-        (shared if same else stacked).append(column[0] if same else np.stack(column))
-    return shared, stacked, is_stacked, treedef
-
-
-def _join(shared: list, stacked: list, is_stacked: list[bool], treedef) -> Any:
-    shared_it, stacked_it = iter(shared), iter(stacked)
-    return jax.tree.unflatten(treedef, [next(stacked_it) if s else next(shared_it) for s in is_stacked])
 
 
 def _padded_data(members: Sequence[Member]) -> list[dict]:
@@ -245,40 +178,205 @@ def _check_compatible(members: Sequence[Member]) -> None:
                               f"examples")
 
 
-def _dispatch_fn(graphdef, loss_fn, cfg: TrainConfig, frozen_layout, data_layout, mesh):
-    step = train_step(graphdef, loss_fn, cfg)
+@dataclass
+class Ensemble:
+    """The members as one program's inputs, on the host: the stacked initial :class:`TrainState`, the
+    :class:`Constants` and their layouts. ``slots`` maps each of the ``padded`` program members to a member (the
+    padding repeats member 0; its results are dropped)."""
 
-    def member(trainable, opt_state, frozen_shared, frozen_stacked, hparams, terms, data_shared, data_stacked,
-               raw_key, indices, step_number):
-        frozen = _join(frozen_shared, frozen_stacked, *frozen_layout)
-        data = _join(data_shared, data_stacked, *data_layout)
-        batch = {name: array[indices] for name, array in data.items()}
-        key = jax.random.fold_in(jax.random.wrap_key_data(raw_key), step_number)
-        return step(trainable, frozen, opt_state, hparams, terms, batch, key)
+    members: Sequence[Member]
+    graphdef: nnx.GraphDef
+    slots: list[int]
+    state: TrainState
+    constants: Constants
+    frozen_layout: Layout
+    data_layout: Layout
 
-    members = jax.vmap(member, in_axes=(0, 0, None, 0, 0, 0, None, 0, 0, 0, None))
+    @staticmethod
+    def build(members: Sequence[Member], trainable_filter, mesh) -> Ensemble:
+        padded = placement.padded_count(len(members), mesh)
+        slots = list(range(len(members))) + [0] * (padded - len(members))
+        splits = [nnx.split(m.model, trainable_filter, ...) for m in members]
+        graphdef = splits[0][0]
+        if any(g != graphdef for g, _, _ in splits[1:]):
+            raise ValueError("ensemble members have different model structures; they cannot share one program")
+        params = [nnx.to_pure_dict(splits[i][1]) for i in slots]
+        opt_states = [make_optimizer(members[i].train).init(p) for i, p in zip(slots, params)]
+        frozen, frozen_layout = Layout.split([nnx.to_pure_dict(splits[i][2]) for i in slots])
+        data = _padded_data(members)
+        shared_data, data_layout = Layout.split([data[i] for i in slots])
+        terms = _stack([members[i].terms for i in slots]) if members[0].terms is not None else None
+        raw_keys = np.stack([np.asarray(jax.random.key_data(keys.key(members[i].seed, "dropout"))) for i in slots])
+        return Ensemble(members, graphdef, slots, TrainState(_stack(params), _stack(opt_states)),
+                        Constants(frozen, shared_data, terms, raw_keys), frozen_layout, data_layout)
 
-    def dispatch(carry, frozen_shared, frozen_stacked, hparams, terms, data_shared, data_stacked, raw_keys,
-                 indices, step_numbers, valid):
-        def body(carry, xs):
-            batch_indices_, step_number, ok = xs
+    @property
+    def padded(self) -> int:
+        return len(self.slots)
 
-            def run(carry):
-                trainable, opt_state, loss = members(carry[0], carry[1], frozen_shared, frozen_stacked, hparams,
-                                                     terms, data_shared, data_stacked, raw_keys, batch_indices_,
-                                                     step_number)
-                return (trainable, opt_state), loss.astype(jnp.float32)  # only logged: float32 under x64 too
+    def batch_indices(self, step: int, end: int, width: int) -> np.ndarray:
+        """(width, padded, batch) example indices of the steps ``step``..``end`` (zeros after ``end``)."""
+        cfg = self.members[0].train
+        indices = np.zeros((width, self.padded, cfg.batch_size), np.int32)
+        for k in range(end - step):
+            for slot, i in enumerate(self.slots):
+                m = self.members[i]
+                indices[k, slot] = batch_indices(step + k, len(m.data), cfg.batch_size, m.seed)
+        return indices
 
-            def skip(carry):
-                return carry, jnp.full(raw_keys.shape[0], jnp.nan, jnp.float32)
+    def program(self, loss_fn: LossFn, mesh) -> Programs:
+        """``dispatch(state, constants, indices, step_numbers, valid) -> (state, losses)``: up to
+        ``steps_per_dispatch`` steps of every member under ``lax.scan`` (steps whose ``valid`` is false are
+        skipped), compiled once."""
+        step = train_step(self.graphdef, loss_fn, self.members[0].train)
+        frozen_layout, data_layout = self.frozen_layout, self.data_layout
 
-            return jax.lax.cond(ok, run, skip, carry)
+        def member(state, constants, indices, step_number):
+            data = data_layout.join(constants.data)
+            batch = {name: array[indices] for name, array in data.items()}
+            key = jax.random.fold_in(jax.random.wrap_key_data(constants.keys), step_number)
+            return step(state, frozen_layout.join(constants.frozen), constants.terms, batch, key)
 
-        return jax.lax.scan(body, carry, (indices, step_numbers, valid))
+        members = jax.vmap(member, in_axes=(0, MEMBER_AXES, 0, None))
 
-    # Outputs keep the inputs' placement, so that the next dispatch hits the first one's compilation.
-    losses = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, placement.MEMBERS))
-    return jax.jit(dispatch, donate_argnums=0, out_shardings=(placement.sharding(mesh, stacked=True), losses))
+        def dispatch(state, constants, indices, step_numbers, valid):
+            def body(state, xs):
+                step_indices, step_number, ok = xs
+
+                def run(state):
+                    state, loss = members(state, constants, step_indices, step_number)
+                    return state, loss.astype(jnp.float32)  # only logged: float32 under x64 too
+
+                def skip(state):
+                    return state, jnp.full(constants.keys.shape[0], jnp.nan, jnp.float32)
+
+                return jax.lax.cond(ok, run, skip, state)
+
+            return jax.lax.scan(body, state, (indices, step_numbers, valid))
+
+        # Outputs keep the inputs' placement, so every dispatch runs the one compiled program.
+        losses = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, placement.MEMBERS))
+        jitted = jax.jit(dispatch, donate_argnums=0, out_shardings=(placement.sharding(mesh, stacked=True), losses))
+        return Programs(jitted, varying=())
+
+    def placed(self, state: TrainState, mesh) -> tuple[TrainState, Constants]:
+        """``state`` and the constants as global arrays: member axes split over ``mesh``, shared parts replicated."""
+        c = self.constants
+
+        def split(parts: Shared) -> Shared:
+            return Shared(placement.put(parts.shared, mesh, stacked=False), placement.put(parts.stacked, mesh,
+                                                                                          stacked=True))
+
+        return (placement.put(state, mesh, stacked=True),
+                Constants(split(c.frozen), split(c.data), placement.put(c.terms, mesh, stacked=True),
+                          placement.put(c.keys, mesh, stacked=True)))
+
+
+class Checkpoints:
+    """An ensemble's checkpoints in ``run_dir/checkpoints``: written by process 0 alone from host copies (every
+    process joins a barrier after each), read back by it and broadcast to the others."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, mesh):
+        self.run_dir, self.mesh = run_dir, mesh
+        self.primary = jax.process_index() == 0
+        self.manager = None
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if self.primary:
+            directory = (run_dir / "checkpoints").resolve()
+            directory.mkdir(parents=True, exist_ok=True)
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=cfg.keep_checkpoints, create=False,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0}),
+                async_options=files.UNSHARED_SAVES)
+            self.manager = ocp.CheckpointManager(directory, options=options)
+
+    def restore(self, state: TrainState, losses: np.ndarray) -> tuple[int, TrainState, np.ndarray]:
+        """(step, state, last finite losses) of the newest readable checkpoint, or (0, the given ones)."""
+        target = {"trainable": state.params, "opt_state": state.opt_state, "loss": losses}
+        restored, start = self._newest_readable(target) if self.primary else (None, 0)
+        if placement.spans_processes(self.mesh):
+            start = int(multihost_utils.broadcast_one_to_all(np.int64(start)))
+            restored = multihost_utils.broadcast_one_to_all(target if restored is None else restored) \
+                if start else None
+        if restored is None:
+            return 0, state, losses
+        return start, TrainState(restored["trainable"], restored["opt_state"]), np.asarray(restored["loss"],
+                                                                                             np.float32)
+
+    def _newest_readable(self, target: dict) -> tuple[dict | None, int]:
+        """A damaged checkpoint is named on stderr and skipped for the one kept before it (resume from it is exact
+        as well). No checkpoint: (None, 0); none readable: an error."""
+        damaged = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self.manager.restore(step, args=ocp.args.StandardRestore(files.jax_abstract(target)))
+            except Exception as err:  # orbax / tensorstore raise many kinds for damaged files
+                damaged.append(step)
+                print(f"lorasec: checkpoint {str(self.run_dir / 'checkpoints' / str(step))!r} is damaged "
+                      f"({type(err).__name__}); trying the one kept before it", file=sys.stderr)
+                continue
+            for bad in damaged:  # so that training past them writes fresh ones
+                self.manager.delete(bad)
+            return restored, step
+        if damaged:
+            raise ConfigError(f"--out {str(self.run_dir)!r}: every kept checkpoint is damaged or from another "
+                              f"lorasec version (steps {damaged}); remove {str(self.run_dir / 'checkpoints')!r} to "
+                              f"train from the start")
+        return None, 0
+
+    def save(self, step: int, state: TrainState, losses: np.ndarray) -> None:
+        host = placement.fetch(state)
+        if self.manager is not None and step not in self.manager.all_steps():
+            self.manager.save(step, args=ocp.args.StandardSave(
+                {"trainable": host.params, "opt_state": host.opt_state, "loss": losses.copy()}))
+            self.manager.wait_until_finished()
+        placement.barrier(f"lorasec checkpoint {step}", self.mesh)
+
+    def close(self) -> None:
+        if self.manager is not None:
+            self.manager.close()
+
+
+class LossLog:
+    """Each member's losses as dispatches return them: the last finite one, the step window a non-finite one first
+    appeared in, the progress bar, and (process 0) a line per logging window in the member's ``metrics_path``."""
+
+    def __init__(self, members: Sequence[Member], padded: int, start: int, last_finite: np.ndarray, *,
+                 progress: bool, description: str):
+        self.members, self.cfg = members, members[0].train
+        self.primary = jax.process_index() == 0
+        self.last_finite = last_finite if len(last_finite) == padded else np.full(padded, np.nan, np.float32)
+        self.diverged: list[tuple[int, int] | None] = [None] * len(members)
+        self.window: list[list[float]] = [[] for _ in members]
+        self.schedules = [make_schedule(m.train) for m in members]
+        self.began = time.perf_counter()
+        if self.primary:
+            for m in members:
+                if m.metrics_path is not None:
+                    files.truncate_jsonl(m.metrics_path, start)
+        self.bar = tqdm(total=self.cfg.steps, initial=start, desc=description, unit="step", dynamic_ncols=True,
+                        disable=not (progress and self.primary), leave=False)
+
+    def record(self, step: int, end: int, losses) -> None:
+        """The losses of steps ``step + 1``..``end`` (a (window, members) array, still on the device)."""
+        losses = placement.fetch(losses)
+        self.bar.update(end - step)
+        cfg = self.cfg
+        for i, m in enumerate(self.members):
+            values = losses[:end - step, i]
+            if not np.isfinite(values).all() and self.diverged[i] is None:
+                self.diverged[i] = (step + 1, end)
+            if self.diverged[i] is None:
+                self.last_finite[i] = values[-1]
+                self.window[i].extend(values.tolist())
+            if self.primary and m.metrics_path is not None and (end % cfg.log_every == 0 or end == cfg.steps):
+                files.append_jsonl(m.metrics_path, {
+                    "step": end, "loss": float(np.mean(self.window[i])) if self.window[i] else None,
+                    "lr": float(self.schedules[i](end - 1)), "seconds": round(time.perf_counter() - self.began, 3)})
+                self.window[i] = []
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _window_end(step: int, cfg: TrainConfig) -> int:
@@ -299,136 +397,78 @@ def fit_ensemble(members: Sequence[Member], trainable_filter, *, loss_fn: LossFn
     With ``run_dir``, checkpoints go to ``run_dir/checkpoints`` every ``checkpoint_every`` steps and at the end,
     and training resumes from the newest readable one; each member's losses go to its ``metrics_path``. Ctrl-C
     saves a checkpoint of the last finished dispatch before stopping.
+
+    Args:
+        members: the runs; they share a model structure and :data:`STRUCTURAL_FIELDS` of their training configs.
+        trainable_filter: the NNX filter of the variables that train.
+        loss_fn: ``loss_fn(model, batch, key, terms) -> scalar`` (each member's ``terms`` as its extra input).
+        run_dir: where checkpoints go (None: no checkpoints, no resume).
+        progress, description: the progress bar.
+        mesh: a one-axis mesh for the member axis (default: every device of every process).
+    Returns:
+        An :class:`EnsembleResult`: per member the trained variables (pure dicts of host arrays), last finite loss
+        and divergence window; for the ensemble steps, resumed step, wall time and compilations (1).
     """
     _check_compatible(members)
     cfg = members[0].train
     mesh = mesh or placement.member_mesh()
-    count = len(members)
-    padded = placement.padded_count(count, mesh)
-    slots = list(range(count)) + [0] * (padded - count)  # padding repeats member 0; its results are dropped
-    splits = [nnx.split(m.model, trainable_filter, ...) for m in members]
-    graphdef = splits[0][0]
-    for g, _, _ in splits[1:]:
-        if g != graphdef:
-            raise ValueError("ensemble members have different model structures; they cannot share one program")
-    optimizers = [make_optimizer(m.train) for m in members]
-    trainable = _stack([splits[i][1] for i in slots])
-    opt_state = _stack([optimizers[i].init(splits[i][1]) for i in slots])
-    frozen_shared, frozen_stacked, *frozen_layout = _split_shared([splits[i][2] for i in slots])
-    data = _padded_data(members)
-    data_shared, data_stacked, *data_layout = _split_shared([data[i] for i in slots])
-    hparams = _stack([hyperparameters(members[i].train) for i in slots])
-    terms = _stack([members[i].terms for i in slots]) if members[0].terms is not None else None
-    raw_keys = np.stack([np.asarray(jax.random.key_data(keys.key(members[i].seed, "dropout"))) for i in slots])
-    last_finite = np.full(padded, np.nan, np.float32)
-    start = 0
-    manager = None
-    primary = jax.process_index() == 0
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        target = {"trainable": trainable, "opt_state": opt_state, "loss": last_finite}
-        restored = None
-        if primary:
-            manager = _checkpoint_manager(run_dir, cfg)
-            restored, start = _restore_newest_readable(manager, run_dir, target)
-        if placement.spans_processes(mesh):
-            start = int(multihost_utils.broadcast_one_to_all(np.int64(start)))
-            restored = multihost_utils.broadcast_one_to_all(target if restored is None else restored) \
-                if start else None
-        if restored is not None:
-            trainable, opt_state = restored["trainable"], restored["opt_state"]
-            last_finite = np.asarray(restored["loss"], np.float32)
-        if primary:
-            for m in members:
-                if m.metrics_path is not None:
-                    files.truncate_jsonl(m.metrics_path, start)
+    ensemble = Ensemble.build(members, trainable_filter, mesh)
+    checkpoints = Checkpoints(run_dir, cfg, mesh) if run_dir is not None else None
+    start, state, last_finite = 0, ensemble.state, np.full(ensemble.padded, np.nan, np.float32)
+    if checkpoints is not None:
+        start, state, last_finite = checkpoints.restore(state, last_finite)
+    log = LossLog(members, ensemble.padded, start, last_finite, progress=progress, description=description)
+    state, constants = ensemble.placed(state, mesh)
+    program = ensemble.program(loss_fn, mesh)
+    try:
+        state = _train(ensemble, program, state, constants, start, log, checkpoints, mesh)
+    finally:
+        log.close()
+        if checkpoints is not None:
+            checkpoints.close()
+    trained = placement.fetch(state.params)
+    per_member = [jax.tree.map(lambda leaf, i=i: leaf[i], trained) for i in range(len(members))]
+    return EnsembleResult(per_member, [float(v) for v in log.last_finite[:len(members)]], log.diverged, cfg.steps,
+                          start, time.perf_counter() - log.began, program.count)
 
-    def save(step: int, carry) -> None:
-        host = placement.fetch(carry)
-        if manager is not None and primary and step not in manager.all_steps():
-            manager.save(step, args=ocp.args.StandardSave(
-                {"trainable": host[0], "opt_state": host[1], "loss": last_finite.copy()}))
-            manager.wait_until_finished()
-        placement.barrier(f"lorasec checkpoint {step}", mesh)
 
-    carry = (placement.put(trainable, mesh, stacked=True), placement.put(opt_state, mesh, stacked=True))
-    constants = (placement.put(frozen_shared, mesh, stacked=False), placement.put(frozen_stacked, mesh, stacked=True),
-                 placement.put(hparams, mesh, stacked=True), placement.put(terms, mesh, stacked=True),
-                 placement.put(data_shared, mesh, stacked=False), placement.put(data_stacked, mesh, stacked=True),
-                 placement.put(raw_keys, mesh, stacked=True))
-    dispatch = _dispatch_fn(graphdef, loss_fn, cfg, frozen_layout, data_layout, mesh)
+def _train(ensemble: Ensemble, program: Programs, state: TrainState, constants: Constants, start: int,
+           log: LossLog, checkpoints: Checkpoints | None, mesh) -> TrainState:
+    """Dispatch windows of steps from ``start`` to the end, reading each window's losses while the next runs,
+    with checkpoints at their steps; Ctrl-C saves the last finished dispatch's state."""
+    cfg = ensemble.members[0].train
     index_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, placement.MEMBERS))
     replicated = placement.sharding(mesh, stacked=False)
     width = cfg.steps_per_dispatch
-    schedules = [make_schedule(m.train) for m in members]
-    diverged: list[tuple[int, int] | None] = [None] * count
-    window_losses = [[] for _ in range(count)]
-    began = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=start, desc=description, disable=not (progress and primary), unit="step",
-               dynamic_ncols=True, leave=False)
-
-    def inputs(step: int):
-        end = _window_end(step, cfg)
-        indices = np.zeros((width, padded, cfg.batch_size), np.int32)
-        for k in range(end - step):
-            for slot, i in enumerate(slots):
-                indices[k, slot] = batch_indices(step + k, len(members[i].data), cfg.batch_size, members[i].seed)
-        step_numbers = np.arange(step, step + width, dtype=np.int32)
-        valid = np.arange(width) < end - step
-        return end, (jax.make_array_from_callback(indices.shape, index_sharding, lambda ix: indices[ix]),
-                     jax.device_put(step_numbers, replicated), jax.device_put(valid, replicated))
-
-    def record(step: int, end: int, losses) -> None:
-        losses = placement.fetch(losses)
-        bar.update(end - step)
-        for i in range(count):
-            values = losses[:end - step, i]
-            bad = ~np.isfinite(values)
-            if bad.any() and diverged[i] is None:
-                diverged[i] = (step + 1, end)
-            if diverged[i] is None:
-                last_finite[i] = values[-1]
-                window_losses[i].extend(values.tolist())
-            path = members[i].metrics_path
-            if primary and path is not None and (end % cfg.log_every == 0 or end == cfg.steps):
-                files.append_jsonl(path, {"step": end, "loss": float(np.mean(window_losses[i]))
-                                          if window_losses[i] else None,
-                                          "lr": float(schedules[i](end - 1)),
-                                          "seconds": round(time.perf_counter() - began, 3)})
-                window_losses[i] = []
-
-    completed = start
+    step, completed, pending = start, start, None  # pending: (first step, end, losses) of a dispatch not yet read
     try:
-        step, pending = start, None  # pending: (first step, end, losses) of a dispatch whose losses are unread
         while step < cfg.steps:
-            end, batch_inputs = inputs(step)
-            carry, losses = dispatch(carry, *constants, *batch_inputs)
+            end = _window_end(step, cfg)
+            indices = ensemble.batch_indices(step, end, width)
+            inputs = (jax.make_array_from_callback(indices.shape, index_sharding, lambda ix: indices[ix]),
+                      jax.device_put(np.arange(step, step + width, dtype=np.int32), replicated),
+                      jax.device_put(np.arange(width) < end - step, replicated))
+            state, losses = program(state, constants, *inputs)
             if pending is not None:  # read the previous dispatch's losses while this one runs
-                record(*pending)
+                log.record(*pending)
             pending, step, completed = (step, end, losses), end, end
-            if count == 1 and diverged[0] is not None:
+            if len(ensemble.members) == 1 and log.diverged[0] is not None:
                 break
             if end % cfg.checkpoint_every == 0 or end == cfg.steps:
-                record(*pending)
+                log.record(*pending)
                 pending = None
-                save(end, carry)
+                if checkpoints is not None:
+                    checkpoints.save(end, state, log.last_finite)
         if pending is not None:
-            record(*pending)
+            log.record(*pending)
     except KeyboardInterrupt:
-        try:
-            save(completed, carry)
-        except RuntimeError:
-            pass  # interrupted inside a dispatch: its inputs were donated; the last periodic checkpoint stands
+        if checkpoints is not None:
+            try:
+                checkpoints.save(completed, state, log.last_finite)
+            except RuntimeError:
+                pass  # interrupted inside a dispatch: its inputs were donated; the last periodic checkpoint stands
         raise
-    finally:
-        bar.close()
-        if manager is not None:
-            manager.close()
-    host_trainable = placement.fetch(carry[0])
-    per_member = [jax.tree.map(lambda leaf, i=i: leaf[i], host_trainable) for i in range(count)]
-    wall = time.perf_counter() - began
-    return EnsembleResult(per_member, [float(v) for v in last_finite[:count]], diverged, cfg.steps, start, wall,
-                          dispatch._cache_size())
+    return state
 
 
 def fit(model: nnx.Module, trainable_filter, data: ArrayData, cfg: TrainConfig, *, seed: int,

@@ -1,0 +1,61 @@
+"""Where a run starts is decided once (lorasec.pipelines.start): from scratch, a pretrained encoder or a finished
+run; training and reloading a run build the model through the same path."""
+
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_run
+from flax import nnx
+
+from lorasec.config import AdapterConfig, ConfigError, ModelConfig, TrainConfig
+from lorasec.core import keys
+from lorasec.models import Architecture
+from lorasec.models.hf_import import export
+from lorasec.models.transformer import TransformerEncoder
+from lorasec.pipelines import rundir
+from lorasec.pipelines import start as starts
+from lorasec.pipelines.run import build_model, load_run, train_run
+
+
+def _params(model):
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
+
+
+def test_from_scratch_the_vocabulary_and_shapes_come_from_the_config():
+    cfg = tiny_run()
+    start = starts.resolve(cfg)
+    assert start.kind == "scratch" and start.source is None and start.origin() == {"pretrained": "", "init_from": ""}
+    assert start.architecture.d_model == cfg.model.d_model and start.architecture.vocab_size == start.encoder.vocab_size
+    a, b = build_model(cfg, start), build_model(cfg)
+    assert all(np.array_equal(x, y) for x, y in zip(_params(a), _params(b)))  # a pure function of the config
+
+
+def test_a_bert_directory_without_tokenizer_builds_but_cannot_encode(tmp_path):
+    arch = Architecture(kind="transformer", vocab_size=40, max_positions=20, d_model=8, num_layers=1, num_heads=2,
+                        d_ff=16, dropout=0.0, pooling="mean", mlp_hidden=(), type_vocab_size=2)
+    directory = export(TransformerEncoder(arch, rngs=nnx.Rngs(params=keys.key(1, "params"))), arch, tmp_path / "bert")
+    cfg = tiny_run(model=ModelConfig(pretrained=str(directory), dropout=0.0), data=tiny_run().data)
+    start = starts.resolve(cfg)
+    assert start.kind == "pretrained" and start.encoder is None and start.architecture.vocab_size == 40
+    assert start.origin()["pretrained"] == str(start.source) and start.source.is_absolute()
+    with pytest.raises(ConfigError, match="has no tokenizer.json"):
+        start.text_encoder()
+
+
+def test_a_run_started_from_another_reads_its_config_once_and_reloads_through_the_same_path(tmp_path, monkeypatch):
+    first = tiny_run(adapter=AdapterConfig(method="full"), train=TrainConfig(steps=4, batch_size=16))
+    train_run(first, tmp_path / "first", progress=False)
+    reads = []
+    real = rundir.read_config
+    monkeypatch.setattr(rundir, "read_config", lambda path: reads.append(path) or real(path))
+    cfg = tiny_run(model=ModelConfig(init_from=str(tmp_path / "first"), dropout=0.0),
+                   train=TrainConfig(steps=4, batch_size=16))
+    results = train_run(cfg, tmp_path / "second", progress=False)
+    assert reads == [tmp_path / "first"]  # decided once, passed down
+    start = starts.resolve(cfg)
+    assert start.kind == "run" and start.source == (tmp_path / "first").resolve()
+    run = load_run(tmp_path / "second")
+    assert rundir.read_model(tmp_path / "second")["start"] == start.origin()
+    plain = build_model(tiny_run(model=cfg.model, adapter=AdapterConfig(method="full")), start)
+    assert all(np.array_equal(x, y) for x, y in zip(_params(run.start), _params(plain)))
+    assert run.results == results
