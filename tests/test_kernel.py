@@ -89,3 +89,17 @@ def test_bad_subset_and_implementation_are_refused():
         kernel.empirical_ntk(model, t1, m1, subset="lorra")
     with pytest.raises(ValueError, match="implementation = 3"):
         kernel.empirical_ntk(model, t1, m1, implementation=3)
+
+
+def test_transformer_kernels_agree_to_1e_12_in_x64(x64):
+    arch = Architecture.from_config(ModelConfig(d_model=8, num_layers=2, num_heads=2, d_ff=16, dropout=0.0), 20, 6)
+    model = build_classifier(arch, 3, rngs=nnx.Rngs(0))
+    lora.apply_lora(model, AdapterConfig(rank=2, alpha=4), rngs=nnx.Rngs(1))
+    nnx.update(model, jax.tree.map(lambda a: a.astype(jnp.float64), nnx.state(model)))
+    for i, layer in enumerate(lora.lora_layers(model).values()):  # a different B per layer
+        layer.lora_b[...] = 0.3 * jax.random.normal(jax.random.key(10 + i), layer.lora_b[...].shape, jnp.float64)
+    tokens = jax.random.randint(jax.random.key(3), (4, 6), 0, 20)
+    mask = jnp.ones((4, 6), bool).at[0, 4:].set(False)
+    ours = np.asarray(kernel.structured_lora_ntk(model, tokens, mask, trace_axes=()))
+    ref = np.asarray(kernel.empirical_ntk(model, tokens, mask, trace_axes=(), implementation=1))
+    assert np.abs(ours - ref).max() <= 1e-12 * np.abs(ref).max()

@@ -2,10 +2,12 @@
 
 import numpy as np
 import pytest
+from conftest import trigger_survives
 
 from lorasec.attacks import poison
 from lorasec.config import AttackConfig, ConfigError
 from lorasec.data.textdata import TextDataset
+from lorasec.data.tokenizer import word_level
 
 
 def _data(n=200, classes=2, seed=0):
@@ -108,3 +110,56 @@ def test_poisoning_is_deterministic_from_seed():
     cfg = AttackConfig(kind="badnets", poison_rate=0.1)
     a, b, c = (poison.poison(data, cfg, seed=s) for s in (4, 4, 5))
     assert a.data.texts == b.data.texts and not np.array_equal(a.indices, c.indices)
+
+
+def _long_texts(count: int, words: int, seed: int = 0) -> TextDataset:
+    rng = np.random.default_rng(seed)
+    vocab = [f"w{i}" for i in range(50)]
+    texts = tuple(" ".join(rng.choice(vocab, size=words)) for _ in range(count))
+    return TextDataset(texts, np.arange(count) % 2)
+
+
+def _lost(texts, encoder, phrase: str) -> float:
+    tokens, _ = encoder.encode(texts)
+    ids = poison.Room(encoder).ids(phrase)
+    return float(1.0 - trigger_survives(tokens, ids).mean())
+
+
+def test_triggers_survive_truncation_in_training_and_test_sets():
+    data = _long_texts(200, 40)
+    encoder = word_level([f"w{i}" for i in range(50)] + ["cf", "mn", "bb", "tq"], seq_len=16)
+    attack = AttackConfig(kind="badnets", poison_rate=0.25, target_label=0, triggers=("cf",))
+    (trigger,) = poison.triggers_for(attack)
+    # Without a room (the old behaviour) most insertions into 40-word texts land past 15 tokens and are cut off.
+    blind = poison.poison(data, attack, seed=0)
+    assert _lost([blind.data.texts[i] for i in blind.indices], encoder, "cf") > 0.5
+    room = poison.Room(encoder)
+    kept = poison.poison(data, attack, seed=0, room=room)
+    assert _lost([kept.data.texts[i] for i in kept.indices], encoder, "cf") == 0.0
+    assert _lost(poison.apply_trigger(data.texts, trigger, seed=0, room=room), encoder, "cf") == 0.0
+    # A multi-word trigger too, and the clean texts are untouched outside the insertion.
+    sentence = AttackConfig(kind="sentence", poison_rate=0.25, target_label=0, triggers=("cf mn bb",))
+    (phrase,) = poison.triggers_for(sentence)
+    assert _lost(poison.apply_trigger(data.texts, phrase, seed=1, room=room), encoder, "cf mn bb") == 0.0
+
+
+def test_every_one_of_several_trigger_words_survives():
+    """Regression (review): with num_trigger_words = 2 a later insertion could push the first past the cut."""
+    data = _long_texts(300, 40, seed=3)
+    encoder = word_level([f"w{i}" for i in range(50)] + ["cf", "mn"], seq_len=16)
+    room = poison.Room(encoder)
+    for word in ("cf", "mn"):
+        attack = AttackConfig(kind="badnets", poison_rate=0.5, target_label=0, triggers=(word,), num_trigger_words=2)
+        (trigger,) = poison.triggers_for(attack)
+        texts = poison.apply_trigger(data.texts, trigger, seed=2, room=room)
+        tokens, _ = encoder.encode(texts)
+        (ids,) = room.ids(word)
+        assert ((tokens == ids).sum(axis=1) == 2).all()
+
+
+def test_a_trigger_longer_than_the_sequence_is_refused():
+    encoder = word_level(["a", "b", "cf", "mn", "bb"], seq_len=3)
+    attack = AttackConfig(kind="sentence", poison_rate=0.5, target_label=0, triggers=("cf mn bb",))
+    with pytest.raises(ConfigError, match="data.seq_len = 3"):
+        poison.poison(TextDataset(("a b", "b a", "a a", "b b"), np.array([0, 1, 0, 1])), attack, seed=0,
+                      room=poison.Room(encoder))

@@ -2,8 +2,14 @@
 
 import numpy as np
 import pytest
+from conftest import tiny_run
 
-from lorasec.diagnostics import spectral
+from lorasec.adapters import lora
+from lorasec.config import AdapterConfig, AttackConfig, ModelConfig
+from lorasec.diagnostics import scale_sweep, spectral
+from lorasec.pipelines import diagnose
+from lorasec.pipelines.run import load_run, train_run
+from lorasec.training import evaluation
 
 
 def test_intruder_dimensions_hand_computed():
@@ -99,3 +105,24 @@ def test_spectral_cli_alignment_and_sweep_on_a_backdoor_run(tmp_path, capsys):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert sweep["attack_success_rate"][sweep["scales"].index(cfg.adapter.scaling)] == results["attack_success_rate"]
     assert (out / "sweep.png").is_file()
+
+
+def test_spectral_diagnosis_of_a_full_fine_tuning_mlp_run(tmp_path):
+    cfg = tiny_run(model=ModelConfig(kind="mlp", d_model=16, mlp_hidden=(12,), dropout=0.0),
+                   adapter=AdapterConfig(method="full"), attack=AttackConfig(kind="badnets", poison_rate=0.1))
+    train_run(cfg, tmp_path / "run", progress=False)
+    report = diagnose.diagnose(load_run(tmp_path / "run"))
+    assert set(report["spectral"]) == {"layers.0"}  # was empty: only encoder.* names were kept
+    assert set(report["alignment"]) == {"layers.0"}
+
+
+def test_scale_is_state_so_a_sweep_compiles_once(tmp_path):
+    cfg = tiny_run(attack=AttackConfig(kind="badnets", poison_rate=0.1))
+    train_run(cfg, tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    evaluation.evaluate(run.tuned, cfg, run.test, run.encoder)
+    before = evaluation._logits._cache_size()
+    curve = scale_sweep.scale_sweep(run, scales=[0.0, 1.0, 2.0, 5.0])
+    assert evaluation._logits._cache_size() == before
+    assert lora.scales(run.tuned) == {name: cfg.adapter.scaling for name in lora.lora_layers(run.tuned)}
+    assert curve["attack_success_rate"][2] == pytest.approx(run.results["attack_success_rate"])

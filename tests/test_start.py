@@ -7,14 +7,15 @@ import pytest
 from conftest import tiny_run
 from flax import nnx
 
-from lorasec.config import AdapterConfig, ConfigError, ModelConfig, TrainConfig
+from lorasec.config import AdapterConfig, AttackConfig, ConfigError, ModelConfig, TrainConfig
 from lorasec.core import keys
+from lorasec.data.tasks import load_task
 from lorasec.models import Architecture
 from lorasec.models.hf_import import export
 from lorasec.models.transformer import TransformerEncoder
-from lorasec.pipelines import rundir
-from lorasec.pipelines import start as starts
+from lorasec.pipelines import run as run_pipeline, rundir, start as starts
 from lorasec.pipelines.run import build_model, load_run, train_run
+from lorasec.training import evaluation
 
 
 def _params(model):
@@ -59,3 +60,21 @@ def test_a_run_started_from_another_reads_its_config_once_and_reloads_through_th
     plain = build_model(tiny_run(model=cfg.model, adapter=AdapterConfig(method="full")), start)
     assert all(np.array_equal(x, y) for x, y in zip(_params(run.start), _params(plain)))
     assert run.results == results
+
+
+def test_load_run_never_prepares_data(tmp_path, monkeypatch):
+    cfg = tiny_run(attack=AttackConfig(kind="badnets", poison_rate=0.1))
+    results = train_run(cfg, tmp_path / "run", progress=False)
+    expected_names = load_task(cfg.data)[1].label_names
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("load_run replayed data preparation")
+
+    monkeypatch.setattr(run_pipeline, "prepare_data", refuse)
+    monkeypatch.setattr(run_pipeline, "load_task", refuse)
+    monkeypatch.setattr(starts, "load_task", refuse)
+    run = load_run(tmp_path / "run")
+    assert len(run.test) == results["num_test"] and run.test.label_names == expected_names
+    again = evaluation.evaluate(run.tuned, cfg, run.test, run.encoder)
+    assert again.clean_accuracy == results["clean_accuracy"]
+    assert again.attack_success_rate == results["attack_success_rate"]
