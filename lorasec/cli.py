@@ -147,10 +147,10 @@ def _verify(args) -> int:
     if args.json:
         files.write_json(args.json, [c.as_dict() for c in checks])
     found = [c for c in checks if c.kind == "claim"]
-    violated = sum(c.verdict == "violated" for c in found)
+    counts = {v: sum(c.verdict == v for c in found) for v in claims.CLAIM_VERDICTS}
     broken = sum(c.verdict == "inconsistent" for c in checks)
-    print(f"\n{len(found)} claim checks: {violated} violated, {len(found) - violated} hold, are inconclusive or "
-          f"make no claim (a violated claim is a finding about the paper, not an error of lorasec); "
+    print(f"\n{len(found)} claim checks: " + ", ".join(f"{n} {v}" for v, n in counts.items())
+          + " (a claim that disagrees is a finding about the paper, not an error of lorasec); "
           f"{len(checks) - len(found)} identity and consistency checks, {broken} inconsistent")
     return 1 if broken else 0
 

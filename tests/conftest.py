@@ -67,3 +67,29 @@ def small_pretrained(tmp_path_factory):
 
 
 __all__ = ["tiny_run", "trigger_survives", "TINY_DATA", "TINY_MODEL", "AttackConfig", "AdapterConfig", "TrainConfig"]
+
+
+def pytest_configure(config):
+    """One persistent compilation cache for the session, shared by its xdist workers (a fresh directory each run):
+    tests that build the same programs from different Python objects (the tiny run's training step, its
+    evaluation) compile them once."""
+    import os
+    import tempfile
+
+    import jax
+
+    directory = os.environ.get("LORASEC_TEST_XLA_CACHE")
+    if directory is None:  # the controller (or a run without workers): workers inherit the variable
+        directory = os.environ["LORASEC_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="lorasec-test-xla-")
+        config.lorasec_xla_cache = directory
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    """The process that made the session's compilation cache removes it."""
+    import shutil
+
+    if getattr(config, "lorasec_xla_cache", None):
+        shutil.rmtree(config.lorasec_xla_cache, ignore_errors=True)

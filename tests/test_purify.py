@@ -215,7 +215,7 @@ def test_pissa_conflicts_are_rejected():
 
 
 def test_alignment_on_the_theory_example():
-    """THEORY.md's instance: W_pre = (−1/√2, 1/√2)ᵀ, ΔW = −W_pre, x = 1, c = e_0 − e_1: the margin crosses at s = 1;
+    """The counter-example's instance: W_pre = (−1/√2, 1/√2)ᵀ, ΔW = −W_pre, x = 1, c = e_0 − e_1: the margin crosses at s = 1;
     with exact ρ's on one example s* equals the crossing."""
     w_pre = np.array([[-1.0], [1.0]]) / np.sqrt(2)
     x, c = np.ones((1, 1, 1)), np.array([[[1.0, -1.0]]])

@@ -15,6 +15,7 @@ from scipy import stats as scipy_stats
 from lorasec import config
 from lorasec.cli import main
 from lorasec.config import ConfigError
+from lorasec.core.hypotheses import Hypothesis
 from lorasec.pipelines import reproduce
 from lorasec.pipelines.reproduce import Comparison
 
@@ -26,46 +27,79 @@ def _rows(values: dict[str, list[float]], **fixed) -> list[dict]:
             for method, column in values.items() for seed, v in enumerate(column)]
 
 
-def test_a_comparison_pairs_runs_by_seed_and_uses_the_t_interval():
-    a, b = [0.9, 0.8, 0.95, 0.85], [0.7, 0.75, 0.8, 0.6]
+def _decided(lines: list[dict]) -> list[dict]:
+    """``lines`` judged as one report's family (Holm over them)."""
+    reproduce.decide_family([{"name": "figure", "comparisons": lines}])
+    return lines
+
+
+def _claim(expect="a > b", by=(), where=None, **hypothesis):
+    h = Hypothesis(hypothesis.pop("kind", "direction"), expect, **hypothesis)
+    return Comparison("clean_accuracy", where or {}, {"adapter.method": "lora"}, {"adapter.method": "full"}, h, by,
+                      "")
+
+
+def test_a_comparison_pairs_runs_by_seed_and_tests_them_exactly():
+    a, b = [0.9, 0.8, 0.95, 0.85, 0.88, 0.92], [0.7, 0.75, 0.8, 0.6, 0.7, 0.8]
     rows = _rows({"lora": a, "full": b}, **{"attack.kind": "label_flip"})
-    rows += _rows({"lora": [0.0] * 4, "full": [1.0] * 4}, **{"attack.kind": "badnets"})  # excluded by `where`
-    claim = Comparison("clean_accuracy", {"attack.kind": "label_flip"}, {"adapter.method": "lora"},
-                       {"adapter.method": "full"}, "a > b", (), "")
-    (line,) = reproduce.compare(rows, claim)
+    rows += _rows({"lora": [0.0] * 6, "full": [1.0] * 6}, **{"attack.kind": "badnets"})  # excluded by `where`
+    claim = _claim(where={"attack.kind": "label_flip"})
+    (line,) = _decided(reproduce.compare(rows, claim))
     d = np.subtract(a, b)
-    half = scipy_stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2
-    assert line["difference"]["mean"] == pytest.approx(d.mean())
-    assert line["difference"]["ci95"] == pytest.approx(half)
+    half = scipy_stats.t.ppf(0.975, 5) * d.std(ddof=1) / np.sqrt(6)
+    assert line["test"]["mean"] == pytest.approx(d.mean()) and line["test"]["ci95"] == pytest.approx(half)
+    assert line["test"]["signs"] == "++++++" and line["test"]["p"] == 2 / 64  # every sign pattern, exactly
     assert line["a_stats"]["mean"] == pytest.approx(np.mean(a)) and line["verdict"] == "agrees"
     assert line["at"] == {"attack.kind": "label_flip"}
-    reverse = Comparison("clean_accuracy", {"attack.kind": "label_flip"}, {"adapter.method": "lora"},
-                         {"adapter.method": "full"}, "a < b", (), "")
-    assert reproduce.compare(rows, reverse)[0]["verdict"] == "disagrees"
+    assert _decided(reproduce.compare(rows, _claim("a < b", where={"attack.kind": "label_flip"})))[0][
+        "verdict"] == "disagrees"
     # a seed that only one side has is left out of the pairing
     shuffled = [r for r in rows if not (r["adapter.method"] == "full" and r["seed"] == 3)]
-    assert reproduce.compare(shuffled, claim)[0]["difference"]["n"] == 3
+    assert reproduce.compare(shuffled, claim)[0]["test"]["n"] == 5
 
 
-def test_an_interval_that_covers_zero_is_inconclusive_and_one_seed_decides_nothing():
-    rows = _rows({"lora": [0.9, 0.6, 0.8], "full": [0.7, 0.8, 0.75]})
-    claim = Comparison("clean_accuracy", {}, {"adapter.method": "lora"}, {"adapter.method": "full"}, "a > b", (), "")
-    assert reproduce.compare(rows, claim)[0]["verdict"] == "inconclusive"
-    assert reproduce.compare(_rows({"lora": [0.9], "full": [0.1]}), claim)[0]["verdict"] == "inconclusive"
+def test_few_seeds_or_a_spread_that_covers_zero_decide_nothing():
+    rows = _rows({"lora": [0.9, 0.6, 0.8, 0.7, 0.9, 0.6], "full": [0.7, 0.8, 0.75, 0.75, 0.7, 0.8]})
+    assert _decided(reproduce.compare(rows, _claim()))[0]["verdict"] == "inconclusive"
+    five = _rows({"lora": [0.9] * 5, "full": [0.1] * 5})  # +80 points in every seed, but 2/2**5 > 0.05
+    (line,) = _decided(reproduce.compare(five, _claim()))
+    assert line["verdict"] == "inconclusive" and line["test"]["detectable"] is None
+    assert _decided(reproduce.compare(_rows({"lora": [0.9], "full": [0.1]}), _claim()))[0]["verdict"] == \
+        "inconclusive"
+
+
+def test_the_family_is_adjusted_together_and_a_repeat_counts_once():
+    strong = _rows({"lora": [0.9, 0.8, 0.95, 0.85, 0.88, 0.92], "full": [0.7, 0.75, 0.8, 0.6, 0.7, 0.8]})
+    for row in strong:
+        row["run_id"] = f"{row['adapter.method']}-{row['seed']}"
+    first, second = reproduce.compare(strong, _claim()), reproduce.compare(strong, _claim())
+    figures = [{"name": "one", "comparisons": first}, {"name": "two", "comparisons": second}]
+    family = reproduce.decide_family(figures)
+    assert family["size"] == 1 and family["repeats"] == 1 and second[0]["repeats"] == "one"
+    assert first[0]["adjusted_p"] == second[0]["adjusted_p"] == 2 / 64
+    third = [line for _ in range(3) for line in reproduce.compare(_rows(
+        {"lora": [0.9, 0.8, 0.95, 0.85, 0.88, 0.92], "full": [0.7, 0.75, 0.8, 0.6, 0.7, 0.8]}), _claim())]
+    family = reproduce.decide_family([{"name": "three", "comparisons": third}])  # no run ids: three comparisons
+    assert family["size"] == 3 and all(line["adjusted_p"] == pytest.approx(3 * 2 / 64) for line in third)
+    assert all(line["verdict"] == "inconclusive" for line in third)  # 0.094 > 0.05 after Holm
 
 
 def test_comparisons_split_by_the_named_fields_and_refuse_ambiguous_sides():
     rows = []
     for rate in (0.1, 0.3):
         rows += _rows({"lora": [0.9, 0.8], "full": [0.5, 0.4]}, **{"attack.poison_rate": rate})
-    claim = Comparison("clean_accuracy", {}, {"adapter.method": "lora"}, {"adapter.method": "full"}, "a > b",
-                       ("attack.poison_rate",), "")
-    lines = reproduce.compare(rows, claim)
+    lines = reproduce.compare(rows, _claim(by=("attack.poison_rate",)))
     assert [line["at"] for line in lines] == [{"attack.poison_rate": 0.1}, {"attack.poison_rate": 0.3}]
-    unsplit = Comparison("clean_accuracy", {}, {"adapter.method": "lora"}, {"adapter.method": "full"}, "a > b",
-                         (), "")
     with pytest.raises(ConfigError, match="several runs per seed"):
-        reproduce.compare(rows, unsplit)
+        reproduce.compare(rows, _claim())
+
+
+def test_the_asr_above_clean_subtracts_the_never_poisoned_run_of_the_same_seed_and_setting():
+    rows = [{"adapter.method": m, "attack.poison_rate": r, "seed": s, "attack_success_rate": asr}
+            for m, r, s, asr in (("lora", 0.0, 0, 0.1), ("lora", 0.1, 0, 0.6), ("full", 0.0, 0, 0.2),
+                                 ("full", 0.1, 0, 0.9), ("full", 0.1, 1, 0.5))]
+    out = reproduce.derive_above_clean(rows, {"attack.poison_rate": 0.0}, ["attack.poison_rate", "adapter.method"])
+    assert [r["asr_above_clean"] for r in out] == [None, pytest.approx(0.5), None, pytest.approx(0.7), None]
 
 
 def _tiny_paper(root: Path, figure_extra: str = "", paper_extra: str = "") -> Path:
@@ -110,10 +144,11 @@ def test_a_tiny_paper_runs_end_to_end_and_resumes(tmp_path, capsys):
     (figure,) = summary["figures"]
     assert figure["runs"] == 8 and len(figure["comparisons"]) == 2
     assert all(line["verdict"] in ("agrees", "disagrees", "inconclusive") for line in figure["comparisons"])
+    assert summary["family"]["size"] == 2 and (out / "report" / "rates.csv").read_text().count("\n") == 9
     assert all((out / "report" / f"rates.{ext}").stat().st_size > 1000 for ext in ("png", "pdf"))
     report = (out / "report" / "report.md").read_text()
     assert "![rates](rates.png)" in report and "LoRA less robust" in report
-    assert "| poison_rate 0.1 | clean accuracy | method lora | method full |" in report
+    assert "| poison_rate 0.1 | clean accuracy | method lora − method full | direction: a < b | 2 |" in report
     results = sorted((out / "rates" / "runs").glob("*/results.json"))
     stamps = [p.stat().st_mtime_ns for p in results]
     for stale in ("old_figure.png", "old_figure.pdf", "notes.txt"):  # a figure the paper no longer lists
@@ -121,7 +156,7 @@ def test_a_tiny_paper_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert main(["reproduce", str(directory), "--out", str(out), "--no-progress"]) == 0
     assert [p.stat().st_mtime_ns for p in results] == stamps  # nothing was trained again
     assert sorted(p.name for p in (out / "report").iterdir()) == [
-        "notes.txt", "rates.pdf", "rates.png", "report.md", "summary.json"]
+        "notes.txt", "rates.csv", "rates.pdf", "rates.png", "report.md", "summary.json"]
     capsys.readouterr()
 
 
@@ -134,12 +169,12 @@ def test_a_kernel_figure_is_measured_once_and_again_when_its_setting_changes(tmp
     figure = """base = "base.json"
 [kernels]
 layer = "encoder.layers.0.attention.value"
-examples = 12
+examples = 6
 draws = [0, 1]
-ranks = [2, 8]
-rank_c = 0.5
-variances = [0.01, 1.0]
-variance_rank = 4
+ranks = [2, 4]
+rank_c = 1.0
+variances = [0.5, 1.0]
+variance_rank = 2
 [figure]
 x = "r_or_c"
 y = ["H1"]
@@ -148,23 +183,32 @@ panel = "sweep"
 [[claims]]
 metric = "H1"
 where = {source = "measured", sweep = "rank"}
-a = {"adapter.rank" = 8}
+a = {"adapter.rank" = 4}
 b = {"adapter.rank" = 2}
 predict = "H1_closed"
 """
     (directory / "proxies.toml").write_text(figure)
     out = tmp_path / "out"
     calls = []
-    measure = reproduce.entropy_proxies.measure
-    monkeypatch.setattr(reproduce.entropy_proxies, "measure", lambda *a: calls.append(a) or measure(*a))
+
+    def measure(cfg, setting):  # the rows the measurement gives, in their shape (the real one runs in slow tests)
+        calls.append((cfg, setting))
+        plan = [("rank", r, setting.rank_c) for r in setting.ranks]
+        plan += [("variance", setting.variance_rank, c) for c in setting.variances]
+        return [{"source": "measured", "sweep": sweep, "r_or_c": r if sweep == "rank" else c, "adapter.rank": r,
+                 "adapter.init_scale": c, "seed": d, "H1": float(np.log(r * c)) + 0.01 * d,
+                 "H2": float(np.log(r * c * c)) + 0.01 * d, "H1_closed": float(np.log(r * c)),
+                 "H2_closed": float(np.log(r * c * c))} for sweep, r, c in plan for d in setting.draws]
+
+    monkeypatch.setattr(reproduce.entropy_proxies, "measure", measure)
     assert main(["reproduce", str(directory), "--out", str(out), "--no-progress"]) == 0
     first = json.loads((out / "report" / "summary.json").read_text())
     assert len(calls) == 1 and (out / "proxies" / "kernels.json").is_file()
     assert main(["reproduce", str(directory), "--out", str(out), "--no-progress"]) == 0
     assert len(calls) == 1 and json.loads((out / "report" / "summary.json").read_text()) == first
-    (directory / "proxies.toml").write_text(figure.replace("examples = 12", "examples = 10"))
+    (directory / "proxies.toml").write_text(figure.replace("examples = 6", "examples = 5"))
     assert main(["reproduce", str(directory), "--out", str(out), "--no-progress"]) == 0
-    assert len(calls) == 2 and calls[1][1].examples == 10
+    assert len(calls) == 2 and calls[1][1].examples == 5
     capsys.readouterr()
 
 
@@ -238,7 +282,7 @@ def test_paper2_quick_runs_from_the_command_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("init", ["gaussian", "kaiming_uniform"])
 def test_the_closed_form_proxies_are_the_moments_of_a_drawn_a(init):
-    """H'_1 and H'_2's closed forms are log E tr(AᵀA) and log Σ_j E‖A_{:,j}‖⁴ (THEORY.md): checked against A drawn
+    """H'_1 and H'_2's closed forms are log E tr(AᵀA) and log Σ_j E‖A_{:,j}‖⁴ (derived): checked against A drawn
     as lorasec's LoRA layer draws it, by Monte Carlo."""
     import jax
 
@@ -261,11 +305,12 @@ def test_the_closed_form_proxies_are_the_moments_of_a_drawn_a(init):
     assert np.log(fourth) == pytest.approx(h2, abs=0.05)
 
 
-def test_a_prediction_agrees_only_when_the_interval_covers_it():
+def test_the_old_rule_is_kept_to_report_tallies_before_and_after():
     diff = {"mean": 1.0, "ci95": 0.2, "sd": 0.1, "n": 5}
-    assert reproduce.verdict(diff, "", predicted=1.15) == "agrees"
-    assert reproduce.verdict(diff, "", predicted=1.3) == "disagrees"
-    assert reproduce.verdict({**diff, "ci95": None}, "", predicted=1.0) == "inconclusive"
+    assert reproduce.interval_verdict(diff, "", predicted=1.15) == "agrees"
+    assert reproduce.interval_verdict(diff, "", predicted=1.3) == "disagrees"
+    assert reproduce.interval_verdict({**diff, "ci95": None}, "", predicted=1.0) == "inconclusive"
+    assert reproduce.interval_verdict(diff, "a > b") == "agrees"
 
 
 def test_entropy_proxies_of_a_real_layer_and_the_variance_identity():

@@ -289,7 +289,7 @@ def late(*args, **kwargs):  # widens the window in which one process's clean-up 
     return waiting(*args, **kwargs)
 future.wait_for_signals = late
 state = {"w": np.full((16, 16), process, np.float32)}
-manager = trainer._checkpoint_manager(out / "group", TrainConfig()) if process == 0 else None
+manager = trainer.Checkpoints(out / "group", TrainConfig(), None).manager if process == 0 else None
 for i in range(15):
     if manager is not None:
         manager.save(i + 1, args=ocp.args.StandardSave(state))

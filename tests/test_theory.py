@@ -1,5 +1,5 @@
 """Paper 1's claims as code: each check compares a computed prediction with a computed measurement, and the
-checks find what THEORY.md says they must (the Lemma 3.1 edge) while confirming what is exact."""
+checks find what the derivations say they must (the Lemma 3.1 edge) while confirming what is exact."""
 
 import json
 
@@ -17,25 +17,25 @@ def _by_setting(checks):
 
 def test_lemma_3_1_finds_the_finite_n_edge():
     checks = _by_setting(lemma_3_1.kernel_order())
-    assert checks["n=64 r=8 σ²=0.5/n s=1"].verdict == "holds"
-    edge = checks["n=1024 r=8 σ²=0.9/n s=1"]  # THEORY.md's example: λ_max ≈ 1.06 > 1 inside the paper's condition
-    assert edge.verdict == "violated" and "asymptotic" in edge.note
+    assert checks["n=64 r=8 σ²=0.5/n s=1"].verdict == "agrees"
+    edge = checks["n=1024 r=8 σ²=0.9/n s=1"]  # the derived example: λ_max ≈ 1.06 > 1 inside the paper's condition
+    assert edge.verdict == "disagrees" and "asymptotic" in edge.note
     assert checks["n=768 r=8 σ²=0.333/n s=2"].verdict == "no claim"
     # Marchenko–Pastur predicts the measured edge: within 5% at n = 1024.
     measured = lemma_3_1.lambda_max(1024, 8, 0.9, 1.0)
     assert abs(measured - lemma_3_1.marchenko_pastur_edge(1024, 8, 0.9, 1.0)) < 0.05 * measured
     checks = _by_setting(lemma_3_1.boundary(shapes=((1024, 8), (1024, 1))))
-    assert checks["n=1024 r=8 s=1, 101 draws"].verdict == "violated"
+    assert checks["n=1024 r=8 s=1, 101 draws"].verdict == "disagrees"
     assert 0.8 < lemma_3_1.median_interval(lemma_3_1.boundary_draws(1024, 8))[0] < 0.95
     # Regression: the condition is one-sided. At r = 1 the boundary sits at or just above 1, which must not be
     # reported as a violation (the old two-sided test |c* − 1| ≤ 0.01 did).
-    assert checks["n=1024 r=1 s=1, 101 draws"].verdict in ("holds", "inconclusive")
+    assert checks["n=1024 r=1 s=1, 101 draws"].verdict in ("agrees", "inconclusive")
 
 
 def test_lora_kernel_law_holds_and_a_wrong_law_is_rejected():
     settings = ((8, 8, 1.0, 8.0, 60), (8, 2, 1.0 / 3.0, 4.0, 60))
     for check in corollary_3_5.kernel_law(settings):
-        assert check.verdict == "holds", check
+        assert check.verdict == "agrees", check
     mean, standard_error, k_ff, factor = corollary_3_5.monte_carlo(8, 8, 1.0, 8.0, 60)
     assert factor == pytest.approx(1.0)  # Corollary 3.5's setting
     wrong = np.linalg.norm(mean - 1.5 * factor * k_ff)
@@ -44,13 +44,13 @@ def test_lora_kernel_law_holds_and_a_wrong_law_is_rejected():
 
 def test_fisher_ntk_duality_claim_holds():
     checks = theorem_2_2.duality()
-    assert len(checks) == 4 and all(c.verdict == "holds" for c in checks)
+    assert len(checks) == 4 and all(c.verdict == "agrees" for c in checks)
 
 
 def test_theorem_3_6_order_and_its_failure_when_inputs_span_the_space():
     checks = theorem_3_6.entropy_order(settings=((32, 4, 0.3, 4.0, 10), (16, 8, 1.0 / 3.0, 16.0, 48)), draws=6)
     inside = [c for c in checks if c.setting.startswith("n=32")]
-    assert all(c.verdict == "holds" and "6/6 draws" in c.measured for c in inside)
+    assert all(c.verdict == "agrees" and "6/6 draws" in c.measured for c in inside)
     loewner = next(c for c in checks if c.setting.startswith("n=16") and c.predicted == "K_LoRA ⪯ K_FF")
     assert loewner.verdict == "no claim" and "0/6 draws" in loewner.measured
 
@@ -83,12 +83,12 @@ def test_ttr_metric_on_poisoned_pairs():
     assert not np.allclose(ratios, 3.0, rtol=1e-3)
     checks = ttr_direction.direction(ranks=(2, 8), variances=(0.3, 1.0), seeds=3)
     assert len(checks) == 4 + 2 + 2 and all(c.kind == "claim" for c in checks)
-    assert {c.verdict for c in checks} <= {"holds", "violated", "inconclusive"}
+    assert {c.verdict for c in checks} <= {"agrees", "disagrees", "inconclusive"}
 
 
 def test_lora_kernel_fluctuation_scales_as_inverse_sqrt_rank():
     (check,) = corollary_3_5.fluctuation()
-    assert check.verdict == "holds"
+    assert check.verdict == "agrees"
     assert corollary_3_5.relative_spread(16, 2) > 1.5 * corollary_3_5.relative_spread(16, 8)
 
 
@@ -108,7 +108,7 @@ def test_minilm_kernel_claims_are_measured_once_then_read_from_the_cache(tmp_pat
     identity = next(c for c in checks if c.kind == "identity")
     assert identity.verdict == "consistent"
     at = {c.setting.split(",")[0]: c for c in checks if c.kind == "claim"}
-    assert at["c=0.0001 s=1"].verdict == "holds" and at["c=0.0001 s=1"].measured == "12/12 layers"
+    assert at["c=0.0001 s=1"].verdict == "agrees" and at["c=0.0001 s=1"].measured == "12/12 layers"
     assert at["c=2 s=2"].verdict == "no claim"
     for c in module.entropy_order_on_minilm(result):
-        assert c.verdict in ("holds", "violated", "no claim") and c.measured.endswith("/12 layers")
+        assert c.verdict in ("agrees", "disagrees", "no claim") and c.measured.endswith("/12 layers")

@@ -1,5 +1,5 @@
 """Paper 2's Proposition 4.2: the counter-example search finds violations of the stated form and none of the
-corrected one; THEORY.md's counter-example is reproduced exactly."""
+corrected one; the counter-example to the stated form is reproduced exactly."""
 
 import numpy as np
 import pytest
@@ -41,7 +41,7 @@ def test_gradient_search_reaches_violations_of_the_stated_form():
 def test_paper_2_claims_are_registered_and_verdicts_as_expected():
     registry = theory.discover()
     checks = registry["proposition_4_2"].run(samples=400, descents=2)
-    assert [(c.kind, c.verdict) for c in checks] == [("claim", "violated"), ("claim", "violated"),
+    assert [(c.kind, c.verdict) for c in checks] == [("claim", "disagrees"), ("claim", "disagrees"),
                                                       ("consistency", "consistent")]
     (identity,) = registry["pt_condition"].run(samples=300)
     assert (identity.kind, identity.verdict) == ("identity", "consistent")

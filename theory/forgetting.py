@@ -1,10 +1,11 @@
 """Paper 2 (Luong & Chen 2026) on trained models: LoRA fails to forget a planted backdoor because its update is
 spectrally weak, and the critical scale of Proposition 4.2 measured against the true crossing.
 
-All three claims read one weight-poisoning pipeline (:mod:`lorasec.pipelines.purify`): the ``lorasec purify`` output in
+All of them read one weight-poisoning pipeline (:mod:`lorasec.pipelines.purify`): the ``lorasec purify`` output in
 ``purify_dir`` (any config with the ``full`` and ``lora`` defences), or, where there is none yet, the default
 synthetic setting (full fine-tuning, LoRA and RoRA, three seeds) run there and reused on the next call.
-Comparisons are paired by seed and reported as mean ± sd, never best-of-runs.
+Comparisons are paired by seed and decided by the 95% t-interval of the mean paired difference (the exact
+sign-flip p and each seed's sign shown beside it), never by the sign of a mean or best-of-runs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lorasec.config import ConfigError, PurifyConfig, load
+from lorasec.core import hypotheses
 from lorasec.core import stats as seed_stats
 from lorasec.core.claims import Check, claim, consistent, verdict
 from lorasec.pipelines.figures import crossing_text
@@ -37,7 +39,7 @@ def _summary(purify_dir: Path, cfg: PurifyConfig | None) -> tuple[dict, str]:
                           f"{missing[0]!r}; paper 2's comparisons need 'full' and 'lora'")
     summary = run_purify(cfg, purify_dir, progress=False)
     setting = f"{cfg.data.source}, seeds {list(cfg.seeds)}, {cfg.train.steps} clean steps"
-    return {c["defence"]: c for c in summary["defences"]} | {"_summary": summary}, setting
+    return {c["defence"]: c for c in summary["defences"]} | {"_summary": summary, "_config": cfg}, setting
 
 
 def _paired(cells: dict, key: str, first: str, second: str) -> tuple[list[float], list[float]]:
@@ -47,16 +49,45 @@ def _paired(cells: dict, key: str, first: str, second: str) -> tuple[list[float]
     return [a[s] for s in seeds], [b[s] for s in seeds]
 
 
-@claim("lora_spectrally_weaker", PAPER, "LoRA's update is spectrally weaker than full FT's: larger "
-       "σ_max(W_pre)/σ_max(ΔW) (median over adapted matrices), after clean fine-tuning of a backdoored model",
-       trains=True)
+def _interval(differences) -> tuple[str, str]:
+    """(verdict of the 95% t-interval of the mean paired difference against 0, a text with it, the per-seed signs
+    and the exact sign-flip p)."""
+    test = hypotheses.test(hypotheses.Hypothesis("direction", "a > b"), dict(enumerate(differences)))
+    if test["mean"] is None or test["ci95"] is None:
+        return "inconclusive", "fewer than two seeds"
+    low, high = test["mean"] - test["ci95"], test["mean"] + test["ci95"]
+    verdict_ = "agrees" if low > 0 else "disagrees" if high < 0 else "inconclusive"
+    return verdict_, (f"{test['mean']:.3g} ± {test['ci95']:.2g} (95% t-interval), signs {test['signs']}, exact "
+                      f"sign-flip p = {test['p']:.3g}")
+
+
+@claim("lora_spectrally_weak", PAPER, "LoRA's update is spectrally weak: σ_max(W_pre)/σ_max(ΔW) > 1 at the median "
+       "adapted matrix, after clean fine-tuning of a backdoored model (an independent reproduction measured 5–20 on "
+       "RoBERTa-large's top layers)", trains=True)
+def spectrally_weak(purify_dir: Path, cfg: PurifyConfig | None = None) -> list[Check]:
+    cells, setting = _summary(purify_dir, cfg)
+    strength = [r["spectral_strength"] for r in cells["lora"]["runs"] if r["spectral_strength"] is not None]
+    outcome, text = _interval([np.log(s) for s in strength])
+    return [Check("lora_spectrally_weak", setting, "median strength > 1 (log strength > 0)",
+                  f"LoRA {_stat(strength)}; log strength {text}", "95% t-interval of log strength over seeds",
+                  outcome, "the paper's absolute statement, judged alone (no comparison across learning rates)")]
+
+
+@claim("lora_spectrally_weaker", PAPER, "LoRA's update is spectrally weaker than full FT's at the same learning "
+       "rate: larger σ_max(W_pre)/σ_max(ΔW) (median over adapted matrices)", trains=True)
 def spectrally_weaker(purify_dir: Path, cfg: PurifyConfig | None = None) -> list[Check]:
     cells, setting = _summary(purify_dir, cfg)
+    config = cells["_config"]
     lora, full = _paired(cells, "spectral_strength", "lora", "full")
-    wins = sum(x > y for x, y in zip(lora, full))
-    return [Check("lora_spectrally_weaker", setting, "strength LoRA > full FT, every seed",
-                  f"LoRA {_stat(lora)}, full FT {_stat(full)}; LoRA larger in {wins}/{len(lora)} seeds",
-                  "paired by seed", verdict(bool(lora) and wins == len(lora)))]
+    full_lr = config.full_lr or config.train.lr
+    if full_lr != config.train.lr:
+        return [Check("lora_spectrally_weaker", setting, "strength LoRA > full FT at one learning rate",
+                      f"full FT trained at {full_lr:g}, LoRA at {config.train.lr:g}", "matched rates only",
+                      "no claim", "a larger rate makes a larger update: compared only at matched rates")]
+    outcome, text = _interval(np.subtract(np.log(lora), np.log(full)))
+    return [Check("lora_spectrally_weaker", setting, "strength LoRA > full FT (log ratio > 0)",
+                  f"LoRA {_stat(lora)}, full FT {_stat(full)}; log(LoRA/full) {text}",
+                  "95% t-interval of the paired log ratio", outcome)]
 
 
 @claim("full_ft_forgets_better", PAPER, "clean full fine-tuning removes a planted backdoor better than LoRA "
@@ -65,15 +96,10 @@ def forgets_better(purify_dir: Path, cfg: PurifyConfig | None = None) -> list[Ch
     cells, setting = _summary(purify_dir, cfg)
     full, lora = _paired(cells, "attack_success_rate", "full", "lora")
     before = cells["_summary"]["backdoored"]["downstream"]["attack_success_rate"]
-    wins = sum(x < y for x, y in zip(full, lora))
-    gap = float(np.mean(lora) - np.mean(full)) if full else float("nan")
-    spread = float(np.std(np.subtract(lora, full), ddof=1)) if len(full) > 1 else 0.0
-    return [Check("full_ft_forgets_better", setting, "ASR full FT < ASR LoRA (mean; paired by seed)",
+    outcome, text = _interval(100 * np.subtract(lora, full))
+    return [Check("full_ft_forgets_better", setting, "ASR LoRA − ASR full FT > 0 (paired by seed)",
                   f"ASR before {100 * before:.1f}%; full FT {_stat(full, 100)}%, LoRA {_stat(lora, 100)}%; "
-                  f"full lower in {wins}/{len(full)} seeds", "mean of the paired differences > 0",
-                  verdict(bool(full) and gap > 0),
-                  f"paired gap {100 * gap:.1f} ± {100 * spread:.1f} points" + (
-                      " (within one sd of zero)" if abs(gap) <= spread else ""))]
+                  f"LoRA − full {text} points", "95% t-interval of the paired difference", outcome)]
 
 
 @claim("critical_scale_trained", PAPER, "per adapted layer of a trained LoRA, the margin on triggered inputs is "

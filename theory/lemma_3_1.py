@@ -2,7 +2,7 @@
 which the paper says is negative semi-definite when ``r ≤ n`` and ``σ_a² < 1/n``.
 
 Measured: ``λ_max(s²AᵀA)`` over draws of Gaussian ``A ∈ R^{r×n}`` with variance ``c/n`` (M_Δ ⪯ 0 iff ≤ 1).
-Derived (THEORY.md): by Marchenko–Pastur ``λ_max ≈ s²σ²(√n + √r)²``, so the paper's condition is only
+Derived: by Marchenko–Pastur ``λ_max ≈ s²σ²(√n + √r)²``, so the paper's condition is only
 asymptotically right; the edge claim locates the measured boundary in c and compares it with the paper's c = 1.
 """
 
@@ -93,8 +93,8 @@ def boundary(shapes=((64, 8), (256, 8), (1024, 8), (1024, 64), (4096, 16), (1024
         draws = boundary_draws(n, r)
         median, low, high = median_interval(draws)
         c_mp = n / (np.sqrt(n) + np.sqrt(r)) ** 2
-        outcome = "violated" if high < 1.0 else ("holds" if low >= 1.0 else "inconclusive")
-        note = "" if outcome != "violated" else (f"M_Δ ⪯ 0 needs σ_a² < {median:.3f}/n here, not < 1/n: at "
+        outcome = "disagrees" if high < 1.0 else ("agrees" if low >= 1.0 else "inconclusive")
+        note = "" if outcome != "disagrees" else (f"M_Δ ⪯ 0 needs σ_a² < {median:.3f}/n here, not < 1/n: at "
                                                  f"σ_a² = 0.99/n the paper's condition holds and the order fails")
         checks.append(Check("lemma_3_1_edge", f"n={n} r={r} s=1, 101 draws", "boundary c* ≥ 1 (σ_a² < 1/n suffices)",
                             f"c* = {median:.4f} [95% CI {low:.4f}, {high:.4f}] (MP {c_mp:.4f}); "

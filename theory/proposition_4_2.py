@@ -3,7 +3,7 @@ at a layer, ``s > s* = (ρ_bd/ρ_eff)·(σ_max(W_pre)/σ_max(ΔW))  ⇒  M(s) > 
 
 The main text states assumption A1 as an upper bound on the pretrained margin; the proof uses a lower bound.
 lorasec checks both forms with its counter-example search (:mod:`lorasec.diagnostics.threshold`: random sampling plus
-gradient descent over each assumption set), reproduces THEORY.md's counter-example, and checks that the Pt
+gradient descent over each assumption set), reproduces the counter-example to the stated form, and checks that the Pt
 rescaling ``s = σ_max(W_pre)/σ_max(ΔW)`` clears s* exactly when ρ_eff > ρ_bd. On trained models (s* against
 the true crossing −A0/A1, and whether ρ_eff > ρ_bd holds) see :mod:`theory.forgetting`.
 """
@@ -21,7 +21,7 @@ SAMPLES, DESCENTS = 2000, 10
        "s > s* = (ρ_bd/ρ_eff)(σ_pre/σ_Δ) ⇒ M(s) > 0, with A1 as stated (upper bound) and as corrected (lower bound)")
 def critical_threshold(samples: int = SAMPLES, descents: int = DESCENTS) -> list[Check]:
     example = threshold.threshold_counterexample()
-    checks = [Check("proposition_4_2", "THEORY.md example: C=2 d=1, ρ_bd=0.1 ρ_eff=1, s=0.2",
+    checks = [Check("proposition_4_2", "counter-example to A1 as stated: C=2 d=1, ρ_bd=0.1 ρ_eff=1, s=0.2",
                     f"M(0.2) > 0 (s* = {example.threshold():.3g})",
                     f"M(0.2) = {example.margin():.4f}, true crossing {example.crossing():.3g}", "exact",
                     verdict(example.margin() > 0),

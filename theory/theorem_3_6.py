@@ -77,7 +77,7 @@ def entropy_order(settings=SETTINGS, draws: int = DRAWS) -> list[Check]:
         context = f"M_Δ ⪯ 0 in {sum(lemma)}/{draws} draws"
 
         def judge(results: list[bool]) -> str:
-            return ("holds" if all(results) else "violated") if applies else "no claim"
+            return ("agrees" if all(results) else "disagrees") if applies else "no claim"
 
         checks.append(Check("theorem_3_6", setting, "K_LoRA ⪯ K_FF",
                             f"holds in {sum(loewner)}/{draws} draws ({context})", "every draw (λ_min ≥ −1e-5·max)",

@@ -5,8 +5,10 @@ variance moves LoRA toward full fine-tuning. Measured at init on a small transfo
 α = r so s = 1 as in the authors' rank sweep) with BadNets pairs from lorasec's poisoner on the synthetic task;
 FF is the kernel of every non-LoRA parameter of the same network.
 
-Read with care: at init ``K_LoRA`` is linear in ``s²·r·σ_a²`` in expectation (corollary_3_5), so the monotone
-directions are nearly forced there, and LoRA's kernel involves far fewer parameters than FF's. The paper's
+These are consistency checks, not tests of the paper: at init ``K_LoRA`` is linear in ``s²·r·σ_a²`` in
+expectation (corollary_3_5), so the monotone directions are forced there, and LoRA's kernel involves far fewer
+parameters than FF's, so ``M'_LoRA < M'_FF`` follows from the parameter count (the ``lorasec ntk`` report's M'
+normalised by each kernel's scale, which removes it, reverses the order on MiniLM). The paper's
 opposite prediction for label flipping (LoRA LESS robust) does not follow from M' (for label flipping x̃ = x);
 its argument was not recoverable, so it is tested by training (``lorasec study``), not here.
 """
@@ -68,11 +70,12 @@ def _difference(high, low) -> tuple[float, float, float]:
 
 
 def _decide(mean: float, se: float, threshold: float) -> str:
-    return "holds" if mean > threshold else ("violated" if mean < -threshold else "inconclusive")
+    return "consistent" if mean > threshold else ("inconsistent" if mean < -threshold else "inconclusive")
 
 
 @claim("ttr_direction", "Liang et al. 2025",
-       "M'_LoRA < M'_FF (LoRA more robust to backdoors in the NTK regime); M'_LoRA grows with r and σ_a²")
+       "M'_LoRA < M'_FF (LoRA more robust to backdoors in the NTK regime); M'_LoRA grows with r and σ_a² "
+       "(at init forced by E K_LoRA ∝ s²rσ² and the parameter count: a consistency check)")
 def direction(ranks=RANKS, variances=VARIANCES, seeds: int = SEEDS) -> list[Check]:
     grid = measure(ranks, variances, seeds=seeds)
     tolerance = f"paired t, {LEVEL:.0%} two-sided, {seeds} independent draws"
@@ -83,16 +86,16 @@ def direction(ranks=RANKS, variances=VARIANCES, seeds: int = SEEDS) -> list[Chec
             checks.append(Check("ttr_direction", f"transformer d32, BadNets pairs, r={r} σ²={c:.3g}/n s=1",
                                 "M'_LoRA < M'_FF", f"M'_FF − M'_LoRA = {mean:.3g} ± {se:.2g} (M'_LoRA "
                                 f"{np.mean(grid[r, c]):.3g}, M'_FF {np.mean(grid['ff']):.3g})", tolerance,
-                                _decide(mean, se, threshold)))
+                                _decide(mean, se, threshold), kind="consistency"))
     for label, axis in (("r", [[(r, c) for r in ranks] for c in variances]),
                         ("σ_a²", [[(r, c) for c in variances] for r in ranks])):
         for cells in axis:
             steps = [_decide(*_difference(grid[b], grid[a])) for a, b in zip(cells[:-1], cells[1:])]
-            outcome = ("violated" if "violated" in steps else "holds" if all(s == "holds" for s in steps)
-                       else "inconclusive")
+            outcome = ("inconsistent" if "inconsistent" in steps else "consistent"
+                       if all(s == "consistent" for s in steps) else "inconclusive")
             fixed = f"σ²={cells[0][1]:.3g}/n" if label == "r" else f"r={cells[0][0]}"
             moving = " → ".join(str(cell[0]) if label == "r" else f"{cell[1]:.3g}" for cell in cells)
             checks.append(Check("ttr_direction", f"{fixed}, {label} = {moving}", f"M'_LoRA increases with {label}",
                                 " → ".join(f"{np.mean(grid[cell]):.3g}" for cell in cells), tolerance, outcome,
-                                "steps: " + ", ".join(steps)))
+                                "steps: " + ", ".join(steps), kind="consistency"))
     return checks

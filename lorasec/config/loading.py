@@ -32,8 +32,8 @@ def _kind(annotation: Any) -> str:
         return f"a list of {_kind(typing.get_args(annotation)[0]).removeprefix('a ').removeprefix('an ')}"
     if annotation is dict or origin is dict or dataclasses.is_dataclass(annotation):
         return "a table"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(annotation,
-                                                                                            str(annotation))
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            type(None): "empty"}.get(annotation, str(annotation))
 
 
 def coerce(name: str, value: Any, annotation: Any) -> Any:
@@ -43,6 +43,10 @@ def coerce(name: str, value: Any, annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     if annotation is Any:
         return value
+    if annotation is type(None):
+        if value is not None:
+            _fail(name, value, "must be empty")
+        return None
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
         for option in options:

@@ -4,11 +4,12 @@ A claim is a function registered with :func:`claim`; called with no arguments it
 returns :class:`Check` records: the paper's prediction next to lorasec's measurement, the tolerance that decides
 between them, and a verdict. A claim that fails on some setting is a finding, reported like any other.
 
-Two kinds of record. A ``claim`` check compares a prediction with a measurement that real data could overturn;
-its verdict is ``holds``, ``violated``, ``inconclusive`` (the measurement's uncertainty covers both answers) or
-``no claim``. An ``identity`` (it follows from a definition) or a ``consistency`` check (two computations of the
-same quantity) tests lorasec's code, not the paper: its verdict is ``consistent`` or ``inconsistent``, and
-reports show it apart from the claims.
+Two kinds of record, in the vocabulary of :mod:`lorasec.core.hypotheses`. A ``claim`` check compares a prediction
+with a measurement that real data could overturn; its verdict is ``agrees``, ``disagrees``, ``inconclusive`` (the
+measurement's uncertainty covers both answers) or ``no claim`` (the setting is outside the paper's conditions). An
+``identity`` (it follows from a definition) or a ``consistency`` check (two computations of the same quantity, or
+a prediction forced by construction) tests lorasec's code, not the paper: its verdict is ``consistent``,
+``inconsistent`` or ``inconclusive``, and reports show it apart from the claims.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-CLAIM_VERDICTS = ("holds", "violated", "inconclusive", "no claim")
-CHECK_VERDICTS = ("consistent", "inconsistent")
+CLAIM_VERDICTS = ("agrees", "disagrees", "inconclusive", "no claim")
+CHECK_VERDICTS = ("consistent", "inconsistent", "inconclusive")
 KINDS = ("claim", "identity", "consistency")
 VERDICTS = CLAIM_VERDICTS + CHECK_VERDICTS
 
@@ -72,7 +73,7 @@ def claim(name: str, paper: str, statement: str, *, trains: bool = False):
 
 def verdict(ok: bool) -> str:
     """A claim's verdict from a decided comparison."""
-    return "holds" if ok else "violated"
+    return "agrees" if ok else "disagrees"
 
 
 def consistent(ok: bool) -> str:

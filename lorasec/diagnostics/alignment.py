@@ -1,6 +1,6 @@
 """Spectral alignment and the critical scale of Proposition 4.2, measured on a trained model (Luong & Chen 2026).
 
-The paper's exact normalisations are not recoverable (THEORY.md); lorasec defines them as follows, per adapted
+The paper's exact normalisations are not recoverable from its text; lorasec defines them as follows, per adapted
 matrix ``W_pre`` (out, in) with update direction ``ΔW`` (the trained update is ``s_train·ΔW``: LoRA's ``B A`` at
 its layer's scale (α/r, or the one Pt set), otherwise the whole change with ``s_train = 1``) and per triggered
 non-target test example:

@@ -1,7 +1,7 @@
 """Summaries of a kernel or Fisher spectrum: Rényi entropies, information bits, effective rank, condition number,
 and kernel-target alignment. Inputs are eigenvalues (any order); tiny negative round-off is clipped to 0.
 
-Definitions lorasec uses (paper 1's exact ones were not recoverable; see shared THEORY.md):
+Definitions lorasec uses (paper 1's exact ones were not recoverable from its text):
 
 - normalised Rényi entropy of order α of ``p = λ/Σλ``: ``H_α = log(Σ p^α)/(1−α)``, Shannon's at α = 1;
 - the authors' unnormalised form ``H'_α = log Σ λ^α`` (their code, without the 1/(1−α) prefactor that it

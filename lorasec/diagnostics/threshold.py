@@ -91,7 +91,7 @@ def _sigma_max(w) -> float:
 
 
 def threshold_counterexample() -> ThresholdInstance:
-    """THEORY.md's counter-example: 2 classes, d = 1, x = 1, W_pre = (−1/√2, 1/√2)ᵀ, ΔW = −W_pre,
+    """The counter-example to Proposition 4.2 as stated: 2 classes, d = 1, x = 1, W_pre = (−1/√2, 1/√2)ᵀ, ΔW = −W_pre,
     ρ_bd = 0.1, ρ_eff = ρ_cl − ρ_tr = 1, so s* = 0.1; at s = 0.2 the margin is −0.8√2.
 
     Returns:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lorasec.core import tables
 from lorasec.core.stats import ci95_half_width, format_general, format_mean_sd
 
 
@@ -103,25 +104,31 @@ def purify_figure(summary: dict, path: Path) -> None:
 
 
 def purify_table(summary: dict) -> str:
-    b = summary["backdoored"]
+    b, control = summary["backdoored"], summary.get("never_poisoned")
     lines = [
         "# lorasec purify: does clean fine-tuning remove a planted backdoor?",
         "",
         f"Backdoored model: proxy CACC {100 * b['proxy']['clean_accuracy']:.1f}%, ASR "
         f"{100 * b['proxy']['attack_success_rate']:.1f}%; on the downstream test set before fine-tuning CACC "
         f"{100 * b['downstream']['clean_accuracy']:.1f}%, ASR {100 * b['downstream']['attack_success_rate']:.1f}%.",
+    ]
+    if control:
+        lines.append(f"Never poisoned (the clean pretrained encoder fully fine-tuned on the same clean set): CACC "
+                     f"{format_mean_sd(control['clean_accuracy'])}%, ASR {format_mean_sd(control['attack_success_rate'])}%"
+                     f" (a clean model's own errors on triggered inputs); ASR above clean subtracts it seed by seed.")
+    lines += [
         f"Seeds {summary['seeds']}; mean ± sd. Spectral strength σ_max(W_pre)/σ_max(ΔW): median over adapted "
         "matrices (larger = spectrally weaker update). s*, crossing: medians over layers of the critical scale and "
         "the true crossing, in each defence's own units (LoRA: its scale; others: multiples of the update).",
         "",
-        "| defence | CACC % | ASR % | spectral strength | Pt condition share | s* | crossing |",
-        "|---|---|---|---|---|---|---|",
+        *tables.markdown(("defence", "CACC %", "ASR %", "ASR above clean %", "spectral strength",
+                          "Pt condition share", "s*", "crossing"),
+                         ((c["defence"], format_mean_sd(c["clean_accuracy"]), format_mean_sd(c["attack_success_rate"]),
+                           format_mean_sd(c["asr_above_clean"]) if "asr_above_clean" in c else "n/a",
+                           format_general(c["spectral_strength"]), format_general(c["pt_condition_share"]),
+                           format_general(c["s_star_median"]), format_general(c["crossing_median"]))
+                          for c in summary["defences"])),
     ]
-    for c in summary["defences"]:
-        lines.append(f"| {c['defence']} | {format_mean_sd(c['clean_accuracy'])} | "
-                     f"{format_mean_sd(c['attack_success_rate'])} | "
-                     f"{format_general(c['spectral_strength'])} | {format_general(c['pt_condition_share'])} | "
-                     f"{format_general(c['s_star_median'])} | {format_general(c['crossing_median'])} |")
     for name, curve in summary["sweeps"].items():
         lines.append("")
         lines.append(f"Scale sweep ({name}): trained s = {curve['s_train']:g}; ASR {crossing_text(curve)}")
@@ -285,47 +292,115 @@ def _mean_bands(ax, groups: dict, xs_seen: list, marks: list[float] = ()) -> Non
         ax.set_xscale("log")
 
 
+# What a reader sees instead of a config field or metric name; rates and accuracies are drawn in percent.
+LABELS = {
+    "clean_accuracy": "clean accuracy (%)", "attack_success_rate": "attack success rate (%)",
+    "asr_above_clean": "ASR above the never-poisoned model (points)",
+    "triggered_accuracy": "accuracy on triggered inputs (%)", "robust_accuracy": "robust accuracy (%)",
+    "final_loss": "final training loss", "H1": "H'₁ = log Σλ", "H2": "H'₂ = log Σλ²",
+    "attack.poison_rate": "poison rate", "attack.kind": "attack", "adapter.method": "method", "train.lr": "lr",
+    "adapter.rank": "LoRA rank r", "adapter.init_scale": "c (Var A = c/n)", "r_or_c": "r (rank panel) or c",
+    "source": "", "sweep": "sweep", "defence": "defence", "rora.cl": "Cl dropout p", "rora.tr": "Tr weight λ",
+    "rora.tr_k": "Tr rank k", "rora.pt_layers": "Pt layers",
+}
+PERCENT = ("clean_accuracy", "attack_success_rate", "asr_above_clean", "triggered_accuracy", "robust_accuracy")
+
+
+def label(name: str) -> str:
+    """A field or metric as a reader reads it (:data:`LABELS`, else its last dotted part in words)."""
+    return LABELS.get(name, _short(name))
+
+
+def _setting(name: str, value) -> str:
+    shown = {"full": "full fine-tuning", "lora": "LoRA"}.get(value, value) if name == "adapter.method" else value
+    return f"{label(name)} {shown}".strip() if label(name) and name != "adapter.method" else str(shown)
+
+
 def figure_grid(rows: list[dict], x: str, ys: list[str], hue: list[str], panel: str | None, stem: Path, *,
                 title: str, marks: list[float] = ()) -> list[Path]:
     """A paper figure: one row of panels per metric in ``ys``, one column per value of ``panel``; in each, the
-    mean over seeds of the metric against ``x`` with its 95% interval, one line per combination of the ``hue``
-    fields; ``marks`` are x positions drawn as dotted lines (the paper's own settings). Writes PNG and PDF."""
+    mean over seeds of the metric against ``x`` with its 95% t-interval as a band, one line per combination of the
+    ``hue`` fields; ``marks`` are x positions drawn as dotted lines (the paper's own settings). Rates and
+    accuracies in percent; an ASR above the never-poisoned model gets a line at 0. Writes PNG and PDF."""
     plt = _pyplot()
     panels = sorted({r[panel] for r in rows}, key=_sortable) if panel else [None]
     fig, axes = plt.subplots(len(ys), len(panels), figsize=(4.2 * len(panels), 3.2 * len(ys)), squeeze=False)
     for i, y in enumerate(ys):
+        scale = 100.0 if y in PERCENT else 1.0
         for j, value in enumerate(panels):
             ax = axes[i][j]
             chosen = [r for r in rows if (panel is None or r[panel] == value) and r.get(x) is not None]
             groups: dict = {}
             for row in chosen:
                 if row.get(y) is not None and np.isfinite(row[y]):
-                    label = ", ".join(f"{_short(h)} {row[h]}" for h in hue) or y
-                    groups.setdefault(label, {}).setdefault(row[x], []).append(float(row[y]))
+                    name = ", ".join(_setting(h, row[h]) for h in hue) or label(y)
+                    groups.setdefault(name, {}).setdefault(row[x], []).append(scale * float(row[y]))
+            if panel:
+                ax.set_title(_setting(panel, value), fontsize=9)
             if not groups:  # e.g. triggered accuracy under label flipping, which has no trigger
-                ax.text(0.5, 0.5, f"no {y.replace('_', ' ')} here", ha="center", va="center",
+                ax.text(0.5, 0.5, f"no {label(y).split(' (')[0]} here", ha="center", va="center",
                         transform=ax.transAxes, color="grey")
                 ax.set_xticks([])
                 ax.set_yticks([])
-                if panel:
-                    ax.set_title(f"{_short(panel)} = {value}", fontsize=9)
                 continue
-            _mean_bands(ax, groups, [r[x] for r in chosen], list(marks))
+            _mean_bands(ax, groups, [r[x] for r in chosen if r.get(y) is not None], list(marks))
             for mark in marks:
                 ax.axvline(mark, color="grey", linestyle=":", linewidth=1)
-            ax.set_xlabel(_short(x))
-            ax.set_ylabel(y.replace("_", " "))
-            if y.endswith(("accuracy", "success_rate")):
-                ax.set_ylim(-0.03, 1.03)
-            if panel:
-                ax.set_title(f"{_short(panel)} = {value}", fontsize=9)
+            if y == "asr_above_clean":
+                ax.axhline(0.0, color="black", linewidth=0.8)
+            ax.set_xlabel(label(x))
+            ax.set_ylabel(label(y), fontsize=8)
+            if y in ("attack_success_rate", "triggered_accuracy"):
+                ax.set_ylim(-3, 103)  # clean accuracy keeps its own range: its differences are points
             if not any(a.get_legend() for a in fig.axes):  # the first panel with data
                 ax.legend(fontsize=7)
     seeds = len({r["seed"] for r in rows})
-    lines = [title, f"mean and 95% interval over {seeds} seed{'s' * (seeds > 1)}"
+    lines = [title, f"lines: mean over {seeds} seed{'s' * (seeds > 1)}; bands: 95% t-interval of the mean"
              + ("; dotted: the paper's settings" if marks else "")]
     width = int(13 * 4.2 * len(panels))  # characters of a 10-point title that fit across the panels
     fig.suptitle("\n".join(textwrap.fill(line, width) for line in lines), fontsize=10)
+    return _save_png_pdf(plt, fig, stem)
+
+
+def defence_figure(rows: list[dict], ys: list[str], stem: Path, *, title: str, order: list[str],
+                   paper: dict | None = None, lines: dict | None = None) -> list[Path]:
+    """Paper 2's tables as a figure: one panel per metric in ``ys``, one column per defence in ``order`` (the
+    paper's) with the mean over seeds and its 95% t-interval, each seed as a dot beside it (no bars: the clean
+    accuracy axis keeps the range its differences need), the paper's own values (``paper``:
+    defence -> {metric: value}) as red diamonds, and reference levels (``lines``: name -> {metric: value}, e.g.
+    the backdoored model before fine-tuning) as dashed lines. Percent throughout. Writes PNG and PDF."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(ys), figsize=(max(5.0, 0.7 * len(order)) * len(ys) / 1.4, 3.8), squeeze=False)
+    styles = ("--", "-.", ":")
+    for ax, y in zip(axes[0], ys):
+        scale = 100.0 if y in PERCENT else 1.0
+        for k, name in enumerate(order):
+            values = [scale * r[y] for r in rows if r.get("defence") == name and r.get(y) is not None]
+            if not values:
+                continue
+            half = ci95_half_width(values) or 0.0
+            first = not any(line.get_label() == "one seed" for line in ax.lines)
+            ax.errorbar(k, np.mean(values), yerr=half, fmt="s", color="tab:blue", capsize=4, markersize=6,
+                        label="mean, 95% t-interval" if first else None)
+            ax.plot([k + 0.15] * len(values), values, ".", color="black", markersize=3, alpha=0.6,
+                    label="one seed" if first else None)
+            target = (paper or {}).get(name, {}).get(y)
+            if target is not None:
+                ax.plot(k, scale * target, "D", color="tab:red", markersize=6,
+                        label="the paper's value" if not any(t.get_label() == "the paper's value"
+                                                             for t in ax.lines) else None)
+        for (name, levels), style in zip((lines or {}).items(), styles):
+            if levels.get(y) is not None:
+                ax.axhline(scale * levels[y], color="tab:gray", linestyle=style, linewidth=1, label=name)
+        if y == "asr_above_clean":
+            ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(order)), order, rotation=35, fontsize=8, ha="right")
+        ax.set_ylabel(label(y), fontsize=8)
+        if y in ("attack_success_rate", "triggered_accuracy"):
+            ax.set_ylim(-3, 103)
+    axes[0][0].legend(fontsize=6)
+    seeds = len({r["seed"] for r in rows})
+    fig.suptitle(textwrap.fill(f"{title} ({seeds} seeds)", int(13 * 5 * len(ys) / 1.4)), fontsize=10)
     return _save_png_pdf(plt, fig, stem)
 
 

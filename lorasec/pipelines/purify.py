@@ -9,6 +9,9 @@
    trains nothing: it is RoRA's post-training rescale applied to the ``lora`` runs of the same seeds, evaluated
    and diagnosed after the rescale (``rora_cl_pt`` and ``rora_tr_pt`` likewise on the ``rora_cl`` and ``rora_tr``
    runs). A defence may name a point of RoRA's grids (Table 4): ``rora_cl[cl=0.3]``, ``rora_tr[tr=20, tr_k=8]``.
+4. A control per seed that no backdoor ever reached: the clean pretrained encoder fully fine-tuned on the same
+   clean set (:func:`never_poisoned_config`). Each defence's ``asr_above_clean`` is its ASR minus the control's on
+   the same seed: what the backdoor still adds beyond a clean model's own errors on triggered inputs.
 
 Every run has its own directory under ``out``, so an interrupted pipeline resumes where it stopped; the summary
 (mean ± sd over seeds, never best-of-runs) goes to ``summary.json``, ``report.md``, ``purify.png`` and
@@ -132,6 +135,28 @@ def defence_config(cfg: PurifyConfig, backdoored: Path, name: str, seed: int,
                      adapter=defence_adapter(cfg, name, r), train=train).validate()
 
 
+def never_poisoned_config(cfg: PurifyConfig, checkpoint: str, seed: int) -> RunConfig:
+    """The control no backdoor ever reached: the clean pretrained encoder fully fine-tuned on the same clean
+    downstream set (full fine-tuning's rate). Its ASR is what a clean model's own errors make of the trigger, so a
+    defence's ASR above it is what the backdoor still adds."""
+    train = dataclasses.replace(cfg.train, lr=cfg.full_lr) if cfg.full_lr else cfg.train
+    return RunConfig(seed=seed, data=cfg.data, attack=clean_attack(cfg),
+                     model=dataclasses.replace(cfg.model, pretrained=checkpoint), adapter=AdapterConfig(method="full"),
+                     train=train).validate()
+
+
+def never_poisoned_runs(cfg: PurifyConfig, out: Path, progress: bool) -> list[dict]:
+    """The control's run per seed (trained once, read back after): seed, run, CACC and ASR."""
+    checkpoint = pretrained_checkpoint(cfg, out, progress)
+    runs = []
+    for seed in cfg.seeds:
+        run = f"never_poisoned-seed{seed}"
+        results = train_run(never_poisoned_config(cfg, checkpoint, seed), out / "runs" / run, progress=progress)
+        runs.append({"seed": seed, "run": run, "clean_accuracy": results["clean_accuracy"],
+                     "attack_success_rate": results["attack_success_rate"]})
+    return runs
+
+
 def defence_run(cfg: PurifyConfig, backdoored: Path, out: Path, text: str, seed: int,
                 progress: bool) -> tuple[str, dict, dict]:
     """(run directory name, results, diagnosis) of one defence (as ``defences`` spells it) and seed, trained (or,
@@ -171,8 +196,8 @@ def _before(backdoored: Path, cfg: PurifyConfig) -> dict:
 
 def summarise_defence(name: str, runs: list[dict]) -> dict:
     cell = {"defence": name, "runs": runs}
-    for key in ("clean_accuracy", "attack_success_rate", "spectral_strength", "pt_condition_share",
-                "s_star_median", "crossing_median"):
+    for key in ("clean_accuracy", "attack_success_rate", "asr_above_clean", "spectral_strength",
+                "pt_condition_share", "s_star_median", "crossing_median"):
         cell[key] = stats.mean_sd(r[key] for r in runs)
     return cell
 
@@ -199,6 +224,8 @@ def run_purify(cfg: PurifyConfig, out: str | Path, *, progress: bool = True) -> 
                               f"seeds may change between calls); choose another --out")
     files.write_json(saved, to_dict(cfg))
     backdoored = make_backdoored(cfg, out, progress=progress)
+    control = never_poisoned_runs(cfg, out, progress)
+    clean_asr = {run["seed"]: run["attack_success_rate"] for run in control}
     cells, sweeps = [], {}
     for name in cfg.defences:
         runs = []
@@ -208,6 +235,7 @@ def run_purify(cfg: PurifyConfig, out: str | Path, *, progress: bool = True) -> 
             runs.append({
                 "seed": seed, "run": run, **settings_row(cfg, name),
                 "clean_accuracy": results["clean_accuracy"], "attack_success_rate": results["attack_success_rate"],
+                "asr_above_clean": results["attack_success_rate"] - clean_asr[seed],
                 "spectral_strength": stats.finite_median(r["spectral_strength"]
                                                          for r in diagnosis["spectral"].values()),
                 "pt_condition_share": float(np.mean([r["pt_condition"] for r in layers])),
@@ -224,7 +252,10 @@ def run_purify(cfg: PurifyConfig, out: str | Path, *, progress: bool = True) -> 
     summary = {"seeds": list(cfg.seeds), "backdoored": {
         "proxy": {k: files.read_json(backdoored / "results.json")[k]
                   for k in ("clean_accuracy", "attack_success_rate")},
-        "downstream": _before(backdoored, cfg)}, "defences": cells,
+        "downstream": _before(backdoored, cfg)},
+        "never_poisoned": {"runs": control, **{key: stats.mean_sd(r[key] for r in control)
+                                               for key in ("clean_accuracy", "attack_success_rate")}},
+        "defences": cells,
         "sweeps": {name: mean_curve(curves) for name, curves in sweeps.items()}}
     files.write_json(out / "summary.json", summary)
     figures.purify_figure(summary, out / "purify.png")

@@ -53,7 +53,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lorasec.config import ConfigError, PurifyConfig, RunConfig, check_environment, from_dict, read_file, to_dict
-from lorasec.core import files, tables
+from lorasec.core import files, hypotheses, stats, tables
+from lorasec.core.hypotheses import Hypothesis
 from lorasec.core.stats import mean_sd, paired_difference
 from lorasec.pipelines import entropy_proxies, figures, rundir
 from lorasec.pipelines.pretrain import pretrain, pretrain_recipe
@@ -61,8 +62,9 @@ from lorasec.pipelines.purify import run_purify, settings_row
 from lorasec.pipelines.sweep import METRICS, read_table, run_sweep
 from lorasec.sweep_spec import SweepSpec, base_table, spec_from_raw
 
-EXPECTS = ("a > b", "a < b")
-PURIFY_METRICS = ("clean_accuracy", "attack_success_rate")
+EXPECTS = hypotheses.EXPECTS
+ABOVE_CLEAN = "asr_above_clean"  # ASR minus the never-poisoned model's on the same seed (the primary backdoor metric)
+PURIFY_METRICS = ("clean_accuracy", "attack_success_rate", ABOVE_CLEAN)
 
 
 # --- the files, as the one schema loader reads them -----------------------------------------------------------
@@ -91,7 +93,9 @@ class PaperFile:
 
 @dataclass(frozen=True)
 class FigureTable:
-    """A figure file's [figure] table."""
+    """A figure file's [figure] table. ``baseline`` names the runs that are never poisoned (e.g.
+    ``{"attack.poison_rate" = 0.0}``): each other run's ``asr_above_clean`` is its ASR minus theirs, on the same seed
+    and the same values of every other field."""
 
     x: str
     y: tuple[str, ...]
@@ -100,18 +104,25 @@ class FigureTable:
     panel: str = ""
     marks: tuple[float, ...] = ()
     caption: str = ""
+    baseline: dict = field(default_factory=dict)
+    paper_values: dict = field(default_factory=dict)  # x value -> {metric: the paper's value}, drawn as markers
 
 
 @dataclass(frozen=True)
 class ClaimTable:
-    """One [[claims]] entry of a figure file, as written."""
+    """One [[claims]] entry of a figure file, as written: a hypothesis about ``metric``'s a − b
+    (:mod:`lorasec.core.hypotheses`), with ``secondary`` metrics shown beside it and never tallied."""
 
     metric: str
     a: dict
     b: dict
+    hypothesis: str = ""  # default: direction given expect, size given predict
     where: dict = field(default_factory=dict)
     expect: str = ""
+    paper_effect: float | None = None
+    margin: float = 0.0
     predict: str = ""
+    secondary: tuple[str, ...] = ()
     by: tuple[str, ...] = ()
     paper: str = ""
 
@@ -126,14 +137,21 @@ class KernelsFile:
 
 @dataclass(frozen=True)
 class Comparison:
+    """A claim of a figure: ``hypothesis`` about ``metric``'s seed-paired a − b, one line per value of ``by``."""
+
     metric: str
     where: dict[str, Any]
     a: dict[str, Any]
     b: dict[str, Any]
-    expect: str
+    hypothesis: Hypothesis
     by: tuple[str, ...]
     paper: str
     predict: str = ""
+    secondary: tuple[str, ...] = ()
+
+    @property
+    def expect(self) -> str:
+        return self.hypothesis.expect
 
 
 # --- figure kinds ------------------------------------------------------------------------------------------------
@@ -145,6 +163,7 @@ class FigureKind(Protocol):
     values: dict[str, tuple]  # each field the figure varies, with the values it takes
     seeds: tuple[int, ...]
     metrics: tuple[str, ...]
+    needs_baseline: bool  # asr_above_clean needs the figure's [figure] baseline (else the kind makes its own)
 
     def start(self) -> tuple:
         """(data, model) configs: what a shared pretrained encoder is made for."""
@@ -158,13 +177,17 @@ class FigureKind(Protocol):
     def run(self, out: Path, report_dir: Path, name: str, progress: bool) -> tuple[list[dict], dict]:
         """Measure into ``out`` (resuming); one row per run (or draw), and what the report adds about it."""
 
+    def draw(self, figure: Figure, rows: list[dict], extra: dict, stem: Path) -> list[Path]:
+        """The figure's PNG and PDF at ``stem`` from the rows :meth:`run` gave."""
+
 
 @dataclass(frozen=True)
 class SweepFigure:
     """A grid of fine-tuning runs (:mod:`lorasec.sweep_spec`)."""
 
     spec: SweepSpec
-    metrics = METRICS
+    metrics = (*METRICS, ABOVE_CLEAN)
+    needs_baseline = True  # asr_above_clean comes from the figure's own never-poisoned cells
 
     @property
     def values(self) -> dict[str, tuple]:
@@ -188,6 +211,9 @@ class SweepFigure:
         return SweepFigure(dataclasses.replace(self.spec, base=_merge(self.spec.base,
                                                                       {"model": {"pretrained": str(encoder)}})))
 
+    def draw(self, figure: Figure, rows: list[dict], extra: dict, stem: Path) -> list[Path]:
+        return _grid(figure, rows, stem)
+
     def run(self, out: Path, report_dir: Path, name: str, progress: bool) -> tuple[list[dict], dict]:
         run_sweep(self.spec, out, progress=progress)
         steps = from_dict(RunConfig, self.spec.base).train.steps
@@ -201,6 +227,7 @@ class PurifyFigure:
 
     config: PurifyConfig
     metrics = PURIFY_METRICS
+    needs_baseline = False  # the pipeline trains its own never-poisoned control
 
     @property
     def values(self) -> dict[str, tuple]:
@@ -224,18 +251,30 @@ class PurifyFigure:
         return json.dumps(rundir.deciding(to_dict(dataclasses.replace(self.config, defences=(), seeds=()))),
                           sort_keys=True)
 
+    def draw(self, figure: Figure, rows: list[dict], extra: dict, stem: Path) -> list[Path]:
+        """Defences as bars in the spec's order (the paper's), its values as markers, the backdoored model before
+        fine-tuning and the never-poisoned control as lines; a grid over a RoRA setting as a line plot."""
+        if figure.x != "defence":
+            return _grid(figure, rows, stem)
+        levels = {"backdoored, before fine-tuning": extra["before"],
+                  "never poisoned": {k: v["mean"] for k, v in extra["never_poisoned"].items() if k != "runs"}}
+        return figures.defence_figure(rows, list(figure.y), stem, title=figure.title,
+                                      order=list(self.config.defences), paper=figure.paper_values, lines=levels)
+
     def run(self, out: Path, report_dir: Path, name: str, progress: bool) -> tuple[list[dict], dict]:
         """One row per run, and what the report adds: the backdoored model before clean fine-tuning, the
-        per-defence table and the adapter-scale curve."""
+        never-poisoned control, the per-defence table and the adapter-scale curve."""
         result = run_purify(self.config, out, progress=progress)
-        rows = [{"defence": cell["defence"], **run} for cell in result["defences"] for run in cell["runs"]]
+        rows = [{"defence": cell["defence"], **run, "run_id": f"{out.name}/{run['run']}"}
+                for cell in result["defences"] for run in cell["runs"]]
         table = []
         for cell in result["defences"]:
             best = min(cell["runs"], key=lambda run: run["attack_success_rate"])  # the paper's best-of-runs view
             table.append({"defence": cell["defence"], "clean_accuracy": cell["clean_accuracy"],
                           "attack_success_rate": cell["attack_success_rate"],
                           "best": {k: best[k] for k in ("seed", "clean_accuracy", "attack_success_rate")}})
-        extra = {"before": result["backdoored"]["downstream"], "defences": table,
+        extra = {"before": result["backdoored"]["downstream"], "never_poisoned": result["never_poisoned"],
+                 "defences": table,
                  "settings": f"seeds {list(self.config.seeds)}, {self.config.train.steps} steps of clean "
                              f"fine-tuning each, defences {', '.join(self.config.defences)}"}
         if result["sweeps"] and (out / "scale_sweep.png").is_file():  # this call's own sweep, not a sharing figure's
@@ -251,6 +290,7 @@ class KernelFigure:
 
     base: dict
     setting: entropy_proxies.ProxySetting
+    needs_baseline = False
 
     @property
     def values(self) -> dict[str, tuple]:
@@ -273,6 +313,9 @@ class KernelFigure:
 
     def starting_from(self, encoder: Path) -> KernelFigure:
         return KernelFigure(_merge(self.base, {"model": {"pretrained": str(encoder)}}), self.setting)
+
+    def draw(self, figure: Figure, rows: list[dict], extra: dict, stem: Path) -> list[Path]:
+        return _grid(figure, rows, stem)
 
     def run(self, out: Path, report_dir: Path, name: str, progress: bool) -> tuple[list[dict], dict]:
         measured = self._measured(out)
@@ -311,6 +354,8 @@ class Figure:
     marks: tuple[float, ...]
     claims: tuple[Comparison, ...]
     kind: FigureKind
+    baseline: dict = field(default_factory=dict)
+    paper_values: dict = field(default_factory=dict)
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -427,9 +472,21 @@ def _load_figure(path: Path, paper_base: dict, quick_base: dict, seeds: tuple[in
     for y in table.y:
         if y not in kind.metrics:
             raise ConfigError(f"{path}: [figure] y {y!r}: not a metric; metrics: {', '.join(kind.metrics)}")
+    for name, value in table.baseline.items():
+        if name not in fields or not any(_same(value, v) for v in fields[name]):
+            raise ConfigError(f"{path}: [figure] baseline {name} = {value!r}: must be a value the figure takes of a "
+                              f"field it varies; fields: {', '.join(fields)}")
     comparisons = tuple(_load_claim(f"{path}: claims[{i}]", c, fields, kind.metrics) for i, c in enumerate(claims))
+    needs_baseline = [c.metric for c in comparisons if ABOVE_CLEAN in (c.metric, *c.secondary)]
+    if needs_baseline and kind.needs_baseline and not table.baseline:
+        raise ConfigError(f"{path}: a claim uses {ABOVE_CLEAN}, which needs [figure] baseline (the never-poisoned "
+                          f"runs, e.g. {{\"attack.poison_rate\" = 0.0}})")
+    for name, values in table.paper_values.items():
+        if not isinstance(values, dict) or any(m not in kind.metrics for m in values):
+            raise ConfigError(f"{path}: [figure] paper_values.{name}: must be a table of METRIC = value with metrics "
+                              f"among {', '.join(kind.metrics)}")
     return Figure(path.stem, path, table.title or path.stem, table.caption, table.x, table.y, table.hue, table.panel,
-                  table.marks, comparisons, kind)
+                  table.marks, comparisons, kind, dict(table.baseline), dict(table.paper_values))
 
 
 def _sweep_figure(path: Path, raw: dict, paper_base: dict, quick_base: dict, seeds: tuple[int, ...] | None,
@@ -481,18 +538,22 @@ def _load_claim(where: str, raw: Any, values: dict[str, tuple], metrics: tuple[s
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a table")
     written = _read(ClaimTable, raw, where)
-    if written.metric not in metrics:
-        raise ConfigError(f"{where}: metric = {written.metric!r}: must be one of {', '.join(metrics)}")
-    expect, predict = written.expect, written.predict
+    for name, metric in (("metric", written.metric), *(("secondary", m) for m in written.secondary)):
+        if metric not in metrics:
+            raise ConfigError(f"{where}: {name} = {metric!r}: must be one of {', '.join(metrics)}")
+    predict = written.predict
+    kind = written.hypothesis or ("size" if predict and not written.expect else "direction")
     if predict:
         if predict not in metrics or predict == written.metric:
             raise ConfigError(f"{where}: predict = {predict!r}: must name another metric ({', '.join(metrics)}) whose "
                               f"a − b is the prediction")
-        if expect:
+        if written.expect:
             raise ConfigError(f"{where}: give expect (a direction) or predict (a value), not both")
-    elif expect not in EXPECTS:
-        raise ConfigError(f"{where}: expect = {expect!r}: must be \"a > b\" or \"a < b\" (the paper's direction), "
-                          f"or give predict")
+        if kind not in ("size", "identity"):
+            raise ConfigError(f"{where}: predict gives a value to test: hypothesis must be size or identity")
+    elif kind in ("size", "identity") and written.paper_effect is None:
+        raise ConfigError(f"{where}: a {kind} hypothesis needs paper_effect (the paper's a − b) or predict")
+    hypothesis = Hypothesis(kind, written.expect, written.paper_effect, written.margin).validate(where)
     for side in ("where", "a", "b"):
         chosen = getattr(written, side)
         if not chosen and side != "where":
@@ -507,8 +568,8 @@ def _load_claim(where: str, raw: Any, values: dict[str, tuple], metrics: tuple[s
     for name in written.by:
         if name not in values:
             raise ConfigError(f"{where}: by {name!r}: not a field it varies; fields: {', '.join(values)}")
-    return Comparison(written.metric, dict(written.where), dict(written.a), dict(written.b), expect, written.by,
-                      written.paper, predict)
+    return Comparison(written.metric, dict(written.where), dict(written.a), dict(written.b), hypothesis, written.by,
+                      written.paper, predict, written.secondary)
 
 
 # --- running and reporting ---------------------------------------------------------------------------------------
@@ -532,22 +593,44 @@ def reproduce(paper: Paper, out_dir: str | Path, *, progress: bool = True) -> di
             print(f"lorasec reproduce {paper.name}: {figure.name}", file=sys.stderr)
         home = homes.get(figure.name, figure.name)
         rows, extra = kind.run(out_dir / home, report_dir, figure.name, progress)
+        if figure.baseline:
+            rows = derive_above_clean(rows, figure.baseline, list(figure.values))
+        files.write_text(report_dir / f"{figure.name}.csv", per_run_table(rows, list(figure.values), kind.metrics))
         entry = {"name": figure.name, "title": figure.title, "caption": figure.caption, "spec": _shown(figure.path),
-                 **extra, **({"runs_in": home} if home != figure.name else {})}
-        figures.figure_grid(rows, figure.x, list(figure.y), list(figure.hue), figure.panel or None,
-                            report_dir / figure.name, title=figure.title, marks=list(figure.marks))
+                 "seeds": list(kind.seeds), "results": f"{figure.name}.csv", **extra,
+                 **({"runs_in": home} if home != figure.name else {}),
+                 **({"baseline": figure.baseline} if figure.baseline else {})}
+        kind.draw(figure, rows, extra, report_dir / figure.name)
         entry.update(runs=sum(r.get("source") != "closed form" for r in rows),
                      comparisons=[line for claim in figure.claims for line in compare(rows, claim)])
         summary["figures"].append(entry)
     for home, union in _shared_unions(paper.figures, kinds, homes).items():
         run_purify(union, out_dir / home, progress=False)  # a shared directory's own summary covers all it holds
+    summary["family"] = decide_family(summary["figures"])
     files.write_json(report_dir / "summary.json", summary)
     files.write_text(report_dir / "report.md", report(summary))
     names = {figure.name for figure in paper.figures}
     for path in report_dir.iterdir():  # a figure the paper dropped or renamed leaves no stale file behind
-        if path.suffix in (".png", ".pdf") and path.stem.removesuffix("-scale-sweep") not in names:
+        if path.suffix in (".png", ".pdf", ".csv") and path.stem.removesuffix("-scale-sweep") not in names:
             path.unlink()
     return summary
+
+
+def per_run_table(rows: list[dict], fields: list[str], metrics: tuple[str, ...]) -> str:
+    """A figure's runs as CSV: the fields it varies, the seed, its metrics, then every other scalar each run
+    recorded (the run directory's name last), one line per run (or per draw of a kernel figure)."""
+    columns = [*fields, "seed", *(m for m in metrics if any(m in r for r in rows))]
+    rest = sorted({k for r in rows for k, v in r.items()
+                   if k not in columns and k != "run" and (v is None or isinstance(v, (int, float, str, bool)))})
+    return tables.csv([*columns, *rest, "run"], rows)
+
+
+def _grid(figure: Figure, rows: list[dict], stem: Path) -> list[Path]:
+    """A line figure of ``rows`` as the figure file describes it; never-poisoned baseline runs are the reference of
+    ASR above clean, not points of the curves."""
+    shown = [r for r in rows if not (figure.baseline and _matches(r, figure.baseline))]
+    return figures.figure_grid(shown, figure.x, list(figure.y), list(figure.hue), figure.panel or None, stem,
+                               title=figure.title, marks=list(figure.marks))
 
 
 def _purify_homes(paper_figures: tuple[Figure, ...], kinds: list) -> dict[str, str]:
@@ -581,9 +664,9 @@ def _matches(row: dict, chosen: dict) -> bool:
     return all(_same(row.get(name), value) for name, value in chosen.items())
 
 
-def verdict(difference: dict, expect: str, predicted: float | None = None) -> str:
-    """Where the 95% interval of the paired difference a − b lies against the paper's direction, or, given a
-    predicted a − b, whether the interval covers it ("agrees") or not ("disagrees")."""
+def interval_verdict(difference: dict, expect: str, predicted: float | None = None) -> str:
+    """The rule lorasec used before hypotheses were tested as stated, kept to report each tally before and after:
+    where the unadjusted 95% t-interval of a − b lies against the paper's direction (or covers a predicted value)."""
     if difference["mean"] is None or difference["ci95"] is None:
         return "inconclusive"
     if predicted is not None:
@@ -597,8 +680,37 @@ def verdict(difference: dict, expect: str, predicted: float | None = None) -> st
     return "inconclusive"
 
 
+def _old_rule(h: Hypothesis, difference: dict, predicted: float | None) -> str | None:
+    """:func:`interval_verdict` as the old specs stated the claim (equivalence was not among them: None)."""
+    if h.kind == "equivalence":
+        return None
+    if h.kind == "direction":
+        return interval_verdict(difference, h.expect)
+    return interval_verdict(difference, "a > b", h.paper_effect if h.paper_effect is not None else predicted)
+
+
+def _run_id(row: dict) -> str | None:
+    """What makes two rows one run: a sweep run's config hash (one config trains the same run in any figure's
+    directory), else the row's ``run_id``; None when the row says neither (then no comparison is a repeat)."""
+    return row.get("config_sha256") or row.get("run_id")
+
+
+def _by_seed(group: list[dict], chosen: dict, metric: str, where: str) -> dict:
+    by_seed: dict[int, list] = {}
+    for row in group:
+        if _matches(row, chosen):
+            by_seed.setdefault(row["seed"], []).append(row)
+    if any(len(v) > 1 for v in by_seed.values()):
+        raise ConfigError(f"claim on {metric}: side {chosen} holds several runs per seed at {where}; name the "
+                          f"fields that tell them apart in `by`")
+    return {seed: rows[0] for seed, rows in by_seed.items()}
+
+
 def compare(rows: list[dict], claim: Comparison) -> list[dict]:
-    """One line per value of ``claim.by``: a's and b's mean over seeds, the seed-paired difference and the verdict."""
+    """One line per value of ``claim.by``: a's and b's means over seeds, the seed-paired differences and the
+    unadjusted test of the claim's hypothesis (:func:`lorasec.core.hypotheses.test`), the secondary metrics'
+    differences, and the runs it compares (``key``: one comparison made in two figures is counted once). The
+    verdict comes later, on the family's adjusted p (:func:`decide_family`)."""
     rows = [r for r in rows if _matches(r, claim.where)]
     keys = []
     for row in rows:
@@ -607,27 +719,103 @@ def compare(rows: list[dict], claim: Comparison) -> list[dict]:
             keys.append(key)
     out = []
     for key in keys:
+        at = {**claim.where, **dict(zip(claim.by, key))}
         group = [r for r in rows if all(_same(r[n], v) for n, v in zip(claim.by, key))]
-        sides = {}
-        for side, chosen in (("a", claim.a), ("b", claim.b)):
-            by_seed: dict[int, list] = {}
-            for row in group:
-                if _matches(row, chosen):
-                    by_seed.setdefault(row["seed"], []).append(row[claim.metric])
-            if any(len(v) > 1 for v in by_seed.values()):
-                raise ConfigError(f"claim on {claim.metric}: side {chosen} holds several runs per seed at "
-                                  f"{dict(zip(claim.by, key))}; name the fields that tell them apart in `by`")
-            sides[side] = {seed: values[0] for seed, values in by_seed.items()}
-        difference = paired_difference(sides["a"], sides["b"])
+        a, b = (_by_seed(group, chosen, claim.metric, str(at)) for chosen in (claim.a, claim.b))
+        seeds = sorted(set(a) & set(b))
+
+        def differences(metric: str) -> dict:
+            return {s: (None if a[s].get(metric) is None or b[s].get(metric) is None
+                        else float(a[s][metric]) - float(b[s][metric])) for s in seeds}
+
+        primary = differences(claim.metric)
+        if all(d is None for d in primary.values()):
+            continue  # e.g. the never-poisoned cells themselves, which have no ASR above clean
         predicted = None
         if claim.predict:
-            means = [mean_sd(r[claim.predict] for r in group if _matches(r, chosen))["mean"]
-                     for chosen in (claim.a, claim.b)]
+            means = [mean_sd(r[claim.predict] for r in side.values())["mean"] for side in (a, b)]
             predicted = None if None in means else means[0] - means[1]
-        out.append({"at": {**claim.where, **dict(zip(claim.by, key))}, "metric": claim.metric, "a": claim.a,
-                    "b": claim.b, "predicted": predicted, "expect": claim.expect, "paper": claim.paper,
-                    "a_stats": mean_sd(sides["a"].values()), "b_stats": mean_sd(sides["b"].values()),
-                    "difference": difference, "verdict": verdict(difference, claim.expect, predicted)})
+        difference = paired_difference({s: a[s].get(claim.metric) for s in seeds},
+                                       {s: b[s].get(claim.metric) for s in seeds})
+        secondary = {}
+        for metric in claim.secondary:
+            d = differences(metric)
+            values = [v for v in d.values() if v is not None]
+            secondary[metric] = {**stats.mean_sd(values), "ci95": stats.ci95_half_width(values),
+                                 "signs": stats.signs(d[s] for s in seeds)}
+        identity = [(s, _run_id(a[s]), _run_id(b[s])) for s in seeds]
+        h = claim.hypothesis
+        out.append({"at": at, "metric": claim.metric, "a": claim.a, "b": claim.b, "paper": claim.paper,
+                    "hypothesis": {"kind": h.kind, "expect": h.expect, "paper_effect": h.paper_effect,
+                                   "margin": h.margin},
+                    "predicted": predicted, "expect": h.expect,
+                    "a_stats": mean_sd(a[s].get(claim.metric) for s in seeds),
+                    "b_stats": mean_sd(b[s].get(claim.metric) for s in seeds),
+                    "differences": {str(s): d for s, d in primary.items()},
+                    "difference": difference, "test": hypotheses.test(h, primary, predicted=predicted),
+                    "secondary": secondary,
+                    "interval_verdict": _old_rule(h, difference, predicted),
+                    "key": None if any(None in ids[1:] for ids in identity) else
+                    json.dumps([claim.metric, h.kind, identity], sort_keys=True)})
+    return out
+
+
+def decide_family(figures: list[dict]) -> dict:
+    """Verdicts for every comparison of a report (``figures``' ``comparisons``, edited in place): Holm's adjustment
+    over the family (every tallied hypothesis, a comparison repeated in a later figure counted once there and marked
+    as a repeat), identities judged alone. Returns the family's description and tallies, and the old rule's."""
+    first: dict[str, tuple[str, dict]] = {}
+    family = []
+    for figure in figures:
+        for line in figure["comparisons"]:
+            line["tallied"] = line["hypothesis"]["kind"] != "identity"
+            if not line["tallied"]:
+                continue
+            if line["key"] is not None and line["key"] in first:
+                line["repeats"] = first[line["key"]][0]
+                line["tallied"] = False
+                continue
+            if line["key"] is not None:
+                first[line["key"]] = (figure["name"], line)
+            family.append(line)
+    for line, adjusted in zip(family, hypotheses.adjust_family([line["test"] for line in family])):
+        line["adjusted_p"] = adjusted
+    for figure in figures:
+        for line in figure["comparisons"]:
+            h = Hypothesis(**line["hypothesis"])
+            if "repeats" in line:
+                line["adjusted_p"] = first[line["key"]][1]["adjusted_p"]
+            line["verdict"] = hypotheses.decide(h, line["test"], line.get("adjusted_p"))
+    tally: dict[str, int] = {}
+    before: dict[str, int] = {}
+    for line in family:
+        tally[line["verdict"]] = tally.get(line["verdict"], 0) + 1
+        if line["interval_verdict"] is not None:
+            before[line["interval_verdict"]] = before.get(line["interval_verdict"], 0) + 1
+    return {"size": len(family), "alpha": hypotheses.ALPHA, "method": "Holm", "tally": tally,
+            "before": before, "identities": sum(line["hypothesis"]["kind"] == "identity"
+                                                for figure in figures for line in figure["comparisons"]),
+            "repeats": sum("repeats" in line for figure in figures for line in figure["comparisons"])}
+
+
+def derive_above_clean(rows: list[dict], baseline: dict, fields: list[str]) -> list[dict]:
+    """Each row with ``asr_above_clean``: its ASR minus that of the never-poisoned row (``baseline``'s values)
+    of the same seed and the same values of every other field; None for the baseline rows themselves and where
+    either ASR is missing."""
+    others = [f for f in fields if f not in baseline]
+
+    def key(row: dict) -> str:
+        return json.dumps([row["seed"], *(row.get(f) for f in others)], sort_keys=True, default=str)
+
+    clean = {key(r): r for r in rows if _matches(r, baseline)}
+    out = []
+    for row in rows:
+        base = None if _matches(row, baseline) else clean.get(key(row))
+        value = None
+        if base is not None and row.get("attack_success_rate") is not None and \
+                base.get("attack_success_rate") is not None:
+            value = float(row["attack_success_rate"]) - float(base["attack_success_rate"])
+        out.append({**row, ABOVE_CLEAN: value})
     return out
 
 
@@ -642,32 +830,70 @@ def _value(metric: str, value: float | None, sign: str = "") -> str:
     """Accuracies and rates in percent (points), other metrics as they are."""
     if value is None:
         return "n/a"
-    return f"{100 * value:{sign}.1f}" if metric in METRICS and metric != "final_loss" else f"{value:{sign}.3g}"
+    percent = (metric in METRICS and metric != "final_loss") or metric == ABOVE_CLEAN
+    return f"{100 * value:{sign}.1f}" if percent else f"{value:{sign}.3g}"
 
 
 def _side(chosen: dict) -> str:
     return ", ".join(f"{name.rsplit('.', 1)[-1]} {value}" for name, value in chosen.items())
 
 
+def _p(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def _hypothesis(line: dict) -> str:
+    h, metric = line["hypothesis"], line["metric"]
+    if h["kind"] == "direction":
+        return f"direction: {h['expect']}"
+    if h["kind"] == "equivalence":
+        return f"equivalence: |a − b| < {_value(metric, h['margin'])}"
+    value = h["paper_effect"] if h["paper_effect"] is not None else line["predicted"]
+    return f"{h['kind']}: a − b = {_value(metric, value, '+')}"
+
+
+def _verdict(line: dict) -> str:
+    verdict = line["verdict"]
+    if "repeats" in line:
+        return f"{verdict} (repeats {line['repeats']}; not tallied)"
+    detectable = line["test"].get("detectable")
+    if verdict in ("inconclusive", "not shown equivalent", "agrees in size"):
+        found = f"≥ {_value(line['metric'], detectable)}" if detectable is not None else "none at this n"
+        return f"{verdict} (detectable: {found})"
+    return verdict
+
+
+def _tally(counts: dict) -> str:
+    return ", ".join(f"{n} {verdict}" for verdict, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
+
+
 def report(summary: dict) -> str:
-    """The Markdown report: per figure its plot, caption, the command, and the side-by-side table."""
-    counts = {"agrees": 0, "disagrees": 0, "inconclusive": 0}
-    for figure in summary["figures"]:
-        for line in figure["comparisons"]:
-            counts[line["verdict"]] += 1
+    """The Markdown report: the family and its tallies, then per figure its plot, caption, the command, the
+    per-run table and one row per comparison (hypothesis, n, per-seed signs, effect ± interval, exact p, adjusted
+    p, verdict)."""
+    family = summary["family"]
     command = f"lorasec reproduce {summary['paper']}" + (" --quick" if summary["quick"] else "")
     lines = [f"# {summary['title']}", "",
-             f"`{command}`: {len(summary['figures'])} figures; comparisons: {counts['agrees']} agree, "
-             f"{counts['disagrees']} disagree, {counts['inconclusive']} inconclusive. Each comparison pairs runs by "
-             f"seed; a − b is the mean paired difference with its 95% t-interval (accuracies and rates in "
-             f"percentage points); the "
-             f"verdict says where that interval lies against the paper's direction (inconclusive: it covers zero), "
-             f"or, where the paper predicts a value, whether the interval covers it.", ""]
+             f"`{command}`: {len(summary['figures'])} figures. The family is the {family['size']} tallied "
+             f"comparisons of this report: each claim's hypothesis on its primary metric, a comparison repeated in a "
+             f"later figure counted once ({family['repeats']} repeats), the {family['identities']} identities "
+             f"(closed forms that hold by construction) apart. Each is tested on seed-paired differences a − b by "
+             f"the exact sign-flip test, Holm-adjusted over the family at α = {family['alpha']}; verdicts are taken "
+             f"on the adjusted p (kinds and vocabulary: `lorasec.core.hypotheses`). Accuracies and rates in "
+             f"percentage points; ± is the unadjusted 95% t-interval; signs are a − b per seed.", "",
+             f"**Verdicts:** {_tally(family['tally'])}. Under the earlier rule (the sign of the unadjusted 95% "
+             f"t-interval, one verdict per claim and metric) the same comparisons gave: {_tally(family['before'])}.",
+             ""]
     for figure in summary["figures"]:
         lines += [f"## {figure['title']}", "", f"![{figure['name']}]({figure['name']}.png)", ""]
         if figure["caption"]:
             lines += [figure["caption"], ""]
-        lines += [f"Spec `{figure['spec']}`: {figure['runs']} runs; {figure['settings']}.", ""]
+        lines += [f"Spec `{figure['spec']}`: {figure['runs']} runs; {figure['settings']}. Per-run results: "
+                  f"[`{figure['results']}`]({figure['results']}).", ""]
+        if "baseline" in figure:
+            never = ", ".join(f"{k} = {v}" for k, v in figure["baseline"].items())
+            lines += [f"ASR above clean: each run's ASR minus that of the never-poisoned run ({never}) of the same "
+                      f"seed and setting.", ""]
         if "runs_in" in figure:
             lines += [f"It fine-tunes {figure['runs_in']}'s backdoored model, in that figure's directory: a defence "
                       f"and seed both list is one run.", ""]
@@ -688,22 +914,29 @@ def report(summary: dict) -> str:
             lines += [f"![adapter scale]({figure['scale_sweep']})", ""]
         if not figure["comparisons"]:
             continue
-        rows = []
+        rows, notes = [], []
         for line in figure["comparisons"]:
-            d, metric = line["difference"], line["metric"]
-            interval = _value(metric, d["mean"], "+") + (
-                f" ± {_value(metric, d['ci95'])}" if d["mean"] is not None and d["ci95"] is not None else "")
+            t, metric = line["test"], line["metric"]
+            interval = _value(metric, t["mean"], "+") + (
+                f" ± {_value(metric, t['ci95'])}" if t["mean"] is not None and t["ci95"] is not None else "")
             at = ", ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in line["at"].items()) or "all"
-            expects = f"expects {line['expect']}" if line.get("predicted") is None else \
-                f"predicts a − b = {_value(metric, line['predicted'], '+')}"
-            rows.append((at, metric.replace("_", " "), _side(line["a"]), _side(line["b"]),
-                         _value(metric, line["a_stats"]["mean"]), _value(metric, line["b_stats"]["mean"]), interval,
-                         f"{line['paper']} ({expects})", line["verdict"]))
-        lines += tables.markdown(("at", "metric", "a", "b", "mean a", "mean b", "a − b (95% CI)", "paper", "verdict"),
-                                 rows)
+            rows.append((at, metric.replace("_", " "), f"{_side(line['a'])} − {_side(line['b'])}",
+                         _hypothesis(line), t["n"], t["signs"] or "–", interval, _p(t["p"]),
+                         _p(line.get("adjusted_p")) if line.get("tallied") or "repeats" in line else "–",
+                         line["paper"], _verdict(line)))
+            for name, sec in line["secondary"].items():
+                notes.append(f"- {at}, {_side(line['a'])} − {_side(line['b'])}: {name.replace('_', ' ')} "
+                             f"{_value(name, sec['mean'], '+')}"
+                             + (f" ± {_value(name, sec['ci95'])}" if sec["ci95"] is not None else "")
+                             + f" ({sec['signs']})")
+        lines += tables.markdown(("at", "metric", "a − b", "hypothesis", "n", "signs", "a − b (95% CI)", "p",
+                                  "adj. p", "paper", "verdict"), rows)
+        if notes:
+            lines += ["", "Secondary metrics (shown, not tested):", "", *notes]
         lines.append("")
     return "\n".join(lines)
 
 
-__all__ = ["Comparison", "Figure", "KernelFigure", "Paper", "compare", "load_paper", "paper_directory", "report",
-           "reproduce", "verdict"]
+__all__ = ["Comparison", "Figure", "KernelFigure", "Paper", "PurifyFigure", "SweepFigure", "compare",
+           "decide_family", "derive_above_clean", "interval_verdict", "load_paper", "paper_directory", "report",
+           "reproduce"]

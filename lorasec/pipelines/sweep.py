@@ -21,10 +21,8 @@ process, process ``p`` evaluates and writes the runs ``i`` with ``i mod P = p``,
 
 from __future__ import annotations
 
-import csv
 import glob
 import hashlib
-import io
 import json
 import math
 import re
@@ -40,7 +38,7 @@ from tqdm import tqdm  # text bars: tqdm.auto warns in a notebook without ipywid
 
 from lorasec.adapters import lora
 from lorasec.config import ConfigError, RunConfig, check_environment, from_dict, replace_config, to_dict
-from lorasec.core import files, stats
+from lorasec.core import files, stats, tables
 from lorasec.pipelines import rundir
 from lorasec.pipelines.pretrain import pretrain, pretrain_recipe
 from lorasec.pipelines.run import PreparedRun, finish_run, loss_function, prepare_run
@@ -108,29 +106,20 @@ def _write_tables(out_dir: Path, spec: SweepSpec, rows: list[dict]) -> list[dict
     files.write_text(out_dir / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     columns = ["cell", *fields, "seed", *METRICS, "steps", "resumed_from_step", "wall_seconds", "group_members",
                "diverged_steps", "run"]
-    files.write_text(out_dir / "results.csv", _csv(columns, rows))
+    files.write_text(out_dir / "results.csv", tables.csv(columns, rows))
     summary = summarise(rows, fields)
     files.write_json(out_dir / "summary.json", {"spec": spec.to_dict(), "cells": summary})
     flat = [{"cell": c["cell"], **{f: c[f] for f in fields}, "runs": c["runs"],
              **{f"{m}_{k}": c[m][k] for m in METRICS for k in ("mean", "sd", "ci95", "n")}} for c in summary]
     summary_columns = ["cell", *fields, "runs", *(f"{m}_{k}" for m in METRICS for k in ("mean", "sd", "ci95", "n"))]
-    files.write_text(out_dir / "summary.csv", _csv(summary_columns, flat))
+    files.write_text(out_dir / "summary.csv", tables.csv(summary_columns, flat))
     return summary
-
-
-def _csv(columns: list[str], rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
-    return buffer.getvalue()
 
 
 def _row(cell: Cell, seed: int, name: str, results: dict) -> dict:
     return {"cell": cell.index, **cell.values, "seed": seed, **{m: results.get(m) for m in METRICS},
             **{k: results.get(k) for k in ("steps", "resumed_from_step", "wall_seconds", "group_members",
-                                           "diverged_steps")}, "run": name}
+                                           "diverged_steps", "config_sha256")}, "run": name}
 
 
 def run_sweep(spec: SweepSpec, out_dir: str | Path, *, progress: bool = True,
