@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--coordinator", default="", help="HOST:PORT of process 0 (implies --distributed)")
     sweep.add_argument("--num-processes", type=int, default=0, help="processes in the job (implies --distributed)")
     sweep.add_argument("--process-id", type=int, default=-1, help="this process's index (implies --distributed)")
+    sweep.add_argument("--timeout", type=float, default=300.0,
+                       help="seconds to wait for the other processes at the coordinator (default 300)")
 
     plot = sub.add_parser("plot", help="plot a sweep's table: mean and 95%% interval of a metric against a field")
     plot.add_argument("sweep_dir", help="a finished sweep directory")
@@ -130,7 +132,21 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--purify", default="runs/verify/purify",
                         help="a `lorasec purify` output read by paper 2's trained-model claims; made there with the "
                              "default synthetic setting (about 6 min on 2 cores) when absent, reused after")
+    render = sub.add_parser("render", help="rewrite the result blocks of README and docs from the committed results "
+                                           "under figures/ (--check: change nothing, fail where they differ)")
+    render.add_argument("files", nargs="*", help="Markdown files or directories (default: README.md and docs/)")
+    render.add_argument("--check", action="store_true", help="write nothing; exit 1 when a block differs")
     return parser
+
+
+def _render(args) -> int:
+    from lorasec.pipelines import render
+
+    paths = [Path(p) for p in (args.files or render.DEFAULT_FILES)]
+    differ = render.render(paths, Path.cwd(), check=args.check)
+    for path in differ:
+        print(f"{'differs' if args.check else 'rendered'}: {path}")
+    return 1 if args.check and differ else 0
 
 
 def _verify(args) -> int:
@@ -344,17 +360,16 @@ def _study(args) -> int:
 def _sweep(args) -> int:
     from lorasec.sweep_spec import load_spec
 
-    distributed = args.distributed or args.coordinator or args.num_processes or args.process_id >= 0
-    if args.num_processes < 0:
-        raise ConfigError(f"sweep --num-processes {args.num_processes}: must be >= 1")
-    if args.process_id >= 0 and args.num_processes and args.process_id >= args.num_processes:
-        raise ConfigError(f"sweep --process-id {args.process_id}: must be < --num-processes {args.num_processes}")
+    from lorasec.training.rendezvous import job_from_flags
+
+    job = job_from_flags(args.coordinator, args.num_processes, args.process_id, args.timeout)
+    distributed = job is not None or (args.distributed and not args.num_processes)
     spec = load_spec(args.spec, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / f"sweep-{spec.name}"
     if distributed:
         from lorasec.training import placement
 
-        placement.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+        placement.initialize_distributed(args.coordinator, args.num_processes, args.process_id, args.timeout)
     import jax
 
     from lorasec.pipelines.sweep import run_sweep
@@ -417,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"train": _train, "pretrain": _pretrain, "study": _study, "verify": _verify,
                 "ntk": _ntk, "infinite": _infinite, "spectral": _spectral, "purify": _purify,
-                "fetch": _fetch, "sweep": _sweep, "plot": _plot, "reproduce": _reproduce}
+                "fetch": _fetch, "sweep": _sweep, "plot": _plot, "reproduce": _reproduce, "render": _render}
     try:
         _check_out(getattr(args, "out", None))
         return handlers[args.command](args)

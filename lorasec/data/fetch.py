@@ -70,10 +70,23 @@ PINS = {pin.name: pin for pin in (
 
 
 def cache_root() -> Path:
+    """Where fetched entries and converted weights live: ``$LORASEC_CACHE``, else ``$XDG_CACHE_HOME/lorasec``,
+    else ``~/.cache/lorasec``.
+
+    Raises:
+        FetchError: the chosen path, or one above it, is a file.
+    """
     if os.environ.get("LORASEC_CACHE"):
-        return Path(os.environ["LORASEC_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "lorasec"
+        root, name = Path(os.environ["LORASEC_CACHE"]), "LORASEC_CACHE"
+    else:
+        root, name = Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "lorasec", "the cache"
+    for part in (root, *root.parents):
+        if part.exists() and not part.is_dir():
+            raise FetchError(f"{name} = {str(root)!r}: {str(part)!r} is a file, not a directory; point "
+                             f"LORASEC_CACHE at a directory")
+        if part.exists():
+            break
+    return root
 
 
 def pin_for(name: str) -> Pin:

@@ -59,15 +59,19 @@ def barrier(name: str, mesh: Mesh | None = None) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def initialize_distributed(coordinator: str = "", num_processes: int = 0, process_id: int = -1) -> None:
-    """Join a multi-process job with JAX's own runtime (``jax.distributed``). Empty arguments are read by JAX from
-    the cluster's environment (SLURM, Open MPI, Kubernetes, ...). CPU collectives use gloo."""
+def initialize_distributed(coordinator: str = "", num_processes: int = 0, process_id: int = -1,
+                           timeout: float = 300.0) -> None:
+    """Join a multi-process job with JAX's own runtime (``jax.distributed``). With a coordinator, every process
+    first meets the others there (:func:`lorasec.training.rendezvous.meet`: a line saying what it waits for, and
+    one line when ``timeout`` seconds pass without them); without one, JAX reads the job from the cluster's
+    environment (SLURM, Open MPI, Kubernetes, ...). CPU collectives use gloo."""
+    from lorasec.training import rendezvous
+
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs = {}
     if coordinator:
-        kwargs["coordinator_address"] = coordinator
-    if num_processes:
-        kwargs["num_processes"] = num_processes
-    if process_id >= 0:
-        kwargs["process_id"] = process_id
+        job = rendezvous.Job(coordinator, num_processes, process_id, timeout)
+        left = rendezvous.meet(job)
+        kwargs.update(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
+                      initialization_timeout=int(max(left, 60.0)))
     jax.distributed.initialize(**kwargs)

@@ -1,0 +1,162 @@
+"""Numbers in README and docs, rendered from the committed results: ``lorasec render [--check]``.
+
+A Markdown file marks each block that quotes results::
+
+    <!-- render: tally paper1 -->
+    (rendered text, rewritten by `lorasec render`)
+    <!-- /render -->
+
+and :func:`render_text` replaces every block with what its renderer makes of the files under ``figures/`` (the
+reports' ``summary.json``, ``verify.json``, the main job's summary). ``--check`` changes nothing and fails when a
+block differs from its rendering, which is what the test suite runs: a number in the docs that drifts from the file
+behind it is an error, not a matter of care.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from lorasec.core import tables
+from lorasec.core.errors import ConfigError
+
+MARKER = re.compile(r"<!-- render: (?P<name>[\w-]+)(?P<args>(?: [\w./-]+)*) -->\n(?P<body>.*?)<!-- /render -->",
+                    re.DOTALL)
+DEFAULT_FILES = ("README.md", "docs")
+
+
+def _json(root: Path, relative: str) -> dict:
+    path = root / relative
+    if not path.is_file():
+        raise ConfigError(f"render: {relative} is missing; run the command that writes it (see docs/results.md)")
+    return json.loads(path.read_text())
+
+
+def _tally(counts: dict) -> str:
+    order = ("agrees", "agrees in size", "equivalent", "consistent", "disagrees", "smaller than the paper's",
+             "larger than the paper's", "not shown equivalent", "inconsistent", "inconclusive", "no claim")
+    ranked = sorted(counts.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    return ", ".join(f"{n} {verdict}" for verdict, n in ranked) or "none"
+
+
+def tally(root: Path, paper: str) -> str:
+    """One line: a reproduced paper's family, its verdicts under the hypotheses as stated, and the earlier rule's
+    tally of the same comparisons (or, for a report made before the hypotheses, its own tally, marked so)."""
+    summary = _json(root, f"figures/{paper}/summary.json")
+    family = summary.get("family")
+    if family is None:
+        counts: dict = {}
+        for figure in summary["figures"]:
+            for line in figure["comparisons"]:
+                counts[line["verdict"]] = counts.get(line["verdict"], 0) + 1
+        return (f"`{paper}` (made before hypotheses were tested as stated; per-run results not kept): "
+                f"{sum(counts.values())} comparisons by the earlier rule, {_tally(counts)}.")
+    return (f"`{paper}`: {family['size']} tested comparisons (Holm over the report, α = {family['alpha']}): "
+            f"{_tally(family['tally'])}; the earlier rule on the same runs: {_tally(family['before'])}. "
+            f"{family['identities']} identities and {family['repeats']} repeats shown apart.")
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:+.1f}"
+
+
+def claims(root: Path, paper: str) -> str:
+    """A table of a reproduced paper's tested comparisons: figure, where, hypothesis, n, a − b with its 95%
+    t-interval, adjusted p and verdict."""
+    summary = _json(root, f"figures/{paper}/summary.json")
+    rows = []
+    for figure in summary["figures"]:
+        for line in figure["comparisons"]:
+            if not line.get("tallied"):
+                continue
+            t = line["test"]
+            percent = line["metric"] not in ("H1", "H2", "final_loss")
+            value = (f"{_percent(t['mean'])} ± {100 * t['ci95']:.1f}" if percent else
+                     f"{t['mean']:+.3g} ± {t['ci95']:.2g}") if t["ci95"] is not None else "n/a"
+            at = ", ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in line["at"].items()) or "all"
+            sides = " − ".join(", ".join(str(v) for v in side.values()) for side in (line["a"], line["b"]))
+            rows.append((figure["name"], at, f"{line['metric'].replace('_', ' ')}: {sides}",
+                         line["hypothesis"]["kind"], t["n"], value,
+                         "n/a" if line.get("adjusted_p") is None else f"{line['adjusted_p']:.3g}", line["verdict"]))
+    return "\n".join(tables.markdown(("figure", "at", "a − b", "hypothesis", "n", "a − b (points, 95% CI)",
+                                      "adj. p", "verdict"), rows))
+
+
+def verify(root: Path) -> str:
+    """``lorasec verify``'s committed checks (figures/verify.json): claims by verdict, then identities."""
+    checks = _json(root, "figures/verify.json")
+    found = [c for c in checks if c["kind"] == "claim"]
+    counts: dict = {}
+    for c in found:
+        counts[c["verdict"]] = counts.get(c["verdict"], 0) + 1
+    others = [c for c in checks if c["kind"] != "claim"]
+    names = sorted({c["claim"] for c in found})
+    return (f"{len(found)} claim checks over {len(names)} claims: {_tally(counts)}; {len(others)} identity and "
+            f"consistency checks, {sum(c['verdict'] == 'inconsistent' for c in others)} inconsistent.")
+
+
+def verify_claims(root: Path) -> str:
+    """Per registered claim of the committed ``lorasec verify`` output: its kind and how its checks came out."""
+    checks = _json(root, "figures/verify.json")
+    claims_seen: dict[str, dict] = {}
+    for c in checks:
+        entry = claims_seen.setdefault(c["claim"], {"kinds": set(), "verdicts": {}})
+        entry["kinds"].add(c["kind"])
+        entry["verdicts"][c["verdict"]] = entry["verdicts"].get(c["verdict"], 0) + 1
+    rows = [(f"`{name}`", ", ".join(sorted(e["kinds"])), sum(e["verdicts"].values()), _tally(e["verdicts"]))
+            for name, e in claims_seen.items()]
+    return "\n".join(tables.markdown(("claim", "kind", "checks", "verdicts"), rows))
+
+
+def study(root: Path) -> str:
+    """The main job's committed summary (figures/study-summary.json) as a table, mean ± sd in percent."""
+    summary = _json(root, "figures/study-summary.json")
+
+    def cell(stats: dict) -> str:
+        return "n/a" if stats["mean"] is None else f"{100 * stats['mean']:.1f} ± {100 * stats['sd']:.1f}"
+
+    rows = [(c["attack"], c["arm"], cell(c["clean_accuracy"]), cell(c["attack_success_rate"]),
+             cell(c["triggered_accuracy"])) for c in summary["cells"]]
+    head = (f"{len(summary['seeds'])} seeds, {summary['steps']} steps"
+            + (f", encoder pretrained {summary['pretrain_steps']} steps" if summary.get("pretrain_steps") else ""))
+    return head + ":\n\n" + "\n".join(tables.markdown(("attack", "method, lr", "CACC %", "ASR %", "triggered acc. %"),
+                                                      rows))
+
+
+RENDERERS: dict[str, Callable[..., str]] = {"tally": tally, "claims": claims, "verify": verify,
+                                            "verify-claims": verify_claims, "study": study}
+
+
+def render_text(text: str, root: Path, where: str = "") -> str:
+    """``text`` with every marked block rendered anew from the results under ``root``."""
+
+    def replace(match: re.Match) -> str:
+        name, args = match["name"], match["args"].split()
+        if name not in RENDERERS:
+            raise ConfigError(f"{where}: render block {name!r} is unknown; renderers: {', '.join(RENDERERS)}")
+        return f"<!-- render: {name}{match['args']} -->\n{RENDERERS[name](root, *args).rstrip()}\n<!-- /render -->"
+
+    return MARKER.sub(replace, text)
+
+
+def markdown_files(paths: list[Path]) -> list[Path]:
+    """Every Markdown file of ``paths`` (files, or directories searched recursively)."""
+    out = []
+    for path in paths:
+        out += sorted(path.rglob("*.md")) if path.is_dir() else [path] if path.is_file() else []
+    return out
+
+
+def render(paths: list[Path], root: Path, *, check: bool = False) -> list[Path]:
+    """Render the marked blocks of ``paths``; with ``check``, write nothing and return the files that differ."""
+    differ = []
+    for path in markdown_files(paths):
+        text = path.read_text()
+        rendered = render_text(text, root, str(path))
+        if rendered != text:
+            differ.append(path)
+            if not check:
+                path.write_text(rendered)
+    return differ
