@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--coordinator", default="", help="HOST:PORT of process 0 (implies --distributed)")
     sweep.add_argument("--num-processes", type=int, default=0, help="processes in the job (implies --distributed)")
     sweep.add_argument("--process-id", type=int, default=-1, help="this process's index (implies --distributed)")
+    sweep.add_argument("--max-runs", type=int, default=10_000,
+                       help="refuse a spec of more runs (cells x seeds) than this (default 10000)")
     sweep.add_argument("--timeout", type=float, default=300.0,
                        help="seconds to wait for the other processes at the coordinator (default 300)")
 
@@ -364,7 +366,10 @@ def _sweep(args) -> int:
 
     job = job_from_flags(args.coordinator, args.num_processes, args.process_id, args.timeout)
     distributed = job is not None or (args.distributed and not args.num_processes)
-    spec = load_spec(args.spec, args.overrides)
+    if args.max_runs < 1:
+        raise ConfigError(f"sweep --max-runs {args.max_runs}: must be >= 1")
+    spec = load_spec(args.spec, args.overrides, max_runs=args.max_runs,
+                     say=lambda line: print(f"lorasec: {line}", file=sys.stderr, flush=True))
     out = Path(args.out) if args.out else Path("runs") / f"sweep-{spec.name}"
     if distributed:
         from lorasec.training import placement
@@ -397,9 +402,14 @@ def _reproduce(args) -> int:
 
 def _plot(args) -> int:
     from lorasec.pipelines import figures
-    from lorasec.pipelines.sweep import read_table
+    from lorasec.pipelines.sweep import missing_from_table, read_table
 
     rows = read_table(args.sweep_dir)
+    missing = missing_from_table(args.sweep_dir, rows)
+    if missing:
+        print(f"lorasec: warning: {args.sweep_dir}'s table lacks {len(missing)} run(s) its spec promised "
+              f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); drawn from the {len(rows)} it "
+              f"holds (run the same `lorasec sweep` again to complete it)", file=sys.stderr)
     for flag, name in (("--x", args.x), ("--hue", args.hue)):
         if name and name not in rows[0]:
             fields = [k for k in rows[0] if k not in ("cell", "run")]
@@ -407,6 +417,13 @@ def _plot(args) -> int:
     if args.y not in rows[0]:
         raise ConfigError(f"plot --y {args.y!r}: not a metric of this sweep; metrics: "
                           f"{', '.join(k for k in rows[0] if isinstance(rows[0][k], float))}")
+    lacking = [r.get("run", f"cell {r['cell']} seed {r['seed']}") for r in rows if r.get(args.y) is None]
+    if len(lacking) == len(rows):
+        raise ConfigError(f"plot --y {args.y!r}: no run of this sweep has it (e.g. ASR under label flipping, which "
+                          f"has no trigger)")
+    if lacking:
+        print(f"lorasec: warning: {len(lacking)} run(s) have no {args.y} ({', '.join(lacking[:3])}"
+              f"{', ...' if len(lacking) > 3 else ''}); they are left out of the figure", file=sys.stderr)
     stem = Path(args.out) if args.out else Path(args.sweep_dir) / f"plot-{args.y}-vs-{args.x}"
     written = figures.sweep_plot(rows, args.x, args.y, args.hue, stem)
     print("written: " + ", ".join(map(str, written)))
@@ -425,6 +442,12 @@ def _check_out(out: str | None) -> None:
         raise ConfigError(f"--out {out!r}: {str(existing)!r} is not writable; choose another --out")
 
 
+def _quiet_teardown() -> None:
+    """After the one-line message of a failure: work the failure abandoned (orbax's reads of a damaged checkpoint)
+    would print its own tracebacks at the interpreter's exit; the message has said it, so they are discarded."""
+    sys.unraisablehook = lambda *_: None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries()
@@ -438,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except ConfigError as err:
         print(f"lorasec: error: {err}", file=sys.stderr)
+        _quiet_teardown()
         return 2
     except MemoryEstimateError as err:  # refused before allocating: nothing was lost
         print(f"lorasec: error: {err}".replace("block_size=", "--block-size "), file=sys.stderr)

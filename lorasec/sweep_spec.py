@@ -156,7 +156,11 @@ def base_table(base: Any, path: Path) -> dict:
     return base
 
 
-def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
+MAX_RUNS = 10_000  # a spec of more runs (cells × seeds) is refused unless the caller raises the cap
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, max_runs: int = MAX_RUNS,
+              say=None) -> SweepSpec:
     """Read and validate a spec file (module docstring); every cell's config is validated now.
 
     Args:
@@ -166,11 +170,13 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         The :class:`SweepSpec`.
     """
     path = Path(path)
-    return spec_from_raw(read_file(path), path, overrides)
+    return spec_from_raw(read_file(path), path, overrides, max_runs=max_runs, say=say)
 
 
-def spec_from_raw(raw: dict, path: Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
-    """Validate a spec read from ``path`` (which names it and anchors a relative ``base`` file)."""
+def spec_from_raw(raw: dict, path: Path, overrides: list[str] | tuple[str, ...] = (), *, max_runs: int = MAX_RUNS,
+                  say=None) -> SweepSpec:
+    """Validate a spec read from ``path`` (which names it and anchors a relative ``base`` file). Its size (cells ×
+    seeds) is counted before any cell is validated, told to ``say`` when given, and refused above ``max_runs``."""
     try:
         written = from_dict(SweepFile, raw)
     except ConfigError as err:
@@ -214,6 +220,13 @@ def spec_from_raw(raw: dict, path: Path, overrides: list[str] | tuple[str, ...] 
     at_least("max_members", written.max_members, 0)
     spec = SweepSpec(written.name or path.stem, base, written.seeds, axes, tuple(zips), written.pretrain_steps,
                      written.max_members, written.pad_ranks)
+    cells = grid.size(spec.axes, spec.zips)
+    runs = cells * len(spec.seeds)
+    if say is not None:
+        say(f"sweep {spec.name}: {cells} cells × {len(spec.seeds)} seeds = {runs} runs")
+    if runs > max_runs:
+        raise ConfigError(f"{path}: {cells} cells × {len(spec.seeds)} seeds = {runs} runs, above the cap of "
+                          f"{max_runs}; shrink the axes, or raise the cap (lorasec sweep --max-runs {runs})")
     if spec.pretrain_steps:
         varied = [n for n in spec.fields if n.startswith(("model.", "data."))]
         if varied:

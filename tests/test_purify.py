@@ -34,7 +34,7 @@ def tiny_purify(**changes) -> PurifyConfig:
         pretrain_steps=200,
         backdoor=BackdoorConfig(num_train=256, attack=AttackConfig(kind="badnets", poison_rate=0.2), min_asr=0.9,
                                 train=TrainConfig(steps=300, batch_size=16, lr=3e-3, checkpoint_every=300)),
-        adapter=AdapterConfig(rank=4, alpha=8), rora=RoRAConfig(tr_k=8),
+        adapter=AdapterConfig(rank=4, alpha=8), rora=RoRAConfig(tr_k=8, pt_layers=1),
         train=TrainConfig(steps=60, batch_size=16, lr=3e-3, checkpoint_every=60))
     fields.update(changes)
     return PurifyConfig(**fields).validate()
@@ -117,10 +117,12 @@ def test_paper_two_claims_report_measured_numbers(purified):
 
     work, cfg, _ = purified
     out = work / "purify"
-    checks = (forgetting.spectrally_weaker(out, cfg) + forgetting.forgets_better(out, cfg)
-              + forgetting.critical_scale(out, cfg))
-    assert {c.claim for c in checks} == {"lora_spectrally_weaker", "full_ft_forgets_better",
+    checks = (forgetting.spectrally_weak(out, cfg) + forgetting.spectrally_weaker(out, cfg)
+              + forgetting.forgets_better(out, cfg) + forgetting.critical_scale(out, cfg))
+    assert {c.claim for c in checks} == {"lora_spectrally_weak", "lora_spectrally_weaker", "full_ft_forgets_better",
                                          "critical_scale_trained"}
+    decided = [c for c in checks if c.claim in ("lora_spectrally_weak", "full_ft_forgets_better")]
+    assert all("95% t-interval" in c.tolerance and "sign-flip p" in c.measured for c in decided)
     assert all(c.verdict in VERDICTS and c.measured for c in checks)
     bound = [c for c in checks if c.predicted.startswith("every layer crossing")]
     assert bound and all((c.kind, c.verdict) == ("identity", "consistent") for c in bound)
@@ -132,7 +134,7 @@ def test_verify_reads_a_purify_directory(purified, capsys):
 
     work, _, _ = purified
     assert cli.main(["verify", "full_ft_forgets_better", "--purify", str(work / "purify")]) == 0
-    assert "ASR full FT < ASR LoRA" in capsys.readouterr().out
+    assert "ASR LoRA − ASR full FT > 0" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -35,7 +35,7 @@ def test_lemma_3_1_finds_the_finite_n_edge():
 def test_lora_kernel_law_holds_and_a_wrong_law_is_rejected():
     settings = ((8, 8, 1.0, 8.0, 60), (8, 2, 1.0 / 3.0, 4.0, 60))
     for check in corollary_3_5.kernel_law(settings):
-        assert check.verdict == "agrees", check
+        assert check.kind == "identity" and check.verdict == "consistent", check
     mean, standard_error, k_ff, factor = corollary_3_5.monte_carlo(8, 8, 1.0, 8.0, 60)
     assert factor == pytest.approx(1.0)  # Corollary 3.5's setting
     wrong = np.linalg.norm(mean - 1.5 * factor * k_ff)
@@ -82,13 +82,13 @@ def test_ttr_metric_on_poisoned_pairs():
     ratios = np.divide(grid[4, 1.0], grid[4, 1.0 / 3.0])
     assert not np.allclose(ratios, 3.0, rtol=1e-3)
     checks = ttr_direction.direction(ranks=(2, 8), variances=(0.3, 1.0), seeds=3)
-    assert len(checks) == 4 + 2 + 2 and all(c.kind == "claim" for c in checks)
-    assert {c.verdict for c in checks} <= {"agrees", "disagrees", "inconclusive"}
+    assert len(checks) == 4 + 2 + 2 and all(c.kind == "consistency" for c in checks)
+    assert {c.verdict for c in checks} <= {"consistent", "inconsistent", "inconclusive"}
 
 
 def test_lora_kernel_fluctuation_scales_as_inverse_sqrt_rank():
     (check,) = corollary_3_5.fluctuation()
-    assert check.verdict == "agrees"
+    assert check.kind == "identity" and check.verdict == "consistent"
     assert corollary_3_5.relative_spread(16, 2) > 1.5 * corollary_3_5.relative_spread(16, 8)
 
 

@@ -15,6 +15,28 @@ import numpy as np
 from flax import nnx
 
 from lorasec.adapters import lora
+from lorasec.core.errors import ConfigError
+
+
+def check_settings(model: nnx.Module, tr_k: int, pt_layers: int) -> None:
+    """RoRA's settings against the adapted model: Tr's k must not exceed any adapted matrix's smaller side (past it
+    the top-k bases are the whole space and Tr is plain L2 on the factors), and Pt's top layers must exist.
+
+    Raises:
+        ConfigError: naming ``adapter.rora_tr_k`` or ``adapter.rora_pt_layers`` and the model's sizes.
+    """
+    layers = lora.lora_layers(model)
+    if tr_k:
+        narrowest = min(layers.items(), key=lambda kv: min(kv[1].base.in_features, kv[1].base.out_features))
+        width = min(narrowest[1].base.in_features, narrowest[1].base.out_features)
+        if tr_k > width:
+            raise ConfigError(f"adapter.rora_tr_k = {tr_k}: above min(in, out) = {width} of layer {narrowest[0]}, "
+                              f"where Tr's top-k bases would be the whole space (plain L2); use k <= {width}")
+    if pt_layers:
+        indices = {i for i in map(_layer_index, layers) if i is not None}
+        if pt_layers > len(indices):
+            raise ConfigError(f"adapter.rora_pt_layers = {pt_layers}: the model has {len(indices)} adapted encoder "
+                              f"layer(s); use at most {len(indices)}")
 
 
 def top_singular_bases(layer: lora.LoRALinear, k: int) -> tuple[jax.Array, jax.Array]:

@@ -523,7 +523,8 @@ class PurifyConfig:
     pretrain_steps: int = 1500
     backdoor: BackdoorConfig = field(default_factory=BackdoorConfig)
     adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig(dropout=0.1))
-    rora: RoRAConfig = field(default_factory=RoRAConfig)
+    # Pt on both layers of the default 2-layer encoder (paper 2: the top 3 of RoBERTa-large's 24)
+    rora: RoRAConfig = field(default_factory=lambda: RoRAConfig(pt_layers=2))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, lr=1e-3))
     full_lr: float = 0.0
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import orbax.checkpoint as ocp
 from flax import nnx
+
+from lorasec.core.errors import ConfigError
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -93,12 +97,68 @@ def save_state(path: str | Path, state: nnx.State) -> None:
 
 
 def load_state(path: str | Path, target: nnx.State) -> nnx.State:
-    """Restore what :func:`save_state` wrote into the structure, shapes and dtypes of ``target``."""
+    """Restore what :func:`save_state` wrote into the structure, shapes and dtypes of ``target``.
+
+    Raises:
+        ConfigError: the checkpoint cannot be read into ``target`` (damaged or truncated files, or shapes that
+            no longer match), in one line naming the directory.
+    """
     path = Path(path).resolve()
     abstract = jax_abstract(target)
-    with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only(),
-                                  async_options=UNSHARED_SAVES) as checkpointer:
-        return checkpointer.restore(path, abstract)
+    with quiet_failed_reads():
+        try:
+            with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only(),
+                                          async_options=UNSHARED_SAVES) as checkpointer:
+                return checkpointer.restore(path, abstract)
+        except Exception as err:  # orbax and tensorstore raise many kinds for damaged or mismatched files
+            raise ConfigError(f"{str(path)!r} cannot be read ({_first_line(err)}): it is damaged, truncated or "
+                              f"from another configuration") from None
+
+
+@contextlib.contextmanager
+def quiet_failed_reads():
+    """Around an orbax restore: when one read fails, orbax abandons its sibling reads, whose asyncio callbacks and
+    unretrieved exceptions print a traceback each (then, or at the interpreter's exit: "Event loop is closed",
+    "sys.meta_path is None") after lorasec's own one-line message. They are the same failure, told once; the
+    abandoned reads are closed here, inside the block, while their output is discarded."""
+    import gc
+    import logging
+    import threading
+    import warnings
+
+    hooks = sys.excepthook, sys.unraisablehook, threading.excepthook
+    logger = logging.getLogger("asyncio")
+    level = logger.level
+    sys.excepthook = sys.unraisablehook = threading.excepthook = lambda *_: None
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "coroutine ... was never awaited"
+            gc.collect()
+        sys.excepthook, sys.unraisablehook, threading.excepthook = hooks
+        logger.setLevel(level)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = text[:160] + "…" if len(text) > 160 else text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def state_digest(state) -> str:
+    """sha256 over a state's leaves (their dotted paths, dtypes, shapes and bytes): what a run records of its
+    trained parameters, so that a copy damaged in a way that still reads is noticed."""
+    import jax
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(state)[0], key=lambda item: str(item[0])):
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def jax_abstract(tree):

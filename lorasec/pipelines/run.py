@@ -189,6 +189,7 @@ def build_model(cfg: RunConfig, start: Start | None = None, *, weights: bool = T
     model = start.classifier(cfg.seed, weights=weights)
     if cfg.adapter.method == "lora":
         lora.apply_lora(model, cfg.adapter, rngs=nnx.Rngs(params=keys.key(cfg.seed, "adapters")))
+        rora.check_settings(model, cfg.adapter.rora_tr_k if cfg.adapter.rora_tr else 0, cfg.adapter.rora_pt_layers)
     return model
 
 
@@ -233,8 +234,9 @@ def load_run(run_dir: str | Path) -> rundir.FinishedRun:
     if not (run_dir / "params").is_dir() or not (run_dir / "results.json").is_file():
         raise ConfigError(f"{str(run_dir)!r}: not a finished lorasec run (params/ or results.json missing)")
     cfg = rundir.read_config(run_dir)
+    results = rundir.read_results(run_dir, cfg)  # first: an edited config.json is named as such
     start = starts.of_finished_run(run_dir, cfg)
     tuned = build_model(cfg, start, weights=False)  # every value is replaced by the saved parameters
     nnx.update(tuned, rundir.load_params(run_dir, tuned))
     return rundir.FinishedRun(cfg, start.classifier(cfg.seed), tuned, start.text_encoder(), rundir.read_test(run_dir),
-                              rundir.read_results(run_dir, cfg))
+                              results)

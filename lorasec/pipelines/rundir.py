@@ -23,6 +23,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flax import nnx
@@ -150,14 +151,20 @@ def release(out_dir: Path) -> None:
 def save(out_dir: Path, *, model: nnx.Module, architecture: Architecture, num_classes: int, start: dict,
          encoder: TextEncoder, test: TextDataset, poisoned_indices: np.ndarray, results: dict) -> None:
     """Write a finished run's files (module docstring), ``results.json`` last."""
+    params = nnx.state(model, nnx.Param)
+    tokenizer = encoder.to_json()
+    test_set = "".join(json.dumps({"text": text, "label": int(label)}) + "\n"
+                       for text, label in zip(test.texts, test.labels))
+    files.write_text(out_dir / "tokenizer.json", tokenizer)
+    files.write_text(out_dir / "test.jsonl", test_set)
     files.write_json(out_dir / "model.json", {"format": FORMAT, "architecture": to_dict(architecture),
                                               "num_classes": num_classes, "start": start,
-                                              "label_names": list(test.label_names)})
-    files.write_text(out_dir / "tokenizer.json", encoder.to_json())
-    files.write_text(out_dir / "test.jsonl", "".join(
-        json.dumps({"text": text, "label": int(label)}) + "\n" for text, label in zip(test.texts, test.labels)))
+                                              "label_names": list(test.label_names),
+                                              "params_sha256": files.state_digest(params),
+                                              "files_sha256": {"tokenizer.json": _sha256(tokenizer),
+                                                               "test.jsonl": _sha256(test_set)}})
     files.write_json(out_dir / "poisoned_indices.json", poisoned_indices.tolist())
-    files.save_state(out_dir / "params", nnx.state(model, nnx.Param))
+    files.save_state(out_dir / "params", params)
     files.write_json(out_dir / "results.json", results)
 
 
@@ -165,7 +172,12 @@ def read_config(run_dir: Path) -> RunConfig:
     """The run's config, its values validated (the schema probes no file, so a run loads wherever it is)."""
     if not (run_dir / "config.json").is_file():
         raise ConfigError(f"{str(run_dir)!r}: not a lorasec run directory (config.json missing)")
-    return load_config(RunConfig, run_dir / "config.json")
+    try:
+        return load_config(RunConfig, run_dir / "config.json")
+    except ConfigError as err:
+        if str(err).startswith("config file"):
+            raise
+        raise ConfigError(f"{str(run_dir / 'config.json')!r}: {err}") from None
 
 
 def describes_itself(run_dir: Path) -> bool:
@@ -173,27 +185,81 @@ def describes_itself(run_dir: Path) -> bool:
     return all((run_dir / name).is_file() for name in ("model.json", "tokenizer.json", "test.jsonl"))
 
 
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _checked_text(run_dir: Path, name: str) -> str:
+    """A run file's text, checked against the digest ``model.json`` recorded for it (runs that recorded none pass)."""
+    path = run_dir / name
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{str(path)!r} is missing: train the run again in a new --out") from None
+    except (OSError, UnicodeDecodeError):
+        raise ConfigError(f"{str(path)!r} is damaged (not text): train the run again in a new --out") from None
+    recorded = read_model(run_dir).get("files_sha256", {}).get(name)
+    if recorded is not None and _sha256(text) != recorded:
+        raise ConfigError(f"{str(path)!r} is damaged: its content differs from the digest the run recorded when it "
+                          f"finished; train the run again in a new --out")
+    return text
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return files.read_json(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{str(path)!r} is missing: {what}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(f"{str(path)!r} is damaged (not JSON): {what}") from None
+
+
 def read_model(run_dir: Path) -> dict:
     """``model.json``: architecture (as an :class:`Architecture`), number of classes, starting point."""
-    meta = files.read_json(run_dir / "model.json")
-    return {**meta, "architecture": Architecture.from_dict(meta["architecture"])}
+    meta = _read_json(run_dir / "model.json", "train the run again in a new --out")
+    try:
+        return {**meta, "architecture": Architecture.from_dict(meta["architecture"])}
+    except (KeyError, TypeError):
+        raise ConfigError(f"{str(run_dir / 'model.json')!r} is damaged (no architecture): train the run again in a "
+                          f"new --out") from None
 
 
 def read_tokenizer(run_dir: Path, seq_len: int) -> TextEncoder:
-    return TextEncoder.from_json((run_dir / "tokenizer.json").read_text(), seq_len)
+    path = run_dir / "tokenizer.json"
+    text = _checked_text(run_dir, "tokenizer.json")
+    try:
+        return TextEncoder.from_json(text, seq_len)
+    except Exception:  # the tokenizers library raises its own kinds for unreadable JSON
+        raise ConfigError(f"{str(path)!r} is damaged (not a tokenizer): train the run again in a new --out") from None
 
 
 def read_test(run_dir: Path) -> TextDataset:
-    rows = [json.loads(line) for line in (run_dir / "test.jsonl").read_text().splitlines() if line]
-    names = tuple(files.read_json(run_dir / "model.json").get("label_names", ()))
-    return TextDataset(tuple(r["text"] for r in rows), np.asarray([r["label"] for r in rows], np.int32), names)
+    path = run_dir / "test.jsonl"
+    text = _checked_text(run_dir, "test.jsonl")
+    try:
+        rows = [json.loads(line) for line in text.splitlines() if line]
+        texts, labels = tuple(r["text"] for r in rows), np.asarray([r["label"] for r in rows], np.int32)
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{str(path)!r} is damaged (not a test set): train the run again in a new --out") from None
+    names = tuple(read_model(run_dir).get("label_names", ()))
+    return TextDataset(texts, labels, names)
 
 
 def load_params(run_dir: Path, model: nnx.Module) -> nnx.State:
-    """The run's trained parameters in the structure of ``model`` (a classifier of its architecture)."""
+    """The run's trained parameters in the structure of ``model`` (a classifier of its architecture), checked
+    against the digest the run recorded when it finished (a copy damaged in a way that still reads is named).
+
+    Raises:
+        ConfigError: params/ is missing, unreadable, of other shapes, or differs from its recorded digest.
+    """
     if not (run_dir / "params").is_dir():
         raise ConfigError(f"{str(run_dir)!r}: params/ missing; not a finished lorasec run")
-    return files.load_state(run_dir / "params", nnx.state(model, nnx.Param))
+    state = files.load_state(run_dir / "params", nnx.state(model, nnx.Param))
+    recorded = read_model(run_dir).get("params_sha256") if (run_dir / "model.json").is_file() else None
+    if recorded is not None and files.state_digest(state) != recorded:
+        raise ConfigError(f"{str(run_dir / 'params')!r} is damaged: its values differ from the digest the run "
+                          f"recorded when it finished; train the run again in a new --out")
+    return state
 
 
 @dataclass

@@ -37,7 +37,7 @@ from flax import nnx
 from tqdm import tqdm  # text bars: tqdm.auto warns in a notebook without ipywidgets
 
 from lorasec.adapters import lora
-from lorasec.config import ConfigError, RunConfig, check_environment, from_dict, replace_config, to_dict
+from lorasec.config import ConfigError, RunConfig, check_environment, from_dict, grid, replace_config, to_dict
 from lorasec.core import files, stats, tables
 from lorasec.pipelines import rundir
 from lorasec.pipelines.pretrain import pretrain, pretrain_recipe
@@ -264,13 +264,16 @@ def _train_group(members: list[tuple[Cell, str, PreparedRun]], out_dir: Path, pr
 
 
 def read_table(sweep_dir: str | Path) -> list[dict]:
-    """The per-run table of a finished sweep.
+    """The per-run table of a finished sweep, checked.
 
     Args:
         sweep_dir: a sweep directory ``lorasec sweep`` wrote.
     Returns:
         One dict per (cell, seed) from ``results.jsonl``: cell, axis values, seed, metrics, steps, wall time, run
         (``pandas.read_csv(sweep_dir / 'results.csv')`` gives the same table as a data frame).
+    Raises:
+        ConfigError: the table is missing, not JSON lines, or holds a row without its cell and seed or with a
+            metric that is not a number (named by row and metric).
     """
     path = Path(sweep_dir) / "results.jsonl"
     if not path.is_file():
@@ -282,7 +285,33 @@ def read_table(sweep_dir: str | Path) -> list[dict]:
                           f"rewrite it from the run directories") from None
     if not rows or not all(isinstance(r, dict) for r in rows):
         raise ConfigError(f"{str(path)!r} holds no rows; run the same `lorasec sweep` again to rewrite it")
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row.get("cell"), int) or not isinstance(row.get("seed"), int):
+            raise ConfigError(f"{str(path)!r}, row {number}: no integer cell and seed; run the same `lorasec sweep` "
+                              f"again to rewrite it")
+        for metric in METRICS:
+            value = row.get(metric)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"{str(path)!r}, row {number} ({row.get('run', 'run ?')}): {metric} = {value!r} "
+                                  f"is not a number; run the same `lorasec sweep` again to rewrite it")
     return rows
+
+
+def missing_from_table(sweep_dir: str | Path, rows: list[dict]) -> list[str]:
+    """What the sweep's own spec (``spec.json``) promised and the table lacks: each (cell, seed) without a row, as
+    ``"cell 3 (…) seed 1"``; empty when the spec is not there to compare with."""
+    path = Path(sweep_dir) / "spec.json"
+    if not path.is_file():
+        return []
+    try:
+        spec = files.read_json(path)
+        expected = grid.size({k: tuple(v) for k, v in spec["axes"].items()},
+                             tuple({k: tuple(v) for k, v in g.items()} for g in spec["zip"]))
+        seeds = list(spec["seeds"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return []
+    held = {(r["cell"], r["seed"]) for r in rows}
+    return [f"cell {c} seed {s}" for c in range(expected) for s in seeds if (c, s) not in held]
 
 
 __all__ = ["run_sweep", "summarise", "read_table", "run_name", "METRICS"]

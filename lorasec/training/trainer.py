@@ -309,7 +309,8 @@ class Checkpoints:
         damaged = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                restored = self.manager.restore(step, args=ocp.args.StandardRestore(files.jax_abstract(target)))
+                with files.quiet_failed_reads():
+                    restored = self.manager.restore(step, args=ocp.args.StandardRestore(files.jax_abstract(target)))
             except Exception as err:  # orbax / tensorstore raise many kinds for damaged files
                 damaged.append(step)
                 print(f"lorasec: checkpoint {str(self.run_dir / 'checkpoints' / str(step))!r} is damaged "
