@@ -71,14 +71,14 @@ def test_processes_meet_and_a_missing_one_is_named_in_one_line():
     assert all(isinstance(outcome[i], float) and outcome[i] > 0 for i in range(3))
     assert any("process 0 of 3 waits up to 20 s for processes 1-2" in line for line in outcome["said"])
     began = time.monotonic()
-    with pytest.raises(RendezvousError, match=r"processes \[2\] did not reach .* within 1 s"):
+    with pytest.raises(RendezvousError, match=r"processes \[2\] did not reach .* within 3 s"):
         lone: dict = {}
-        thread = _meet_in_thread(Job(f"127.0.0.1:{port}", 3, 1, 1.0), lone)
+        thread = _meet_in_thread(Job(f"127.0.0.1:{port}", 3, 1, 6.0), lone)
         try:
-            meet(Job(f"127.0.0.1:{port}", 3, 0, 1.0), say=lambda line: None)
+            meet(Job(f"127.0.0.1:{port}", 3, 0, 3.0), say=lambda line: None)
         finally:
             thread.join()
-    assert time.monotonic() - began < 10
+    assert time.monotonic() - began < 15
     with pytest.raises(RendezvousError, match="no coordinator answered at .* within 0.5 s"):
         meet(Job(f"127.0.0.1:{_free_port()}", 2, 1, 0.5), say=lambda line: None)
 

@@ -141,8 +141,8 @@ def _join_meeting(host: str, port: int, n: int, pid: int, deadline: float, job: 
                                   f"start process 0 there, or raise --timeout")
         try:
             conn = socket.create_connection((host, port), timeout=min(remaining, 5.0))
-        except OSError:
-            time.sleep(min(1.0, max(remaining, 0.0)))
+        except OSError:  # not listening yet: knock again soon
+            time.sleep(min(0.2, max(remaining, 0.0)))
             continue
         with conn:
             try:
