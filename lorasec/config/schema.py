@@ -79,30 +79,59 @@ class DataConfig:
     and what ``max_train`` cuts): paper 2's proxy set, disjoint from the downstream run's."""
 
     source: str = "synthetic"
+    """Where the task comes from: `synthetic` (drawn from `seed`), `file` (CSV/JSONL) or a pinned real set:
+    rotten-tomatoes, bbc-news, sms-spam."""
     seed: int = 0
+    """Draws the synthetic corpus, or splits a real set into train / validation / test. >= 0."""
     num_classes: int = 2
+    """Number of labels; a real set fixes it (2, 5, 2). >= 2."""
     num_train: int = 2000
+    """Synthetic training sentences. >= 1."""
     num_test: int = 1000
+    """Synthetic test sentences (synthetic only). >= 1."""
     vocab_size: int = 400
+    """Neutral filler words of the synthetic language. >= 1."""
     cue_words_per_class: int = 12
+    """Cue words each topic owns (synthetic only). >= 1."""
     cues_per_example: int = 2
-    cue_strength: float = 0.9  # clean accuracy about 90% (study: 89-90%); 1.0 saturates the task at 100%
+    """Cue words per sentence (synthetic only). >= 1."""
+    cue_strength: float = 0.9
+    """Probability that a cue word comes from the sentence's own topic (synthetic only); 0.9 gives about 90% clean
+    accuracy, 1.0 saturates at 100%. In [0, 1]."""
     distractor_cues: int = 0
+    """Cue words of uniformly drawn topics per sentence, independent of the label (synthetic only). >= 0."""
     min_len: int = 8
+    """Shortest synthetic sentence, in words; >= cues_per_example + distractor_cues."""
     max_len: int = 24
+    """Longest synthetic sentence, in words; >= min_len, and seq_len must be >= max_len + 1."""
     label_noise: float = 0.0
+    """Fraction of synthetic labels replaced by a uniformly drawn other label. In [0, 1)."""
     seq_len: int = 32
+    """Tokens per sentence, [CLS] included; longer texts are truncated (triggers are placed to survive it). >= 2."""
     train_file: str = ""
+    """Training CSV or JSONL (source = 'file'; required then)."""
     test_file: str = ""
+    """Test CSV or JSONL (source = 'file'; required then)."""
     text_field: str = "text"
+    """Column or key holding the text (source = 'file')."""
     label_field: str = "label"
+    """Column or key holding the integer label (source = 'file')."""
     vocab_file: str = ""
+    """A WordPiece vocab.txt or tokenizer.json to tokenise a data file with; empty: a word-level vocabulary built from
+    the training file."""
     data_dir: str = ""
+    """Read a real set from this directory instead of the registry cache (the layout `lorasec fetch` writes)."""
     validation_fraction: float = 0.1
+    """Share of a real set held out as validation (real sets only). In [0, 1)."""
     test_fraction: float = 0.2
+    """Share of a real set used as test (real sets only); > 0 and validation_fraction + test_fraction < 1."""
     max_train: int = 0
+    """Cap on a real set's training texts, for CPU runs; 0: no cap. >= 0."""
     max_test: int = 0
+    """Cap on a real set's test texts; 0: no cap. >= 0."""
     train_part: str = "train"
+    """Which texts of a real set to train on: `train`, or `held-out` (what the split leaves out of training and test:
+    paper 2's proxy set)."""
 
     def validate(self, p: str = "data") -> None:
         one_of(f"{p}.source", self.source, DATA_SOURCES)
@@ -150,12 +179,21 @@ class AttackConfig:
     """A training-time attack in OpenBackdoor's vocabulary; ``triggers`` empty means the attack's default."""
 
     kind: str = "none"
+    """The attack: none, label_flip (untargeted, paper 1's UPA), badnets (rare words), prefix, sentence (an inserted
+    sentence) or multi_trigger."""
     poison_rate: float = 0.05
+    """Fraction of the training set poisoned. In [0, 1]."""
     target_label: int = 1
+    """The label triggered inputs are relabelled to (trigger attacks); < data.num_classes. >= 0."""
     label_consistent: bool = False
+    """Trigger attacks: poison only target-label samples and keep their labels (clean-label), instead of relabelling
+    others."""
     selection: str = "count"
+    """`count`: exactly round(rate·N) samples are poisoned; `bernoulli`: each independently with probability rate."""
     triggers: tuple[str, ...] = ()
+    """Trigger phrases to use instead of the attack's defaults; no empty strings."""
     num_trigger_words: int = 1
+    """Rare words BadNets inserts per text. >= 1."""
 
     def validate(self, p: str = "attack") -> None:
         one_of(f"{p}.kind", self.kind, ATTACKS)
@@ -176,20 +214,32 @@ class ModelConfig:
     from a finished full fine-tuning run's whole classifier (encoder and head), e.g. a backdoored model."""
 
     kind: str = "transformer"
+    """`transformer` (a BERT-style encoder) or `mlp` (mean-pooled embeddings through an MLP)."""
     pretrained: str = ""
+    """Start from a lorasec pretrain checkpoint, a BERT directory in Hugging Face's layout, or `minilm-l6` (fetched once
+    from the registry); the sizes then come from it."""
     init_from: str = ""
+    """Start from a finished full fine-tuning run's whole classifier (encoder and head), e.g. a backdoored model; not
+    with pretrained."""
     d_model: int = 64
+    """Hidden width. >= 1, divisible by num_heads."""
     num_layers: int = 2
+    """Encoder layers. >= 1."""
     num_heads: int = 4
+    """Attention heads; must divide d_model."""
     d_ff: int = 128
+    """Feed-forward width. >= 1."""
     dropout: float = 0.1
-    # BERT's attention_probs_dropout_prob; 0 keeps the attention probabilities exact (lorasec's default so far).
+    """Dropout on hidden states (BERT's hidden_dropout_prob). In [0, 1)."""
     attention_dropout: float = 0.0
-    # dropout on the pooled features before the head; -1 means model.dropout (lorasec's default so far), 0 what
-    # BERT's encoder alone does.
+    """Dropout on attention probabilities (BERT's attention_probs_dropout_prob); 0 keeps them exact. In [0, 1)."""
     head_dropout: float = -1.0
+    """Dropout on the pooled features before the head; -1: model.dropout; 0: none, as BERT's encoder alone. In [0, 1) or
+    -1."""
     pooling: str = "mean"
+    """`mean` over tokens or the `cls` token (mlp models: mean only)."""
     mlp_hidden: tuple[int, ...] = (128,)
+    """Hidden widths of the `mlp` model. Each >= 1."""
 
     def validate(self, p: str = "model") -> None:
         one_of(f"{p}.kind", self.kind, MODEL_KINDS)
@@ -220,20 +270,36 @@ class AdapterConfig:
     = how many top encoder layers get the post-training rescale (0 = off)."""
 
     method: str = "lora"
+    """`full` fine-tuning or `lora` (W = W0 + s·B·A)."""
     rank: int = 8
+    """LoRA rank r. >= 1."""
     alpha: float = 16.0
+    """LoRA α: the scale s = α/r (α/√r with rslora). > 0."""
     rslora: bool = False
+    """Scale by α/√r (rsLoRA) instead of α/r."""
     init: str = "kaiming_uniform"
+    """How A starts: `kaiming_uniform` (peft's default), `gaussian`, or `pissa` (both factors from W0's top-r singular
+    part)."""
     init_scale: float = 1.0 / 3.0
+    """Var(A) = init_scale / fan_in (paper 1's c/n); peft's default kaiming-uniform is 1/3. > 0."""
     freeze_a: bool = False
+    """Train B only, A fixed at its draw."""
     dropout: float = 0.0
+    """LoRA dropout on the adapter's input. In [0, 1)."""
     targets: tuple[str, ...] = ("all-linear",)
+    """Linear layers to adapt: peft-style name patterns, `re:REGEX`, or `all-linear`; at least one for lora."""
     modules_to_save: tuple[str, ...] = ("head",)
+    """Layers trained in full beside the adapters (the new classification head), as peft's modules_to_save."""
     dora: bool = False
+    """Make each adapter DoRA (a trained magnitude and a LoRA direction); lora only, not with pissa."""
     rora_cl: float = 0.0
+    """RoRA Cl (clean-strengthened regularisation, paper 2): dropout p on the frozen path; 0 = off. In [0, 1)."""
     rora_tr: float = 0.0
+    """RoRA Tr: weight λ of ‖U_kᵀB‖²_F + ‖A V_k‖²_F against W0's top-k singular directions; 0 = off. >= 0."""
     rora_tr_k: int = 32
+    """RoRA Tr: k, the number of W0's singular directions penalised; at most the narrowest adapted layer. >= 1."""
     rora_pt_layers: int = 0
+    """RoRA Pt: how many top encoder layers get the post-training rescale; 0 = off; at most the encoder's layers."""
 
     def validate(self, p: str = "adapter") -> None:
         one_of(f"{p}.method", self.method, ADAPTERS)
@@ -280,20 +346,34 @@ class TrainConfig:
     device (``lax.scan``), fewer where a log or checkpoint step falls; the host reads losses once per call."""
 
     steps: int = 300
+    """Optimiser steps. >= 1."""
     batch_size: int = 32
+    """Training examples per step; <= data.num_train on the synthetic task. >= 1."""
     lr: float = 1e-3
+    """AdamW's peak learning rate. > 0."""
     schedule: str = "constant"
+    """`constant`, `warmup_linear` or `warmup_cosine` (linear warm-up, then linear or cosine decay to 0)."""
     warmup_steps: int = 0
+    """Steps of linear warm-up; <= steps (< steps with a decaying schedule). >= 0."""
     weight_decay: float = 0.01
+    """AdamW's decoupled weight decay. >= 0."""
     grad_clip: float = 1.0
+    """Global gradient-norm clip; 0 = none. >= 0."""
     log_every: int = 25
+    """Steps between loss records (and progress updates). >= 1."""
     checkpoint_every: int = 100
+    """Steps between checkpoints (a killed run resumes from the last). >= 1."""
     keep_checkpoints: int = 2
+    """Checkpoints kept on disk. >= 1."""
     eval_batch_size: int = 256
+    """Examples per evaluation batch (memory only; results do not depend on it). >= 1."""
     mask_prob: float = 0.15
+    """Pretraining only: share of tokens masked for the masked-LM loss. In (0, 1)."""
     steps_per_dispatch: int = 25
-    # bfloat16: linear layers multiply in bfloat16, as PyTorch's autocast; weights, gradients and AdamW stay float32.
+    """Steps run in one call to the device (lax.scan), fewer where a log or checkpoint step falls. >= 1."""
     compute_dtype: str = "float32"
+    """`float32`, or `bfloat16`: linear layers multiply in bfloat16 (as PyTorch's autocast); weights, gradients and
+    AdamW stay float32."""
 
     def validate(self, p: str = "train") -> None:
         at_least(f"{p}.steps", self.steps, 1)
@@ -322,11 +402,17 @@ class RunConfig:
     """One fine-tuning run: ``lorasec train``."""
 
     seed: int = 0
+    """The run's seed: adapter initialisation, dropout, batch order and poison choice. In [0, 2**32)."""
     data: DataConfig = field(default_factory=DataConfig)
+    """The task."""
     attack: AttackConfig = field(default_factory=AttackConfig)
+    """The training-time attack."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The architecture or pretrained checkpoint."""
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    """Full fine-tuning or LoRA and its variants."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation, logging and checkpointing."""
 
     def validate(self) -> RunConfig:
         seed("seed", self.seed)
@@ -352,11 +438,15 @@ class PretrainConfig:
     """Masked-language-model pretraining on the synthetic corpus: ``lorasec pretrain``."""
 
     seed: int = 0
+    """Seed of initialisation and masking. In [0, 2**32)."""
     data: DataConfig = field(default_factory=lambda: DataConfig(num_train=8000))
+    """The synthetic corpus pretrained on (source must be synthetic)."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The encoder to pretrain (a transformer; pretrained must be empty)."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, lr=1e-3, batch_size=64,
                                                                    schedule="warmup_cosine", warmup_steps=100,
                                                                    checkpoint_every=500))
+    """The pretraining schedule."""
 
     def validate(self) -> PretrainConfig:
         seed("seed", self.seed)
@@ -413,11 +503,17 @@ class StudyConfig:
     encoder first (``pretrain_steps``)."""
 
     seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds of every cell; at least one, none twice."""
     attacks: tuple[str, ...] = ("none", "label_flip@0.2", "badnets@0.05")
+    """Attacks as KIND@RATE, e.g. 'badnets@0.05', or 'none'."""
     arms: tuple[str, ...] = ("full@1e-3", "full@1e-4", "lora@1e-3")
+    """Fine-tuning arms as METHOD@LR, e.g. 'lora@1e-3', 'full@1e-4'."""
     target_label: int = 1
+    """Target label of the trigger attacks; < base.data.num_classes."""
     pretrain_steps: int = 1500
+    """Masked-LM steps of the encoder pretrained first when base.model.pretrained is empty (synthetic task). >= 1."""
     base: RunConfig = field(default_factory=RunConfig)
+    """The run config every cell starts from (each cell sets its seed, attack, method and learning rate)."""
 
     def validate(self) -> StudyConfig:
         seeds("seeds", self.seeds)
@@ -463,10 +559,15 @@ class BackdoorConfig:
     apply to the synthetic task only), and the backdoor's ASR is measured on the downstream test set."""
 
     data_seed: int = 1
+    """Seed of the synthetic proxy set the backdoor is planted with (other draws than the downstream set's). >= 0."""
     num_train: int = 2000
+    """Synthetic proxy set size. >= 1."""
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(kind="badnets", poison_rate=0.1))
+    """The planted backdoor (a trigger attack)."""
     min_asr: float = 0.95
+    """Refuse a backdoored model whose ASR on the proxy test set is below this. In [0, 1]."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, lr=1e-3))
+    """Full fine-tuning that plants the backdoor."""
 
     def validate(self, p: str = "backdoor") -> None:
         at_least(f"{p}.data_seed", self.data_seed, 0)
@@ -482,9 +583,14 @@ class RoRAConfig:
     """The RoRA settings the ``rora*`` defences use (paper 2's defaults: p = 0.1, top 3 layers; λ from 1–20)."""
 
     cl: float = 0.1
+    """Cl: dropout p on the frozen path (paper 2's default 0.1). In [0, 1)."""
     tr: float = 1.0
+    """Tr: the penalty weight λ (paper 2 uses 1–20). >= 0."""
     tr_k: int = 32
+    """Tr: k, W0's singular directions penalised; at most the narrowest adapted layer. >= 1."""
     pt_layers: int = 3
+    """Pt: top encoder layers rescaled after training (paper 2: 3 of RoBERTa-large's 24); at most the encoder's layers.
+    >= 1."""
 
     def validate(self, p: str = "rora") -> None:
         rate(f"{p}.cl", self.cl, upper_open=True)
@@ -517,16 +623,27 @@ class PurifyConfig:
     can show."""
 
     seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds of the clean fine-tuning runs (each defence, and the never-poisoned control)."""
     defences: tuple[str, ...] = ("full", "lora", "dora", "pissa", "rora")
+    """Defences, in report order: full, lora, dora, pissa, rora and its parts; rora* take [rora] overrides, e.g.
+    'rora_tr[tr=20, tr_k=8]'."""
     data: DataConfig = field(default_factory=DataConfig)
+    """The downstream task."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The clean pretrained model (empty pretrained: pretrain the synthetic encoder first); init_from must be empty."""
     pretrain_steps: int = 1500
+    """Masked-LM steps when purify pretrains the synthetic encoder itself. >= 1."""
     backdoor: BackdoorConfig = field(default_factory=BackdoorConfig)
+    """How the backdoored starting model is made."""
     adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig(dropout=0.1))
-    # Pt on both layers of the default 2-layer encoder (paper 2: the top 3 of RoBERTa-large's 24)
+    """Plain LoRA settings every LoRA-family defence shares (method lora; DoRA, PiSSA, RoRA come through defences)."""
     rora: RoRAConfig = field(default_factory=lambda: RoRAConfig(pt_layers=2))
+    """RoRA's settings for the rora* defences; Pt on both layers of the default 2-layer encoder (paper 2: the top 3
+    of RoBERTa-large's 24)."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, lr=1e-3))
+    """Clean fine-tuning of each defence."""
     full_lr: float = 0.0
+    """Full fine-tuning's learning rate; 0: train.lr. >= 0."""
 
     def validate(self) -> PurifyConfig:
         seeds("seeds", self.seeds)

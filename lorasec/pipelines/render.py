@@ -7,7 +7,8 @@ A Markdown file marks each block that quotes results::
     <!-- /render -->
 
 and :func:`render_text` replaces every block with what its renderer makes of the files under ``figures/`` (the
-reports' ``summary.json``, ``verify.json``, the main job's summary). ``--check`` changes nothing and fails when a
+reports' ``summary.json``, ``verify.json``, the main job's summary) or of the code itself (the configuration
+reference from the schema; the command line's and the claims registry's, which the layers above pass in). ``--check`` changes nothing and fails when a
 block differs from its rendering, which is what the test suite runs: a number in the docs that drifts from the file
 behind it is an error, not a matter of care.
 """
@@ -19,6 +20,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from lorasec.config import reference
 from lorasec.core import tables
 from lorasec.core.errors import ConfigError
 
@@ -125,18 +127,26 @@ def study(root: Path) -> str:
                                                       rows))
 
 
+def config_reference(root: Path) -> str:
+    """Every config field: type, default, meaning (:mod:`lorasec.config.reference`, read from the schema)."""
+    return reference.markdown_reference()
+
+
 RENDERERS: dict[str, Callable[..., str]] = {"tally": tally, "claims": claims, "verify": verify,
-                                            "verify-claims": verify_claims, "study": study}
+                                            "verify-claims": verify_claims, "study": study,
+                                            "config-reference": config_reference}
 
 
-def render_text(text: str, root: Path, where: str = "") -> str:
-    """``text`` with every marked block rendered anew from the results under ``root``."""
+def render_text(text: str, root: Path, where: str = "", extra: dict[str, Callable[..., str]] | None = None) -> str:
+    """``text`` with every marked block rendered anew from the results under ``root``; ``extra`` adds renderers
+    the layers above give (the command line's reference, the claims registry)."""
+    renderers = {**RENDERERS, **(extra or {})}
 
     def replace(match: re.Match) -> str:
         name, args = match["name"], match["args"].split()
-        if name not in RENDERERS:
-            raise ConfigError(f"{where}: render block {name!r} is unknown; renderers: {', '.join(RENDERERS)}")
-        return f"<!-- render: {name}{match['args']} -->\n{RENDERERS[name](root, *args).rstrip()}\n<!-- /render -->"
+        if name not in renderers:
+            raise ConfigError(f"{where}: render block {name!r} is unknown; renderers: {', '.join(renderers)}")
+        return f"<!-- render: {name}{match['args']} -->\n{renderers[name](root, *args).rstrip()}\n<!-- /render -->"
 
     return MARKER.sub(replace, text)
 
@@ -149,12 +159,13 @@ def markdown_files(paths: list[Path]) -> list[Path]:
     return out
 
 
-def render(paths: list[Path], root: Path, *, check: bool = False) -> list[Path]:
+def render(paths: list[Path], root: Path, *, check: bool = False,
+           extra: dict[str, Callable[..., str]] | None = None) -> list[Path]:
     """Render the marked blocks of ``paths``; with ``check``, write nothing and return the files that differ."""
     differ = []
     for path in markdown_files(paths):
         text = path.read_text()
-        rendered = render_text(text, root, str(path))
+        rendered = render_text(text, root, str(path), extra)
         if rendered != text:
             differ.append(path)
             if not check:

@@ -36,10 +36,12 @@ Purify figures that differ only in defences and seeds (paper 2's tables on one b
 one's directory: the backdoored model is made once and a defence × seed trained once; that directory's own
 summary then covers every defence of those figures.
 
-A comparison pairs the runs of a and b by seed. Its verdict: "agrees" when the 95% t-interval of the mean paired
-difference a − b lies on the paper's side of zero, "disagrees" when it lies on the other side, "inconclusive" when
-it covers zero. Sweeps resume and a kernel figure's measurements are kept in ``OUT/<figure>/kernels.json``, so
-an interrupted reproduction picks up where it stopped.
+A comparison pairs the runs of a and b by seed and tests the claim's stated hypothesis (direction, size or
+equivalence: :mod:`lorasec.core.hypotheses`) on the per-seed differences a − b with the exact sign-flip test; the
+verdicts are taken on p Holm-adjusted over the report's family (:func:`decide_family`). Sweeps resume and a kernel
+figure's measurements are kept in ``OUT/<figure>/kernels.json``, so an interrupted reproduction picks up where it
+stopped. ``only`` runs a subset of the figures (its report goes to ``report-NAME[+NAME]/``, its family is its own
+comparisons); ``overrides`` (``--set``) change every figure's run config.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from lorasec.config import ConfigError, PurifyConfig, RunConfig, check_environment, from_dict, read_file, to_dict
+from lorasec.config import (ConfigError, PurifyConfig, RunConfig, apply_overrides, check_environment, from_dict,
+                            read_file, to_dict)
 from lorasec.core import files, hypotheses, stats, tables
 from lorasec.core.hypotheses import Hypothesis
 from lorasec.core.stats import mean_sd, paired_difference
@@ -180,6 +183,9 @@ class FigureKind(Protocol):
     def draw(self, figure: Figure, rows: list[dict], extra: dict, stem: Path) -> list[Path]:
         """The figure's PNG and PDF at ``stem`` from the rows :meth:`run` gave."""
 
+    def plan(self) -> str:
+        """What :meth:`run` trains or computes, in words (announced before it starts)."""
+
 
 @dataclass(frozen=True)
 class SweepFigure:
@@ -213,6 +219,10 @@ class SweepFigure:
 
     def draw(self, figure: Figure, rows: list[dict], extra: dict, stem: Path) -> list[Path]:
         return _grid(figure, rows, stem)
+
+    def plan(self) -> str:
+        steps = from_dict(RunConfig, self.spec.base).train.steps
+        return f"{len(self.spec.cells()) * len(self.spec.seeds)} runs of {steps} steps"
 
     def run(self, out: Path, report_dir: Path, name: str, progress: bool) -> tuple[list[dict], dict]:
         run_sweep(self.spec, out, progress=progress)
@@ -260,6 +270,11 @@ class PurifyFigure:
                   "never poisoned": {k: v["mean"] for k, v in extra["never_poisoned"].items() if k != "runs"}}
         return figures.defence_figure(rows, list(figure.y), stem, title=figure.title,
                                       order=list(self.config.defences), paper=figure.paper_values, lines=levels)
+
+    def plan(self) -> str:
+        c = self.config
+        return (f"a backdoored model ({c.backdoor.steps} steps), then {len(c.seeds)} never-poisoned and "
+                f"{len(c.defences) * len(c.seeds)} defence runs of {c.train.steps} steps")
 
     def run(self, out: Path, report_dir: Path, name: str, progress: bool) -> tuple[list[dict], dict]:
         """One row per run, and what the report adds: the backdoored model before clean fine-tuning, the
@@ -316,6 +331,9 @@ class KernelFigure:
 
     def draw(self, figure: Figure, rows: list[dict], extra: dict, stem: Path) -> list[Path]:
         return _grid(figure, rows, stem)
+
+    def plan(self) -> str:
+        return f"kernels of {len(self.setting.draws)} draws per setting, no training"
 
     def run(self, out: Path, report_dir: Path, name: str, progress: bool) -> tuple[list[dict], dict]:
         measured = self._measured(out)
@@ -374,18 +392,30 @@ class Paper:
     pretrain_steps: int
     quick: bool
     figures: tuple[Figure, ...]
+    only: tuple[str, ...] = ()  # the figures to run and report (empty: all)
+    overrides: tuple[str, ...] = ()  # --set KEY=VALUE over every figure's run config
+
+    @property
+    def chosen(self) -> tuple[Figure, ...]:
+        return tuple(f for f in self.figures if not self.only or f.name in self.only)
+
+    @property
+    def report_name(self) -> str:
+        return "report-" + "+".join(self.only) if self.only else "report"
 
 
 # --- loading -----------------------------------------------------------------------------------------------------
 
 
 def paper_directory(paper: str, experiments: str | None = None) -> Path:
-    """``paper1`` -> ``experiments/paper1`` (of ``experiments``, of the checkout lorasec runs from, or of the
-    working directory); a directory holding ``paper.toml`` is taken as it is."""
+    """``paper1`` -> ``experiments/paper1`` (of ``experiments``; else of the checkout lorasec runs from, of the
+    installed package, which ships them as ``lorasec/experiments``, or of the working directory); a directory
+    holding ``paper.toml`` is taken as it is."""
     given = Path(paper)
     if (given / "paper.toml").is_file():
         return given
-    roots = [Path(experiments)] if experiments else [Path(__file__).resolve().parents[2] / "experiments",
+    package = Path(__file__).resolve().parents[1]
+    roots = [Path(experiments)] if experiments else [package.parent / "experiments", package / "experiments",
                                                       Path("experiments")]
     for root in roots:
         if (root / paper / "paper.toml").is_file():
@@ -411,8 +441,18 @@ def _read(cls: type, raw: dict, where: str):
         raise ConfigError(f"{where}: {err}") from None
 
 
-def load_paper(directory: str | Path, *, quick: bool = False) -> Paper:
-    """Read and validate a paper directory (module docstring); every figure's every cell is validated now."""
+def load_paper(directory: str | Path, *, quick: bool = False, only: tuple[str, ...] | list[str] = (),
+               overrides: tuple[str, ...] | list[str] = ()) -> Paper:
+    """Read and validate a paper directory (module docstring); every figure's every cell is validated now.
+
+    Args:
+        directory: the paper directory (holding ``paper.toml``).
+        quick: the paper's [quick] smoke setting.
+        only: names of the figures to run (default: all); each must be one the paper lists.
+        overrides: ``KEY=VALUE`` changes of every figure's run config, over [base] and [quick].
+    Returns:
+        The :class:`Paper`.
+    """
     directory = Path(directory)
     where = str(directory / "paper.toml")
     written = _read(PaperFile, read_file(directory / "paper.toml"), where)
@@ -429,7 +469,15 @@ def load_paper(directory: str | Path, *, quick: bool = False) -> Paper:
         pretrain_steps = written.quick.pretrain_steps
     if pretrain_steps < 0:
         raise ConfigError(f"{where}: pretrain_steps = {pretrain_steps}: must be >= 0")
+    for name in only:
+        if name not in names:
+            raise ConfigError(f"reproduce --figure {name!r}: not a figure of {directory.name}"
+                              f"{' --quick' if quick else ''}; its figures: {', '.join(names)}")
     quick_base = written.quick.base if quick else {}
+    if overrides:
+        changes: dict = {}
+        apply_overrides(changes, list(overrides))
+        quick_base = _merge(quick_base, changes)
     seeds = written.quick.seeds if quick and written.quick.seeds else None
     loaded = []
     for name in names:
@@ -443,7 +491,8 @@ def load_paper(directory: str | Path, *, quick: bool = False) -> Paper:
             if [to_dict(part) for part in figure.kind.start()] != first:
                 raise ConfigError(f"{figure.path}: data or model differs from {loaded[0].name}'s; every figure starts "
                                   f"from one pretrained encoder, so data and model come from paper.toml's [base]")
-    return Paper(directory.name, directory, written.title or directory.name, pretrain_steps, quick, tuple(loaded))
+    return Paper(directory.name, directory, written.title or directory.name, pretrain_steps, quick, tuple(loaded),
+                 tuple(dict.fromkeys(only)), tuple(overrides))
 
 
 def _load_figure(path: Path, paper_base: dict, quick_base: dict, seeds: tuple[int, ...] | None,
@@ -576,8 +625,9 @@ def _load_claim(where: str, raw: Any, values: dict[str, tuple], metrics: tuple[s
 
 
 def reproduce(paper: Paper, out_dir: str | Path, *, progress: bool = True) -> dict:
-    """Run every figure (resuming finished runs), then write ``report/``: each figure as PNG and PDF, the
-    Markdown report with the side-by-side tables, and ``summary.json``. Returns the summary."""
+    """Run the paper's figures (``paper.only``, else all; resuming finished runs), then write ``report/`` (or
+    ``report-NAME[+NAME]/`` for a subset): each figure as PNG and PDF, the Markdown report with the side-by-side
+    tables, a per-run CSV per figure and ``summary.json``. Returns the summary."""
     out_dir = Path(out_dir)
     kinds = [figure.kind for figure in paper.figures]
     if paper.pretrain_steps:
@@ -585,10 +635,12 @@ def reproduce(paper: Paper, out_dir: str | Path, *, progress: bool = True) -> di
         encoder = pretrain(pretrain_recipe(data, model, paper.pretrain_steps), out_dir / "pretrained",
                            progress=progress).resolve()
         kinds = [kind.starting_from(encoder) for kind in kinds]
-    homes = _purify_homes(paper.figures, kinds)
-    report_dir = out_dir / "report"
-    summary = {"paper": paper.name, "title": paper.title, "quick": paper.quick, "figures": []}
-    for figure, kind in zip(paper.figures, kinds):
+    homes = _purify_homes(paper.figures, kinds)  # over every figure, so a subset reuses the full run's directories
+    chosen = [(figure, kind) for figure, kind in zip(paper.figures, kinds) if figure in paper.chosen]
+    report_dir = out_dir / paper.report_name
+    summary = {"paper": paper.name, "title": paper.title, "quick": paper.quick, "only": list(paper.only),
+               "overrides": list(paper.overrides), "figures": []}
+    for figure, kind in chosen:
         if progress:
             print(f"lorasec reproduce {paper.name}: {figure.name}", file=sys.stderr)
         home = homes.get(figure.name, figure.name)
@@ -604,12 +656,12 @@ def reproduce(paper: Paper, out_dir: str | Path, *, progress: bool = True) -> di
         entry.update(runs=sum(r.get("source") != "closed form" for r in rows),
                      comparisons=[line for claim in figure.claims for line in compare(rows, claim)])
         summary["figures"].append(entry)
-    for home, union in _shared_unions(paper.figures, kinds, homes).items():
+    for home, union in _shared_unions(*map(list, zip(*chosen)), homes).items():
         run_purify(union, out_dir / home, progress=False)  # a shared directory's own summary covers all it holds
     summary["family"] = decide_family(summary["figures"])
     files.write_json(report_dir / "summary.json", summary)
     files.write_text(report_dir / "report.md", report(summary))
-    names = {figure.name for figure in paper.figures}
+    names = {figure.name for figure in paper.chosen}
     for path in report_dir.iterdir():  # a figure the paper dropped or renamed leaves no stale file behind
         if path.suffix in (".png", ".pdf", ".csv") and path.stem.removesuffix("-scale-sweep") not in names:
             path.unlink()
@@ -872,9 +924,16 @@ def report(summary: dict) -> str:
     per-run table and one row per comparison (hypothesis, n, per-seed signs, effect ± interval, exact p, adjusted
     p, verdict)."""
     family = summary["family"]
-    command = f"lorasec reproduce {summary['paper']}" + (" --quick" if summary["quick"] else "")
+    command = (f"lorasec reproduce {summary['paper']}" + (" --quick" if summary["quick"] else "")
+               + "".join(f" --figure {name}" for name in summary.get("only", []))
+               + "".join(f" --set {change}" for change in summary.get("overrides", [])))
+    scope = (" A subset of the paper's figures: the family below is theirs alone, so adjusted p differ from the "
+             "whole paper's report." if summary.get("only") else "")
+    scope += (" Run with changed settings (--set): not the paper's specs as written." if summary.get("overrides")
+              else "")
+    count = len(summary["figures"])
     lines = [f"# {summary['title']}", "",
-             f"`{command}`: {len(summary['figures'])} figures. The family is the {family['size']} tallied "
+             f"`{command}`: {count} figure{'s' * (count != 1)}.{scope} The family is the {family['size']} tallied "
              f"comparisons of this report: each claim's hypothesis on its primary metric, a comparison repeated in a "
              f"later figure counted once ({family['repeats']} repeats), the {family['identities']} identities "
              f"(closed forms that hold by construction) apart. Each is tested on seed-paired differences a − b by "

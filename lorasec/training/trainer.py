@@ -404,7 +404,8 @@ def fit_ensemble(members: Sequence[Member], trainable_filter, *, loss_fn: LossFn
         trainable_filter: the NNX filter of the variables that train.
         loss_fn: ``loss_fn(model, batch, key, terms) -> scalar`` (each member's ``terms`` as its extra input).
         run_dir: where checkpoints go (None: no checkpoints, no resume).
-        progress, description: the progress bar.
+        progress: show a progress bar.
+        description: the progress bar's label.
         mesh: a one-axis mesh for the member axis (default: every device of every process).
     Returns:
         An :class:`EnsembleResult`: per member the trained variables (pure dicts of host arrays), last finite loss
