@@ -25,6 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 import vs_peft  # noqa: E402  (a script beside this one: shared workloads)
 
+from lorasec.core import machine  # noqa: E402
+
 COPIES = 16
 
 
@@ -112,7 +114,7 @@ def main(argv=None) -> None:
         parser.error("--methods: lora, full or both")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    print(f"{vs_peft._processor()}\n")
+    print(f"{machine.processor()}\n")
     print("| step | step time | its products alone | products | GFLOP | products' GFLOP/s | share of the step |")
     print("|---|---|---|---|---|---|---|")
     for name in args.models.split(","):

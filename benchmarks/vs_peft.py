@@ -43,6 +43,8 @@ from pathlib import Path
 
 from peak import matmul_peak
 
+from lorasec.core import machine
+
 BATCH = 32
 MODELS = {  # name: (sequence length, architecture of a random BERT or None for the fetched MiniLM)
     "minilm": (64, None),
@@ -279,17 +281,6 @@ def _prepare_model(name: str, work: Path) -> tuple[str, dict]:
     return str(directory), arch_fields
 
 
-def _processor() -> str:
-    """The CPU's model name (Linux), so that a result file says which machine it describes."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    import platform
-
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 def _summary(times: list[float]) -> dict:
@@ -418,12 +409,12 @@ def main(argv=None) -> None:
     peak_run = subprocess.run([sys.executable, __file__, "--peak", "--dtype", args.dtype], capture_output=True,
                               text=True, check=True)
     peak = json.loads(peak_run.stdout.strip().splitlines()[-1])["peak"]
-    print(f"{jax.devices()[0].device_kind} ({_processor()}): {args.dtype} matmul peak through JAX "
+    print(f"{jax.devices()[0].device_kind} ({machine.processor()}): {args.dtype} matmul peak through JAX "
           f"{peak / 1e9:.0f} GFLOP/s; huge pages {args.huge_pages}", flush=True)
     rows = compare(args, work, args.torch_python, peak)
     print("\n" + _table(rows, peak))
     out = Path(args.out or work / f"results-{args.device}.json")
-    out.write_text(json.dumps({"device": jax.devices()[0].device_kind, "processor": _processor(), "peak_flops": peak,
+    out.write_text(json.dumps({"device": jax.devices()[0].device_kind, "processor": machine.processor(), "peak_flops": peak,
                                "huge_pages": args.huge_pages, "rows": rows},
                               indent=1))
     print(f"\nwritten to {out}")

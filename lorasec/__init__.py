@@ -10,7 +10,7 @@ The public facade, so notebooks import from one place::
     checks = lorasec.verify(["lemma_3_1"])
     summary = lorasec.run_sweep(lorasec.load_spec("experiments/sweep_poison_rate.toml"), "runs/sweep")
 
-The layers below it import one way (README's architecture section; enforced by tests/test_architecture.py):
+The layers below it import one way (docs/architecture.md; enforced by tests/test_architecture.py):
 core → config → sweep_spec → data → attacks → models → adapters → training → diagnostics → pipelines → cli. Names are
 resolved on first use, so ``import lorasec`` stays cheap.
 """

@@ -154,9 +154,12 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("names", nargs="*", help="claims to run (default: all); see --list")
     verify.add_argument("--list", action="store_true", help="list the registered claims and stop")
     verify.add_argument("--json", help="also write the checks to this JSON file")
-    verify.add_argument("--purify", default="runs/verify/purify",
+    verify.add_argument("--purify", "--out", dest="purify", default="runs/verify/purify",
                         help="a `lorasec purify` output read by paper 2's trained-model claims; made there with the "
                              "default synthetic setting (about 6 min on 2 cores) when absent, reused after")
+    _set_flag(verify, "override a field of that purify pipeline's config (repeatable), e.g. --set seeds=[0,1,2]; "
+                      "see `lorasec config show --kind purify`")
+    _progress_flag(verify)
     cfg = sub.add_parser("config", help="configs: `config show [CONFIG]` prints one resolved, each field with its "
                                         "meaning, as TOML to save and edit")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION", help="show")
@@ -281,6 +284,10 @@ def _render(args) -> int:
 
 
 def _verify(args) -> int:
+    from lorasec import config
+
+    if args.overrides:  # named before anything is imported or trained; applied by theory.forgetting.prepare
+        config.load(config.PurifyConfig, None, args.overrides)
     import theory
     from lorasec.core import claims, files
 
@@ -293,7 +300,7 @@ def _verify(args) -> int:
     for work in dict.fromkeys(item.work(Path(args.purify)) for item in chosen if item.work):
         if work:
             _announce(f"verify {work}")
-    checks = theory.verify(args.names, Path(args.purify))
+    checks = theory.verify(args.names, Path(args.purify), progress=not args.no_progress, settings=args.overrides)
     print(claims.claims_table(checks))
     if args.json:
         files.write_json(args.json, [c.as_dict() for c in checks])

@@ -34,7 +34,9 @@ def test_version_and_help_on_every_flag(capsys):
 
 def test_commands_that_work_take_set_out_and_no_progress():
     takes = {name: {o for a in sub._actions for o in a.option_strings} for name, sub in _subparsers(cli._parser())}
-    for name in ("train", "pretrain", "study", "sweep", "purify", "reproduce"):
+    for name in ("train", "pretrain", "study", "sweep", "purify", "reproduce", "verify"):
+        assert "--no-progress" in takes[name], name
+    for name in ("train", "pretrain", "study", "sweep", "purify", "reproduce", "verify"):
         assert {"--set", "--out", "--no-progress"} <= takes[name], name
     for name in ("ntk", "config show"):
         assert "--set" in takes[name], name
@@ -56,11 +58,19 @@ def test_a_config_error_comes_before_jax_is_imported():
              " '--set', 'train.lr=-1']); print(code, 'jax' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["2", "False"] and "train.lr = -1" in done.stderr
+    probe = ("import sys; from lorasec import cli; code = cli.main(['verify', 'full_ft_forgets_better', '--set', "
+             "'train.stepz=9']); print(code, 'jax' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["2", "False"] and "train.stepz: unknown field" in done.stderr
 
 
 def test_verify_says_what_it_will_train_or_fetch_first(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(theory, "verify", lambda names, purify_dir: [])
-    assert cli.main(["verify", "lora_spectrally_weak", "full_ft_forgets_better", "--purify", str(tmp_path)]) == 0
+    asked = {}
+    monkeypatch.setattr(theory, "verify", lambda names, purify_dir, progress, settings: asked.update(
+        out=purify_dir, settings=settings) or [])
+    assert cli.main(["verify", "lora_spectrally_weak", "full_ft_forgets_better", "--out", str(tmp_path),
+                     "--set", "seeds=[0,1,2]"]) == 0
+    assert asked == {"out": tmp_path, "settings": ["seeds=[0,1,2]"]}
     said = capsys.readouterr().err.splitlines()
     assert len(said) == 1 and said[0].startswith(f"lorasec: verify trains the default purify pipeline into "
                                                  f"{str(tmp_path)!r}")

@@ -2,11 +2,16 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lorasec import cli, config
-from lorasec.config import ConfigError, RunConfig
+from lorasec.config import ConfigError, RunConfig, schema
 
 BAD = {
     "unknown section": ("[trainer]\nlr = 1e-3\n", [], "trainer: unknown field; did you mean 'train'?"),
@@ -81,6 +86,35 @@ def test_seeds_beyond_32_bits_are_refused_as_repeats_of_smaller_ones():
     assert config.load(RunConfig, None, [f"seed={2**32 - 1}"]).seed == 2**32 - 1
     with pytest.raises(ConfigError, match=r"seed = 4294967296: must lie in \[0, 2\*\*32\)"):
         config.load(RunConfig, None, [f"seed={2**32}"])
+
+
+_NEAR_WRAPS = st.sampled_from([0, 1, 2**31, 2**32 - 1, 2**32, 2**32 + 1, 2**33, 2**40, 2**64, -1, -(2**32)])
+_SEEDS = st.one_of(st.integers(-(2**70), 2**70), _NEAR_WRAPS, st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_SEEDS, min_size=1, max_size=6))
+def test_any_seeds_are_distinct_streams_or_one_line(values):
+    """Every config kind that takes seeds: accepted exactly when each lies in [0, 2**32) and none repeats, so two
+    accepted seeds never draw the same stream (congruent ones modulo 2**32 included); else one line naming them."""
+    from lorasec.core import keys
+    from lorasec.sweep_spec import spec_from_raw
+
+    in_range = all(0 <= v < 2**32 for v in values)
+    valid = in_range and len(set(values)) == len(values)
+    for build, accepts in ((lambda: schema.StudyConfig(seeds=tuple(values)).validate(), valid),
+                           (lambda: schema.PurifyConfig(seeds=tuple(values)).validate(), valid),
+                           (lambda: spec_from_raw({"seeds": values, "axes": {}}, Path("spec.toml")), valid),
+                           (lambda: [RunConfig(seed=v).validate() for v in values], in_range)):
+        try:
+            build()
+        except ConfigError as err:
+            assert not accepts and "\n" not in str(err) and "seed" in str(err)
+            continue
+        assert accepts, values
+    if valid:
+        drawn = {tuple(np.asarray(jax.random.key_data(keys.key(v, "params"))).ravel()) for v in values}
+        assert len(drawn) == len(values)
 
 
 def test_cli_reports_config_error_in_one_line_and_exit_code_2(tmp_path, capsys):

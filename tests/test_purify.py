@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -108,6 +109,20 @@ def test_rerun_reuses_every_run(purified):
     work, cfg, summary = purified
     again = purify.run_purify(cfg, work / "purify", progress=False)
     assert again["defences"] == summary["defences"]
+
+
+@pytest.mark.slow
+def test_a_moved_pipeline_reuses_every_run(purified, tmp_path):
+    work, cfg, summary = purified
+    moved = tmp_path / "moved"
+    shutil.copytree(work / "purify", moved)  # a copy: the other tests keep reading the original
+    stamps = sorted((p, p.stat().st_mtime_ns) for p in moved.glob("**/params"))
+    again = purify.run_purify(cfg, moved, progress=False)
+    assert again["defences"] == summary["defences"]
+    assert sorted((p, p.stat().st_mtime_ns) for p in moved.glob("**/params")) == stamps  # nothing trained again
+    shutil.rmtree(work / "purify" / "pretrained", ignore_errors=False)  # the original's encoder is gone, and
+    assert purify.run_purify(cfg, moved, progress=False)["defences"] == summary["defences"]  # not needed
+    shutil.copytree(moved / "pretrained", work / "purify" / "pretrained")
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ verdicts follow the interval, a tiny paper runs end to end and resumes, and the 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 from pathlib import Path
 
@@ -148,6 +149,9 @@ def test_a_tiny_paper_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert all((out / "report" / f"rates.{ext}").stat().st_size > 1000 for ext in ("png", "pdf"))
     report = (out / "report" / "report.md").read_text()
     assert "![rates](rates.png)" in report and "LoRA less robust" in report
+    made = summary["made"]  # when and where: the results pages show it
+    assert made["date"] == datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    assert f"Written {made['date']} by lorasec" in report and " × " in made["devices"] and "cores" in made["processor"]
     assert "| poison_rate 0.1 | clean accuracy | method lora − method full | direction: a < b | 2 |" in report
     results = sorted((out / "rates" / "runs").glob("*/results.json"))
     stamps = [p.stat().st_mtime_ns for p in results]
@@ -281,6 +285,7 @@ def test_the_shipped_papers_load_in_both_settings():
         for quick in (False, True):
             loaded = reproduce.load_paper(paper, quick=quick)
             assert loaded.figures and all(f.claims for f in loaded.figures)
+            assert all(f.kind.plan() for f in loaded.figures)  # the announcement before a long run
             if not quick:
                 assert all(len(f.seeds) >= 5 for f in loaded.figures)  # the floor for every cell
 
@@ -308,7 +313,7 @@ def test_paper2_quick_runs_from_the_command_line(tmp_path, capsys):
         defences = {line["a"]["defence"] for line in figure["comparisons"]}
         assert {"rora", "rora_cl", "rora_tr", "rora_pt", "dora_rora"} <= defences
     report = (out / "report" / "report.md").read_text()
-    assert "before clean fine-tuning" in report and "| defence rora | defence lora |" in report
+    assert "before clean fine-tuning" in report and "| defence rora − defence lora |" in report
     capsys.readouterr()
 
 
@@ -458,7 +463,8 @@ def test_tables_on_one_backdoored_model_share_it_and_grid_points_plot_on_their_s
     out = tmp_path / "out"
     assert main(["reproduce", str(directory), "--out", str(out), "--no-progress"]) == 0
     assert not (out / "grid").exists() and sorted(p.name for p in (out / "parts" / "runs").iterdir()) == [
-        "lora-seed0", "lora-seed1", "rora_cl-cl0.3-seed0", "rora_cl-cl0.3-seed1", "rora_cl-seed0", "rora_cl-seed1"]
+        "lora-seed0", "lora-seed1", "never_poisoned-seed0", "never_poisoned-seed1", "rora_cl-cl0.3-seed0",
+        "rora_cl-cl0.3-seed1", "rora_cl-seed0", "rora_cl-seed1"]
     summary = json.loads((out / "report" / "summary.json").read_text())
     parts, grid = summary["figures"]
     assert grid["runs_in"] == "parts" and "runs_in" not in parts

@@ -361,3 +361,101 @@ def test_a_full_disk_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     assert cli.main(["train", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0] and "run the same command again" in err[0]
+
+
+@pytest.mark.slow
+def test_random_damage_to_any_file_of_a_run_or_a_sweep_is_read_or_named(tmp_path_factory):
+    """Property, per family: any file of a finished run directory or sweep directory, damaged at random
+    (truncated, scrambled, emptied, deleted, replaced by other JSON), then read by every command that reads it:
+    each command gives the original numbers or one line naming what is damaged; nothing else reaches stderr."""
+    import contextlib
+    import io
+    import random
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from lorasec.pipelines.run import load_run
+    from lorasec.pipelines.sweep import missing_from_table, read_table, run_sweep
+    from lorasec.sweep_spec import spec_from_raw
+
+    home = tmp_path_factory.mktemp("damage")
+    cfg = tiny_run(attack=config.AttackConfig(kind="badnets", poison_rate=0.1))
+    first = train_run(cfg, home / "run", progress=False)
+    spec = spec_from_raw({"seeds": [0, 1], "base": config.to_dict(cfg), "axes": {"adapter.rank": [2, 4]}},
+                         home / "spec.json")
+    run_sweep(spec, home / "sweep", progress=False)
+
+    def table(directory):
+        return sorted((r["run"], r["clean_accuracy"], r["attack_success_rate"]) for r in read_table(directory))
+
+    original = table(home / "sweep")
+
+    def quiet(call):
+        """``call()``'s value, or None after a one-line ConfigError; nothing but lorasec's own one-line messages
+        (a command's error or warning) may reach stderr."""
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                value = call()
+        except ConfigError as error:
+            assert "\n" not in str(error), str(error)
+            value = None
+        said = err.getvalue().splitlines()
+        assert all(line.startswith(("lorasec: error: ", "lorasec: warning: ")) for line in said), said[-20:]
+        assert sum(line.startswith("lorasec: error: ") for line in said) <= 1, said
+        return value
+
+    def run_readers(copy):
+        loaded = quiet(lambda: load_run(copy))
+        assert loaded is None or loaded.results["clean_accuracy"] == first["clean_accuracy"]
+        assert quiet(lambda: cli.main(["spectral", str(copy), "--out", str(copy.parent / "spectral")])) in (0, 2)
+        again = quiet(lambda: train_run(config.load(RunConfig, copy), copy, progress=False))
+        assert again is None or (again["clean_accuracy"], again["final_loss"]) == (first["clean_accuracy"],
+                                                                                   first["final_loss"])
+
+    def sweep_readers(copy):
+        rows = quiet(lambda: read_table(copy))
+        if rows is not None:
+            quiet(lambda: missing_from_table(copy, rows))
+        assert quiet(lambda: cli.main(["plot", str(copy), "--x", "adapter.rank", "--y", "clean_accuracy"])) in (0, 2)
+        resumed = quiet(lambda: run_sweep(spec, copy, progress=False))
+        assert resumed is None or table(copy) == original
+
+    def damage(path: Path, kind: str, rng: random.Random) -> None:
+        if kind == "delete":
+            path.unlink()
+            return
+        data = bytearray(path.read_bytes())
+        if kind == "truncate":
+            data = data[: len(data) // 2]
+        elif kind == "empty":
+            data = bytearray()
+        elif kind == "other json":
+            data = bytearray(b"[1, 2]")
+        else:
+            for _ in range(max(1, len(data) // 20)):
+                data[rng.randrange(len(data))] = rng.randrange(256) if data else 0
+        path.write_bytes(bytes(data))
+
+    families = {}
+    for name in ("run", "sweep"):
+        files_ = sorted(p.relative_to(home / name) for p in (home / name).rglob("*")
+                        if p.is_file() and p.name != ".lock" and p.stat().st_size)
+        families[name] = files_
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(["run", "sweep"]), st.integers(0, 10**6),
+           st.sampled_from(["truncate", "scramble", "empty", "delete", "other json"]), st.integers(0, 2**31))
+    def check(family, pick, kind, seed):
+        chosen = families[family][pick % len(families[family])]
+        with tempfile.TemporaryDirectory() as scratch:
+            copy = Path(scratch) / family
+            shutil.copytree(home / family, copy)
+            damage(copy / chosen, kind, random.Random(seed))
+            (run_readers if family == "run" else sweep_readers)(copy)
+
+    check()

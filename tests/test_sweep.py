@@ -131,6 +131,55 @@ def test_a_finished_sweep_run_again_trains_nothing_and_keeps_its_table(swept):
     assert sorted((p, p.stat().st_mtime_ns) for p in (out / "runs").glob("*/results.json")) == stamps
 
 
+def test_a_group_killed_while_writing_its_runs_resumes_from_its_own_checkpoint(swept, tmp_path, monkeypatch):
+    spec, straight = swept
+    from lorasec.pipelines import sweep
+
+    written = []
+    real_finish = sweep.finish_run
+
+    def finish_then_die(*args, **kwargs):
+        if len(written) == 3:
+            raise KeyboardInterrupt  # killed after three runs of the first group were written
+        written.append(real_finish(*args, **kwargs))
+        return written[-1]
+
+    monkeypatch.setattr(sweep, "finish_run", finish_then_die)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec, out, progress=False)
+    (group,) = [g for g in (out / "groups").iterdir() if (g / "checkpoints").is_dir()]
+    monkeypatch.setattr(sweep, "finish_run", real_finish)
+    run_sweep(spec, out, progress=False)
+    assert _metrics(out) == _metrics(straight) and np.array_equal(_losses(out), _losses(straight))
+    rest = [r for r in read_table(out) if r["run"] in json.loads((group / "group.json").read_text())["runs"]
+            and r["resumed_from_step"]]
+    assert len(rest) == 1 and rest[0]["resumed_from_step"] == rest[0]["steps"]  # nothing was trained again
+    assert sorted(g.name for g in (out / "groups").iterdir()) == sorted(g.name for g in (straight / "groups").iterdir())
+    assert not any((g / "checkpoints").exists() for g in (out / "groups").iterdir())  # none left behind
+
+
+def test_a_moved_sweep_is_read_and_resumed_where_it_is_now(tmp_path):
+    spec = load_spec(_write(tmp_path / "spec.json", dict(SPEC, seeds=[0], axes={}, pretrain_steps=5, zip=[
+        {"adapter.method": ["lora", "full"], "train.lr": [3e-3, 1e-3]}])))
+    run_sweep(spec, tmp_path / "there", progress=False)
+    before = _metrics(tmp_path / "there")
+    shutil.move(tmp_path / "there", tmp_path / "moved")
+    out = tmp_path / "moved"
+    runs = sorted((out / "runs").iterdir())
+    stamps = [(r / "params").stat().st_mtime_ns for r in runs]
+    from lorasec.pipelines.run import load_run
+
+    loaded = load_run(runs[0])  # read where it is now, before anything rewrote it
+    assert loaded.results["clean_accuracy"] == json.loads((runs[0] / "results.json").read_text())["clean_accuracy"]
+    run_sweep(spec, out, progress=False)
+    assert _metrics(out) == before and [(r / "params").stat().st_mtime_ns for r in runs] == stamps
+    for run in runs:  # re-anchored in place: the config names the encoder where it is now
+        assert json.loads((run / "config.json").read_text())["model"]["pretrained"] == str((out / "pretrained")
+                                                                                          .resolve())
+        load_run(run)
+
+
 @pytest.mark.slow
 def test_a_spec_that_gains_an_axis_value_reuses_the_runs_it_already_finished(swept, tmp_path):
     spec, out = swept

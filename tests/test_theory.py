@@ -2,6 +2,7 @@
 checks find what the derivations say they must (the Lemma 3.1 edge) while confirming what is exact."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,6 +74,17 @@ def test_registry_lists_every_paper_1_claim():
             "theorem_3_6", "ttr_direction"} <= names
 
 
+def test_the_registry_order_does_not_depend_on_which_module_was_imported_first():
+    """docs/theory.md is rendered from it and checked in CI, where other tests import claim modules first."""
+    import subprocess
+    import sys
+    code = ("import theory.ttr_direction, theory.proposition_4_2, theory.forgetting, theory; "
+            "print(list(theory.discover()))")
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             cwd=Path(theory.__file__).parents[1]).stdout
+    assert printed.strip() == str(list(theory.discover()))
+
+
 @pytest.mark.slow
 def test_ttr_metric_on_poisoned_pairs():
     grid = ttr_direction.measure(ranks=(4,), variances=(1.0 / 3.0, 1.0), seeds=2, pairs=8)
@@ -112,3 +124,20 @@ def test_minilm_kernel_claims_are_measured_once_then_read_from_the_cache(tmp_pat
     assert at["c=2 s=2"].verdict == "no claim"
     for c in module.entropy_order_on_minilm(result):
         assert c.verdict in ("agrees", "disagrees", "no claim") and c.measured.endswith("/12 layers")
+
+
+def test_verify_settings_reach_the_pipeline_it_trains_on_the_saved_config_or_the_default(tmp_path, monkeypatch):
+    import dataclasses
+
+    from lorasec.config import to_dict
+    from lorasec.core import files
+    from theory import forgetting
+
+    seen = []
+    monkeypatch.setattr(forgetting, "run_purify", lambda cfg, out, progress: seen.append(cfg) or {"defences": []})
+    forgetting.prepare(tmp_path, progress=False, settings=["seeds=[5, 6]"])
+    assert seen[-1].seeds == (5, 6) and seen[-1].defences == forgetting.default_config().defences
+    saved = dataclasses.replace(forgetting.default_config(), seeds=(0, 1))
+    files.write_json(tmp_path / "purify_config.json", to_dict(saved))
+    forgetting.prepare(tmp_path, progress=False, settings=["train.steps=7"])
+    assert seen[-1].seeds == (0, 1) and seen[-1].train.steps == 7

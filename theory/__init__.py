@@ -22,10 +22,14 @@ from lorasec.core.errors import ConfigError
 
 
 def discover() -> dict[str, claims.Claim]:
-    """Import every claim module of this package (each registers its claims); the registry."""
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
-    return claims.REGISTRY
+    """Import every claim module of this package (each registers its claims); the registry, ordered by module
+    name and then as each module registers them, whichever module was imported first."""
+    modules = [f"{__name__}.{module.name}" for module in pkgutil.iter_modules(__path__)]
+    for module in modules:
+        importlib.import_module(module)
+    rank = {module: i for i, module in enumerate(modules)}
+    order = sorted(claims.REGISTRY, key=lambda name: rank.get(claims.REGISTRY[name].run.__module__, len(rank)))
+    return {name: claims.REGISTRY[name] for name in order}
 
 
 def registry_markdown(root: Path) -> str:
@@ -54,12 +58,15 @@ def registry_markdown(root: Path) -> str:
     return "\n".join(tables.markdown(("claim", "module", "paper", "statement", "kinds", "verdicts (checks)"), rows))
 
 
-def verify(names=(), purify_dir: str | Path = "runs/verify/purify") -> list[claims.Check]:
+def verify(names=(), purify_dir: str | Path = "runs/verify/purify", progress: bool = False,
+           settings: tuple[str, ...] | list[str] = ()) -> list[claims.Check]:
     """Run the named claims (all when empty); paper 2's trained-model claims read ``purify_dir``.
 
     Args:
         names: claim names (``lorasec verify --list`` shows them).
         purify_dir: a ``lorasec purify`` output, made there with the default synthetic setting when absent.
+        progress: show progress bars while that pipeline trains.
+        settings: ``KEY=VALUE`` overrides of that pipeline's config (:func:`theory.forgetting.prepare`).
     Returns:
         Every check of every claim run, claims and identities alike (:class:`lorasec.core.claims.Check`).
     """
@@ -68,6 +75,10 @@ def verify(names=(), purify_dir: str | Path = "runs/verify/purify") -> list[clai
     if unknown:
         raise ConfigError(f"verify {unknown[0]!r}: no such claim; registered: {', '.join(registry)}")
     checks = []
+    if (progress or settings) and any(registry[name].trains for name in list(names) or list(registry)):
+        from theory.forgetting import prepare
+
+        prepare(Path(purify_dir), progress=progress, settings=settings)
     for name in list(names) or list(registry):
         item = registry[name]
         checks += item.run(Path(purify_dir)) if item.trains else item.run()

@@ -10,6 +10,8 @@ sign-flip p and each seed's sign shown beside it), never by the sign of a mean o
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,24 @@ def default_config() -> PurifyConfig:
     return PurifyConfig(defences=("full", "lora", "rora")).validate()
 
 
-def _summary(purify_dir: Path, cfg: PurifyConfig | None) -> tuple[dict, str]:
+def prepare(purify_dir: Path, progress: bool = True, settings: tuple[str, ...] | list[str] = ()) -> None:
+    """Make (or resume) the purify pipeline the trained-model claims read, with progress bars when asked.
+
+    Args:
+        purify_dir: where it is (or is made).
+        progress: show progress bars.
+        settings: ``KEY=VALUE`` overrides of its config (``lorasec verify --set``), on the saved config where
+            ``purify_dir`` holds one, else on :func:`default_config`.
+    """
+    cfg = None
+    if settings:
+        saved = Path(purify_dir) / "purify_config.json"
+        first = [] if saved.is_file() else ["defences=" + json.dumps(list(default_config().defences))]
+        cfg = load(PurifyConfig, saved if saved.is_file() else None, [*first, *settings])
+    _summary(purify_dir, cfg, progress)
+
+
+def _summary(purify_dir: Path, cfg: PurifyConfig | None, progress: bool = False) -> tuple[dict, str]:
     purify_dir = Path(purify_dir)
     if cfg is None:
         saved = purify_dir / "purify_config.json"
@@ -37,7 +56,7 @@ def _summary(purify_dir: Path, cfg: PurifyConfig | None) -> tuple[dict, str]:
     if missing:
         raise ConfigError(f"verify --purify {str(purify_dir)!r}: its defences {list(cfg.defences)} lack "
                           f"{missing[0]!r}; paper 2's comparisons need 'full' and 'lora'")
-    summary = run_purify(cfg, purify_dir, progress=False)
+    summary = run_purify(cfg, purify_dir, progress=progress)
     setting = f"{cfg.data.source}, seeds {list(cfg.seeds)}, {cfg.train.steps} clean steps"
     return {c["defence"]: c for c in summary["defences"]} | {"_summary": summary, "_config": cfg}, setting
 

@@ -13,8 +13,10 @@ from lorasec.config.loading import (
     load,
     parse_override,
     read_file,
+    relocate,
     replace_config,
     to_dict,
+    write_origin,
 )
 from lorasec.config.schema import (
     ADAPTERS,
@@ -78,5 +80,5 @@ __all__ = [
     "PurifyConfig", "RoRAConfig", "RunConfig", "StudyConfig", "TrainConfig",
     "apply_overrides", "check_environment", "check_memory", "coerce", "defence_fields", "from_dict",
     "is_pretrained_reference", "load", "load_config", "parse_arm", "parse_attack", "parse_defence",
-    "parse_override", "physical_memory", "read_file", "replace_config", "to_dict",
+    "parse_override", "physical_memory", "read_file", "relocate", "replace_config", "to_dict", "write_origin",
 ]

@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import tomllib
 import types
 import typing
@@ -170,10 +171,54 @@ def read_file(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+ORIGIN = "origin.json"  # beside a config that lorasec wrote into a directory: where it was written from
+PATH_FIELDS = ("model.pretrained", "model.init_from", "data.train_file", "data.test_file", "data.vocab_file",
+               "data.data_dir")
+
+
+def write_origin(directory: Path) -> None:
+    """Record where ``directory``'s config was written (the directory and the working directory), so that
+    :func:`relocate` can re-anchor its paths after the directory is moved."""
+    from lorasec.core import files
+
+    files.write_json(Path(directory) / ORIGIN, {"directory": str(Path(directory).resolve()), "cwd": str(Path.cwd())})
+
+
+def relocate(raw: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """``raw`` (a config lorasec wrote into ``directory``), re-anchored if the directory was moved or copied since:
+    each path of :data:`PATH_FIELDS` is taken relative to where the directory was written and resolved from where
+    it is now, and replaced when that exists (a sweep moved with its pretrained encoder: the copy uses the copied
+    encoder). Paths to what did not move with it, registry names, and directories without an origin record (or
+    never moved) are left as written."""
+    if not isinstance(raw, dict):
+        return raw  # not a config: the loader names it
+    try:
+        origin = json.loads((Path(directory) / ORIGIN).read_text())
+        old_directory, old_cwd = Path(origin["directory"]), Path(origin["cwd"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return raw
+    if old_directory == Path(directory).resolve():
+        return raw
+    out = json.loads(json.dumps(raw))
+    for dotted in PATH_FIELDS:
+        section, _, name = dotted.partition(".")
+        table = out.get(section)
+        value = table.get(name) if isinstance(table, dict) else None
+        if not isinstance(value, str) or not value:
+            continue
+        moved = (Path(directory) / os.path.relpath(old_cwd / value, old_directory)).resolve()
+        if moved.exists():
+            table[name] = str(moved)
+    return out
+
+
 def load(cls: type, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Any:
     """Read ``path`` (TOML or JSON, optional), apply dotted overrides, build ``cls`` and validate its values (the
-    files and memory it needs are checked apart, by :func:`lorasec.config.environment.check`)."""
+    files and memory it needs are checked apart, by :func:`lorasec.config.environment.check`). A config that
+    lorasec wrote into a directory since moved has its paths re-anchored (:func:`relocate`)."""
     raw: dict[str, Any] = read_file(path) if path is not None else {}
+    if path is not None:
+        raw = relocate(raw, Path(path) if Path(path).is_dir() else Path(path).parent)
     apply_overrides(raw, overrides)
     return from_dict(cls, raw).validate()
 

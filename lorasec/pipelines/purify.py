@@ -40,6 +40,7 @@ from lorasec.config import (
     defence_fields,
     load,
     to_dict,
+    write_origin,
 )
 from lorasec.core import files, stats
 from lorasec.pipelines import diagnose, figures, rundir
@@ -223,6 +224,7 @@ def run_purify(cfg: PurifyConfig, out: str | Path, *, progress: bool = True) -> 
             raise ConfigError(f"--out {str(out)!r} holds a purify pipeline with other settings (only defences and "
                               f"seeds may change between calls); choose another --out")
     files.write_json(saved, to_dict(cfg))
+    write_origin(out)  # the directory can move: load() re-anchors its paths (lorasec.config.relocate)
     backdoored = make_backdoored(cfg, out, progress=progress)
     control = never_poisoned_runs(cfg, out, progress)
     clean_asr = {run["seed"]: run["attack_success_rate"] for run in control}

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lorasec.config import reference
-from lorasec.core import tables
+from lorasec.core import machine, tables
 from lorasec.core.errors import ConfigError
 
 MARKER = re.compile(r"<!-- render: (?P<name>[\w-]+)(?P<args>(?: [\w./-]+)*) -->\n(?P<body>.*?)<!-- /render -->",
@@ -57,7 +57,8 @@ def tally(root: Path, paper: str) -> str:
                 f"{sum(counts.values())} comparisons by the earlier rule, {_tally(counts)}.")
     return (f"`{paper}`: {family['size']} tested comparisons (Holm over the report, α = {family['alpha']}): "
             f"{_tally(family['tally'])}; the earlier rule on the same runs: {_tally(family['before'])}. "
-            f"{family['identities']} identities and {family['repeats']} repeats shown apart.")
+            f"{family['identities']} identities and {family['repeats']} repeats shown apart. "
+            f"{machine.in_words(summary.get('made'))}")
 
 
 def _percent(value) -> str:
@@ -112,19 +113,52 @@ def verify_claims(root: Path) -> str:
     return "\n".join(tables.markdown(("claim", "kind", "checks", "verdicts"), rows))
 
 
-def study(root: Path) -> str:
-    """The main job's committed summary (figures/study-summary.json) as a table, mean ± sd in percent."""
-    summary = _json(root, "figures/study-summary.json")
+def study(root: Path, name: str = "study") -> str:
+    """A committed study summary (``figures/NAME-summary.json``; the main job's is ``study``) as a table, mean ±
+    sd in percent."""
+    summary = _json(root, f"figures/{name}-summary.json")
 
     def cell(stats: dict) -> str:
         return "n/a" if stats["mean"] is None else f"{100 * stats['mean']:.1f} ± {100 * stats['sd']:.1f}"
 
     rows = [(c["attack"], c["arm"], cell(c["clean_accuracy"]), cell(c["attack_success_rate"]),
              cell(c["triggered_accuracy"])) for c in summary["cells"]]
-    head = (f"{len(summary['seeds'])} seeds, {summary['steps']} steps"
+    model = summary.get("model", "")
+    named = [summary.get("task", ""), model if "/" not in model else ""]  # a path: the study's own encoder
+    head = (", ".join(n for n in named if n) + ": " + f"{len(summary['seeds'])} seeds, {summary['steps']} steps"
             + (f", encoder pretrained {summary['pretrain_steps']} steps" if summary.get("pretrain_steps") else ""))
     return head + ":\n\n" + "\n".join(tables.markdown(("attack", "method, lr", "CACC %", "ASR %", "triggered acc. %"),
                                                       rows))
+
+
+def kernels(root: Path, name: str = "ntk_minilm") -> str:
+    """A committed ``lorasec ntk`` summary (``figures/NAME/summary.json``): the per-layer order, Fisher
+    information and TTR of LoRA against full fine-tuning."""
+    summary = _json(root, f"figures/{name}/summary.json")
+    order = summary["per_layer_order"]
+    rows = [(measure, f"{summary['full']['fisher'][key]:.4g}", f"{summary['lora']['fisher'][key]:.4g}")
+            for measure, key in (("information bits", "information_bits"), ("effective rank", "effective_rank"),
+                                 ("λ_max", "lambda_max"), ("trace", "trace"))]
+    for trigger, ttr in summary.get("ttr", {}).items():
+        rows.append((f"TTR M′ ({trigger}, {ttr['pairs']} pairs): raw", f"{ttr['full']:.4g}", f"{ttr['lora']:.4g}"))
+        rows.append((f"TTR M′ ({trigger}): normalised by the kernel's scale", f"{ttr['normalised']['full']:.3f}",
+                     f"{ttr['normalised']['lora']:.3f}"))
+    head = (f"{summary['num_examples']} test examples, {len(summary['adapted_layers'])} adapted layers: "
+            f"K_LoRA ⪯ K_FF in {order['lora_below_ff']} of {order['layers']} layers; Theorem 3.6's orders hold in "
+            + ", ".join(f"{n} ({k})" for k, n in order["theorem_3_6"].items()) + " of them.")
+    return head + "\n\n" + "\n".join(tables.markdown(("measure (whole model)", "full fine-tuning", "LoRA"), rows))
+
+
+def infinite(root: Path) -> str:
+    """The committed ``lorasec infinite`` result (``figures/infinite/infinite.json``): the finite encoders' error
+    against their infinite-width kernel, per width, and its fitted slope against the predicted one."""
+    result = _json(root, "figures/infinite/infinite.json")
+    rows = [(w, f"{m:.4f}") for w, m in zip(result["widths"], result["mean"])]
+    head = (f"{result['num_layers']}-layer encoder, {result['parameterization']} parameterisation, {result['draws']} "
+            f"networks per width, {result['examples']} sentences of {result['length']} tokens: relative error "
+            f"against the limit falls with slope {result['slope']:.3f} in log-log (predicted "
+            f"{result['predicted_slope']:g}).")
+    return head + "\n\n" + "\n".join(tables.markdown(("width", "mean relative error"), rows))
 
 
 def config_reference(root: Path) -> str:
@@ -133,8 +167,8 @@ def config_reference(root: Path) -> str:
 
 
 RENDERERS: dict[str, Callable[..., str]] = {"tally": tally, "claims": claims, "verify": verify,
-                                            "verify-claims": verify_claims, "study": study,
-                                            "config-reference": config_reference}
+                                            "verify-claims": verify_claims, "study": study, "kernels": kernels,
+                                            "infinite": infinite, "config-reference": config_reference}
 
 
 def render_text(text: str, root: Path, where: str = "", extra: dict[str, Callable[..., str]] | None = None) -> str:

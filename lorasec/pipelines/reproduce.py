@@ -55,8 +55,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lorasec.config import (ConfigError, PurifyConfig, RunConfig, apply_overrides, check_environment, from_dict,
-                            read_file, to_dict)
-from lorasec.core import files, hypotheses, stats, tables
+                            read_file, relocate, to_dict, write_origin)
+from lorasec.core import files, hypotheses, machine, stats, tables
 from lorasec.core.hypotheses import Hypothesis
 from lorasec.core.stats import mean_sd, paired_difference
 from lorasec.pipelines import entropy_proxies, figures, rundir
@@ -273,7 +273,7 @@ class PurifyFigure:
 
     def plan(self) -> str:
         c = self.config
-        return (f"a backdoored model ({c.backdoor.steps} steps), then {len(c.seeds)} never-poisoned and "
+        return (f"a backdoored model ({c.backdoor.train.steps} steps), then {len(c.seeds)} never-poisoned and "
                 f"{len(c.defences) * len(c.seeds)} defence runs of {c.train.steps} steps")
 
     def run(self, out: Path, report_dir: Path, name: str, progress: bool) -> tuple[list[dict], dict]:
@@ -352,10 +352,12 @@ class KernelFigure:
         if path.is_file():
             saved = files.read_json(path)
             held = saved.get("key") or {}
-            if isinstance(held.get("base"), dict) and {**held, "base": rundir.deciding(held["base"])} == key:
+            if isinstance(held.get("base"), dict) and \
+                    {**held, "base": rundir.deciding(relocate(held["base"], out))} == key:  # out may have moved
                 return saved["rows"]
         rows = entropy_proxies.measure(check_environment(cfg.validate()), self.setting)
         files.write_json(path, {"key": key, "rows": rows})
+        write_origin(out)
         return rows
 
 
@@ -639,7 +641,7 @@ def reproduce(paper: Paper, out_dir: str | Path, *, progress: bool = True) -> di
     chosen = [(figure, kind) for figure, kind in zip(paper.figures, kinds) if figure in paper.chosen]
     report_dir = out_dir / paper.report_name
     summary = {"paper": paper.name, "title": paper.title, "quick": paper.quick, "only": list(paper.only),
-               "overrides": list(paper.overrides), "figures": []}
+               "overrides": list(paper.overrides), "made": machine.record(), "figures": []}
     for figure, kind in chosen:
         if progress:
             print(f"lorasec reproduce {paper.name}: {figure.name}", file=sys.stderr)
@@ -939,7 +941,8 @@ def report(summary: dict) -> str:
              f"(closed forms that hold by construction) apart. Each is tested on seed-paired differences a − b by "
              f"the exact sign-flip test, Holm-adjusted over the family at α = {family['alpha']}; verdicts are taken "
              f"on the adjusted p (kinds and vocabulary: `lorasec.core.hypotheses`). Accuracies and rates in "
-             f"percentage points; ± is the unadjusted 95% t-interval; signs are a − b per seed.", "",
+             f"percentage points; ± is the unadjusted 95% t-interval; signs are a − b per seed. "
+             f"{machine.in_words(summary.get('made'))}", "",
              f"**Verdicts:** {_tally(family['tally'])}. Under the earlier rule (the sign of the unadjusted 95% "
              f"t-interval, one verdict per claim and metric) the same comparisons gave: {_tally(family['before'])}.",
              ""]

@@ -234,7 +234,7 @@ def load_run(run_dir: str | Path) -> rundir.FinishedRun:
     if not (run_dir / "params").is_dir() or not (run_dir / "results.json").is_file():
         raise ConfigError(f"{str(run_dir)!r}: not a finished lorasec run (params/ or results.json missing)")
     cfg = rundir.read_config(run_dir)
-    results = rundir.read_results(run_dir, cfg)  # first: an edited config.json is named as such
+    results = rundir.read_results(run_dir)  # first: an edited config.json is named as such
     start = starts.of_finished_run(run_dir, cfg)
     tuned = build_model(cfg, start, weights=False)  # every value is replaced by the saved parameters
     nnx.update(tuned, rundir.load_params(run_dir, tuned))

@@ -8,10 +8,13 @@
 ``params/``       the trained parameters (every ``nnx.Param``; adapter scales follow from the config, Pt's new
                   scales are in the results)
 ``poisoned_indices.json``, ``results.json``   written last: ``results.json`` marks the run complete
+``origin.json``   where the directory was written (and the working directory then)
 
 :func:`lorasec.pipelines.run.load_run` rebuilds a finished run from these files and the local files its training
-started from (the pretrained checkpoint directory or the starting run, both stored as absolute paths): it never
-prepares data, poisons or fetches.
+started from (the pretrained checkpoint directory or the starting run): it never prepares data, poisons or
+fetches. A directory can be moved or copied, alone or with what it started from (a sweep with its pretrained
+encoder): the paths it names are re-anchored from ``origin.json`` where what they name moved with it
+(:func:`lorasec.config.relocate`), on reading, and in the directory itself when a command resumes it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from lorasec.config import SYNTHETIC_ONLY, ConfigError, RunConfig, from_dict, to_dict
+from lorasec.config import SYNTHETIC_ONLY, ConfigError, RunConfig, from_dict, relocate, to_dict, write_origin
+from lorasec.config.loading import ORIGIN
 from lorasec.config import load as load_config
 from lorasec.core import files
 from lorasec.data.textdata import TextDataset
@@ -101,8 +105,10 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps(normal, sort_keys=True).encode()).hexdigest()
 
 
-def read_results(run_dir: Path, cfg: RunConfig) -> dict:
-    """``results.json`` of a finished run, checked: readable, made for this ``config.json``, weights present."""
+def read_results(run_dir: Path) -> dict:
+    """``results.json`` of a finished run, checked: readable, made for its ``config.json`` as written (an edit is
+    named; a move is not an edit), weights present."""
+    cfg = from_dict(RunConfig, _written_config(run_dir))
     path = run_dir / "results.json"
     try:
         results = files.read_json(path)
@@ -128,17 +134,40 @@ def reserve(cfg: RunConfig, out_dir: Path) -> dict | None:
     config_path = out_dir / "config.json"
     if config_path.is_file():
         # read back through the dataclass, so fields added to lorasec since that run count at their defaults
-        stored = from_dict(RunConfig, files.read_json(config_path))
+        written = _written_config(out_dir)
+        stored = from_dict(RunConfig, relocate(written, out_dir))
         diff = _first_difference(deciding(resolved), deciding(to_dict(stored)))
         if diff:
             raise ConfigError(f"--out {str(out_dir)!r} holds a run with {diff[0]} = {diff[2]!r} (this config: "
                               f"{diff[1]!r}); choose another --out or remove that directory")
-        if (out_dir / "results.json").is_file():
-            return read_results(out_dir, stored)
+        finished = (out_dir / "results.json").is_file()
+        results = read_results(out_dir) if finished else None
+        if to_dict(stored) != to_dict(from_dict(RunConfig, written)):
+            _anchor_here(out_dir, stored, results)
+        elif not (out_dir / ORIGIN).is_file():  # written before origins were recorded, and not moved since
+            write_origin(out_dir)
+        if finished:
+            return read_results(out_dir)
     elif out_dir.exists() and not _is_empty(out_dir):
         raise ConfigError(f"--out {str(out_dir)!r} exists and is not a lorasec run directory; choose another")
     files.write_json(config_path, resolved)
+    write_origin(out_dir)
     return None
+
+
+def _anchor_here(out_dir: Path, relocated: RunConfig, results: dict | None) -> None:
+    """A run directory moved since it was written: its config.json takes the re-anchored paths, and results.json
+    the hash of that config (it was checked against the config as written first, so an edit is still named)."""
+    model = out_dir / "model.json"
+    if model.is_file():  # its start is re-anchored from the same origin, before that is rewritten
+        meta = files.read_json(model)
+        if isinstance(meta, dict) and isinstance(meta.get("start"), dict):
+            start = relocate({"model": meta["start"]}, out_dir)["model"]
+            files.write_json(model, {**meta, "start": start})
+    files.write_json(out_dir / "config.json", to_dict(relocated))
+    write_origin(out_dir)
+    if results is not None:
+        files.write_json(out_dir / "results.json", {**results, "config_sha256": config_hash(relocated)})
 
 
 def release(out_dir: Path) -> None:
@@ -146,6 +175,7 @@ def release(out_dir: Path) -> None:
     not leave the directory claimed for that config)."""
     if not (out_dir / "checkpoints").exists() and not (out_dir / "metrics.jsonl").exists():
         (out_dir / "config.json").unlink(missing_ok=True)
+        (out_dir / ORIGIN).unlink(missing_ok=True)
 
 
 def save(out_dir: Path, *, model: nnx.Module, architecture: Architecture, num_classes: int, start: dict,
@@ -203,6 +233,20 @@ def _checked_text(run_dir: Path, name: str) -> str:
         raise ConfigError(f"{str(path)!r} is damaged: its content differs from the digest the run recorded when it "
                           f"finished; train the run again in a new --out")
     return text
+
+
+def _written_config(run_dir: Path) -> dict:
+    """``config.json`` as written, checked to be a readable table of fields (its values are checked by the
+    loader)."""
+    fix = "restore it, or remove the run directory and run the same command again"
+    written = _read_json(run_dir / "config.json", fix)
+    if not isinstance(written, dict):
+        raise ConfigError(f"{str(run_dir / 'config.json')!r} is damaged (not a table of fields): {fix}")
+    try:
+        from_dict(RunConfig, written)
+    except ConfigError as err:
+        raise ConfigError(f"{str(run_dir / 'config.json')!r} is damaged ({err}): {fix}") from None
+    return written
 
 
 def _read_json(path: Path, what: str) -> Any:

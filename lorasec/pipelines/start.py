@@ -17,7 +17,7 @@ from pathlib import Path
 from flax import nnx
 
 from lorasec.attacks import poison
-from lorasec.config import HF_TOKENIZER, ConfigError, RunConfig, is_pretrained_reference
+from lorasec.config import HF_TOKENIZER, ConfigError, RunConfig, is_pretrained_reference, relocate
 from lorasec.core import keys
 from lorasec.data import synthetic
 from lorasec.data.tasks import load_task
@@ -159,7 +159,7 @@ def of_finished_run(run_dir: Path, cfg: RunConfig) -> Start:
         raise ConfigError(f"{str(run_dir)!r} was written by a lorasec before 0.2 (no model.json, tokenizer.json or "
                           f"test.jsonl); train it again with the same config")
     meta = rundir.read_model(run_dir)
-    origin = meta["start"]
+    origin = relocate({"model": dict(meta["start"])}, run_dir)["model"]  # the directory may have moved
     pretrained, init_from = origin.get("pretrained", ""), origin.get("init_from", "")
     if pretrained and not is_pretrained_reference(pretrained):
         raise ConfigError(f"the pretrained checkpoint this run started from is gone ({pretrained!r}); "

@@ -37,7 +37,9 @@ from flax import nnx
 from tqdm import tqdm  # text bars: tqdm.auto warns in a notebook without ipywidgets
 
 from lorasec.adapters import lora
-from lorasec.config import ConfigError, RunConfig, check_environment, from_dict, grid, replace_config, to_dict
+from lorasec.config import (ConfigError, RunConfig, check_environment, from_dict, grid, relocate, replace_config,
+                            to_dict)
+from lorasec.config.loading import ORIGIN
 from lorasec.core import files, stats, tables
 from lorasec.pipelines import rundir
 from lorasec.pipelines.pretrain import pretrain, pretrain_recipe
@@ -164,9 +166,14 @@ def _run_sweep(spec: SweepSpec, out_dir: Path, progress: bool, names: Callable[[
                 rundir.reserve(cfg, out_dir / "runs" / name)
             todo.setdefault(_group_key(cfg, spec.pad_ranks), []).append((cell, cfg, name))
     placement.barrier("lorasec sweep claimed")
-    todo = {key: unfinished for key, entries in todo.items()
-            if (unfinished := [e for e in entries if not (out_dir / "runs" / e[2] / "results.json").is_file()])}
-    total = sum(len(v) for v in todo.values())
+
+    def finished(name: str) -> bool:
+        return (out_dir / "runs" / name / "results.json").is_file()
+
+    # A group keeps its finished members: groups are formed over every run of the spec, so a group killed after
+    # some of its runs were written is the same group again, resumes from its own checkpoint and writes the rest.
+    todo = {key: entries for key, entries in todo.items() if not all(finished(e[2]) for e in entries)}
+    total = sum(not finished(e[2]) for entries in todo.values() for e in entries)
     bar = tqdm(total=total, desc=f"sweep {spec.name}", unit="run", disable=not (progress and primary),
                dynamic_ncols=True)
     for entries in todo.values():
@@ -181,8 +188,11 @@ def _run_sweep(spec: SweepSpec, out_dir: Path, progress: bool, names: Callable[[
         for members in by_structure.values():
             size = spec.max_members or len(members)
             for begin in range(0, len(members), size):
-                _train_group(members[begin:begin + size], out_dir, progress)
-                bar.update(len(members[begin:begin + size]))
+                group = members[begin:begin + size]
+                left = sum(not finished(name) for _, name, _ in group)
+                if left:
+                    _train_group(group, out_dir, progress)
+                    bar.update(left)
     bar.close()
     placement.barrier("lorasec sweep trained")
     rows = []
@@ -197,20 +207,27 @@ def _run_sweep(spec: SweepSpec, out_dir: Path, progress: bool, names: Callable[[
     return summary
 
 
+def _deciding_config(run_dir: Path) -> dict | None:
+    """What decides the run in ``run_dir`` (its config, re-anchored where it moved); None when damaged."""
+    try:
+        return rundir.deciding(to_dict(from_dict(RunConfig, relocate(files.read_json(run_dir / "config.json"),
+                                                                      run_dir))))
+    except (ConfigError, ValueError, UnicodeDecodeError, TypeError, AttributeError):
+        return None
+
+
 def _adopt_finished(runs: Path, name: str, cfg: RunConfig) -> None:
     """A finished run of this very config under another cell number (the spec gained an axis value, which
     renumbers the cells) is renamed into place instead of trained again."""
     target = runs / name
-    claimed_only = target.is_dir() and [p.name for p in target.iterdir()] == ["config.json"]
+    claimed_only = target.is_dir() and {p.name for p in target.iterdir()} <= {"config.json", ORIGIN}
     if (target.exists() and not claimed_only) or not re.fullmatch(r"\d{3}-.+", name):
         return
     for old in sorted(runs.glob(f"[0-9][0-9][0-9]-{glob.escape(name[4:])}")):
         if old != target and (old / "results.json").is_file() and (old / "config.json").is_file() and \
-                rundir.deciding(to_dict(from_dict(RunConfig, files.read_json(old / "config.json")))) == \
-                rundir.deciding(to_dict(cfg)):
+                _deciding_config(old) == rundir.deciding(to_dict(cfg)):
             if claimed_only:
-                (target / "config.json").unlink()
-                target.rmdir()
+                shutil.rmtree(target)
             old.rename(target)
             return
 
@@ -243,8 +260,8 @@ def _train_group(members: list[tuple[Cell, str, PreparedRun]], out_dir: Path, pr
     wall = time.perf_counter() - began
     processes = jax.process_count()
     for i, (_, name, run) in enumerate(members):
-        if i % processes != jax.process_index():
-            continue
+        if i % processes != jax.process_index() or (out_dir / "runs" / name / "results.json").is_file():
+            continue  # another process's run, or one written before this group was interrupted
         run_dir = out_dir / "runs" / name
         training = {"steps": result.steps, "resumed_from_step": result.resumed_from,
                     "final_loss": stats.finite(result.final_loss[i]), "wall_seconds": wall,
