@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -28,6 +30,39 @@ SET_HELP = "change a config field, e.g. --set train.lr=3e-5 (the value read as T
 PROGRESS_HELP = "hide progress bars"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with wrong calls reported in one line: the error, the closest flag or command, where help is."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):
+        hint, chosen = "", self
+        choice = re.match(r"argument .*: invalid choice: '(.*?)' \(choose from (.*)\)$", message)
+        if choice:
+            close = difflib.get_close_matches(choice[1], re.findall(r"'([^']*)'", choice[2]), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+        elif message.startswith("unrecognized arguments: "):
+            chosen = self._chosen(getattr(self, "_argv", []))
+            options = [o for action in chosen._actions for o in action.option_strings]
+            for token in message.removeprefix("unrecognized arguments: ").split():
+                close = difflib.get_close_matches(token.split("=")[0], options, n=1) if token.startswith("-") else []
+                if close:
+                    hint = f"; did you mean {close[0]!r}?"
+                    break
+        self.exit(2, f"lorasec: error: {message}{hint} (see `{chosen.prog} --help`)\n")
+
+    def _chosen(self, argv: list[str]) -> argparse.ArgumentParser:
+        """The (sub)command parser ``argv`` names, this one where it names none."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for i, token in enumerate(argv):
+                    if token in action.choices:
+                        return action.choices[token]._chosen(argv[i + 1:])
+        return self
+
+
 def _set_flag(parser, help_text: str = SET_HELP) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text)
 
@@ -39,7 +74,7 @@ def _progress_flag(parser) -> None:
 def _parser() -> argparse.ArgumentParser:
     from lorasec import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lorasec", description="LoRA under training-time attacks: fine-tune, sweep, compute kernels, check the "
                                     "papers' claims and reproduce their figures. `lorasec COMMAND --help` for each.")
     parser.add_argument("--version", action="version", version=f"lorasec {__version__}")
@@ -487,7 +522,7 @@ def _study(args) -> int:
 
     if args.overrides and not args.config:
         raise ConfigError(f"study --set {args.overrides[0]!r}: the built-in study takes no overrides; write a study "
-                          f"config (see experiments/rt_minilm_cpu.toml) and pass it with --set")
+                          f"config (see experiments/rt_minilm_cpu.toml), pass it as CONFIG and --set its fields")
     if args.config and args.quick:
         raise ConfigError("study --quick applies to the built-in study; shrink a config with --set instead")
     study_cfg = config.check_environment(config.load(config.StudyConfig, args.config, args.overrides)) \

@@ -33,16 +33,25 @@ from lorasec.config.schema import at_least, seeds as check_seeds
 
 @dataclass(frozen=True)
 class SweepFile:
-    """A spec file's fields as written (module docstring); :func:`spec_from_raw` turns it into a :class:`SweepSpec`."""
+    """A sweep spec file's fields as written (TOML or JSON; `lorasec config show --kind sweep SPEC` prints one
+    resolved); spec_from_raw turns them into a SweepSpec."""
 
     base: str | dict = field(default_factory=dict)
+    """The run config every cell starts from: a file (relative to the spec) or a [base] table of RunConfig fields."""
     seeds: tuple[int, ...] = (0,)
+    """Each cell runs once per seed; distinct, each in [0, 2**32)."""
     axes: dict = field(default_factory=dict)
+    """Dotted RunConfig field -> list of values; the cells are the product of these lists (and of zip)."""
     zip: tuple[dict, ...] = ()
+    """Groups of dotted fields that move together (lists of equal length); several groups allowed."""
     pretrain_steps: int = 0
+    """> 0: pretrain the synthetic encoder once for this many masked-LM steps and start every run from it."""
     max_members: int = 0
+    """Most runs trained as one vmapped program (0: no limit; lower it when one program does not fit memory)."""
     pad_ranks: bool = True
+    """LoRA ranks share a program, zero-padded to the largest (exact: padded directions stay zero)."""
     name: str = ""
+    """The sweep's name (default: the spec file's stem)."""
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,20 @@ def test_version_and_help_on_every_flag(capsys):
     assert missing == []
 
 
+@pytest.mark.parametrize("argv, line", [
+    (["reproduce", "paper1", "--quik"], "unrecognized arguments: --quik; did you mean '--quick'? (see `lorasec "
+                                        "reproduce --help`)"),
+    (["trian"], "did you mean 'train'? (see `lorasec --help`)"),
+    (["config", "show", "--kindd", "run"], "did you mean '--kind'? (see `lorasec config show --help`)"),
+    (["sweep"], "the following arguments are required: spec (see `lorasec sweep --help`)"),
+])
+def test_a_wrong_call_is_one_line_with_the_closest_flag(argv, line, capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1 and err.startswith("lorasec: error: ") and line in err
+
+
 def test_commands_that_work_take_set_out_and_no_progress():
     takes = {name: {o for a in sub._actions for o in a.option_strings} for name, sub in _subparsers(cli._parser())}
     for name in ("train", "pretrain", "study", "sweep", "purify", "reproduce", "verify"):

@@ -115,17 +115,19 @@ def _comment(text: str) -> list[str]:
 
 def markdown_reference() -> str:
     """Per config kind a table of every field: dotted name, type, default, meaning (``docs/reference/config.md``)."""
-    out = []
-    for kind, cls in CONFIGS.items():
-        out += [f"### {cls.__name__} ({kind}: {COMMANDS[kind]})", "",
-                " ".join((cls.__doc__ or "").split()), "",
-                "| field | type | default | meaning |", "|---|---|---|---|"]
-        for doc in describe(cls()):
-            cells = (f"`{doc.name}`", f"`{doc.type}`", f"`{toml_value(doc.value)}`", doc.meaning)
-            out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-        out.append("")
-    return "\n".join(out)
+    return "\n".join(markdown_table(cls, f"{kind}: {COMMANDS[kind]}") for kind, cls in CONFIGS.items())
 
 
-__all__ = ["CONFIGS", "FieldDoc", "commented_toml", "describe", "markdown_reference", "meanings", "sections",
+def markdown_table(cls: type, used_by: str) -> str:
+    """One config class as a Markdown section: its docstring, then every field's dotted name, type, default and
+    meaning; ``used_by`` says what reads it."""
+    out = [f"### {cls.__name__} ({used_by})", "", " ".join((cls.__doc__ or "").split()), "",
+           "| field | type | default | meaning |", "|---|---|---|---|"]
+    for doc in describe(cls()):
+        cells = (f"`{doc.name}`", f"`{doc.type}`", f"`{toml_value(doc.value)}`", doc.meaning)
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+__all__ = ["CONFIGS", "FieldDoc", "commented_toml", "describe", "markdown_reference", "markdown_table", "meanings", "sections",
            "toml_value"]

@@ -163,7 +163,10 @@ def infinite(root: Path) -> str:
 
 def config_reference(root: Path) -> str:
     """Every config field: type, default, meaning (:mod:`lorasec.config.reference`, read from the schema)."""
-    return reference.markdown_reference()
+    from lorasec.sweep_spec import SweepFile
+
+    return (reference.markdown_reference() + "\n"
+            + reference.markdown_table(SweepFile, "a sweep spec: lorasec sweep, each figure of lorasec reproduce"))
 
 
 RENDERERS: dict[str, Callable[..., str]] = {"tally": tally, "claims": claims, "verify": verify,

@@ -419,10 +419,11 @@ def paper_directory(paper: str, experiments: str | None = None) -> Path:
     package = Path(__file__).resolve().parents[1]
     roots = [Path(experiments)] if experiments else [package.parent / "experiments", package / "experiments",
                                                       Path("experiments")]
+    roots = [root for i, root in enumerate(roots) if root.resolve() not in {r.resolve() for r in roots[:i]}]
     for root in roots:
         if (root / paper / "paper.toml").is_file():
             return root / paper
-    found = sorted(p.parent.name for root in roots if root.is_dir() for p in root.glob("*/paper.toml"))
+    found = sorted({p.parent.name for root in roots if root.is_dir() for p in root.glob("*/paper.toml")})
     hint = f"papers found: {', '.join(found)}" if found else "run from the repository root or pass --experiments DIR"
     raise ConfigError(f"reproduce {paper!r}: no {paper}/paper.toml under {', '.join(map(str, roots))}; {hint}")
 
@@ -933,6 +934,8 @@ def report(summary: dict) -> str:
              "whole paper's report." if summary.get("only") else "")
     scope += (" Run with changed settings (--set): not the paper's specs as written." if summary.get("overrides")
               else "")
+    scope += (" A quick smoke run (--quick): the captions describe the full specs; each figure's spec line says "
+              "what ran." if summary["quick"] else "")
     count = len(summary["figures"])
     lines = [f"# {summary['title']}", "",
              f"`{command}`: {count} figure{'s' * (count != 1)}.{scope} The family is the {family['size']} tallied "
