@@ -41,7 +41,8 @@ class _Parser(argparse.ArgumentParser):
         hint, chosen = "", self
         choice = re.match(r"argument .*: invalid choice: '(.*?)' \(choose from (.*)\)$", message)
         if choice:
-            close = difflib.get_close_matches(choice[1], re.findall(r"'([^']*)'", choice[2]), n=1)
+            options = [c.strip(" '") for c in choice[2].split(",")]  # quoted or not, by Python version
+            close = difflib.get_close_matches(choice[1], options, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
         elif message.startswith("unrecognized arguments: "):
             chosen = self._chosen(getattr(self, "_argv", []))
@@ -332,9 +333,12 @@ def _verify(args) -> int:
             print(f"{item.name:24s} {item.paper}: {item.statement}")
         return 0
     chosen = [registry[n] for n in args.names if n in registry] if args.names else list(registry.values())
+    if args.overrides and not any(item.trains for item in chosen):
+        raise ConfigError(f"verify --set {args.overrides[0]!r}: none of the chosen claims trains; --set changes the "
+                          f"purify pipeline that paper 2's trained-model claims read (see --list)")
     for work in dict.fromkeys(item.work(Path(args.purify)) for item in chosen if item.work):
         if work:
-            _announce(f"verify {work}")
+            _announce(f"verify {work}" + (f"; with --set {' --set '.join(args.overrides)}" if args.overrides else ""))
     checks = theory.verify(args.names, Path(args.purify), progress=not args.no_progress, settings=args.overrides)
     print(claims.claims_table(checks))
     if args.json:

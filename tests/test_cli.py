@@ -49,8 +49,6 @@ def test_a_wrong_call_is_one_line_with_the_closest_flag(argv, line, capsys):
 def test_commands_that_work_take_set_out_and_no_progress():
     takes = {name: {o for a in sub._actions for o in a.option_strings} for name, sub in _subparsers(cli._parser())}
     for name in ("train", "pretrain", "study", "sweep", "purify", "reproduce", "verify"):
-        assert "--no-progress" in takes[name], name
-    for name in ("train", "pretrain", "study", "sweep", "purify", "reproduce", "verify"):
         assert {"--set", "--out", "--no-progress"} <= takes[name], name
     for name in ("ntk", "config show"):
         assert "--set" in takes[name], name
@@ -87,7 +85,9 @@ def test_verify_says_what_it_will_train_or_fetch_first(tmp_path, monkeypatch, ca
     assert asked == {"out": tmp_path, "settings": ["seeds=[0,1,2]"]}
     said = capsys.readouterr().err.splitlines()
     assert len(said) == 1 and said[0].startswith(f"lorasec: verify trains the default purify pipeline into "
-                                                 f"{str(tmp_path)!r}")
+                                                 f"{str(tmp_path)!r}") and said[0].endswith("; with --set seeds=[0,1,2]")
+    assert cli.main(["verify", "lemma_3_1", "--set", "seeds=[0,1,2]"]) == 2  # nothing it would change
+    assert "none of the chosen claims trains" in capsys.readouterr().err
     (tmp_path / "summary.json").write_text("{}")
     assert cli.main(["verify", "lora_spectrally_weak", "lemma_3_1", "--purify", str(tmp_path)]) == 0
     assert capsys.readouterr().err == ""

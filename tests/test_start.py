@@ -78,3 +78,44 @@ def test_load_run_never_prepares_data(tmp_path, monkeypatch):
     again = evaluation.evaluate(run.tuned, cfg, run.test, run.encoder)
     assert again.clean_accuracy == results["clean_accuracy"]
     assert again.attack_success_rate == results["attack_success_rate"]
+
+
+def test_a_copy_re_anchors_only_what_moved_with_it_and_survives_a_kill_while_re_anchoring(tmp_path, monkeypatch):
+    """relocate: the pretrained encoder copied with a sweep is the copy's; data beside the working directory, which
+    did not move, stays as written (a copied run whose config names it resumes); paths no file system can hold are
+    left to the loader. read_results: a copy killed after results.json took the new hash still reads."""
+    import json
+    import shutil
+
+    from lorasec.config import from_dict, relocate, to_dict
+    from lorasec.config.loading import write_origin
+    from lorasec.core import files
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("")
+    old = tmp_path / "out"
+    (old / "pretrained").mkdir(parents=True)
+    (old / "runs" / "a" / "params").mkdir(parents=True)
+    write_origin(old / "runs" / "a")
+    raw = {"model": {"pretrained": str(old / "pretrained")}, "data": {"train_file": "data/train.jsonl"}}
+    new = tmp_path / "copy"
+    shutil.copytree(old, new)
+    got = relocate(raw, new / "runs" / "a")
+    assert got == {"model": {"pretrained": str((new / "pretrained").resolve())},
+                   "data": {"train_file": "data/train.jsonl"}}
+    assert relocate(raw, old / "runs" / "a") == raw
+    odd = {"model": {"pretrained": "a\x00b"}, "data": {"train_file": "/x/\x00"}}
+    assert relocate(odd, new / "runs" / "a") == odd
+
+    cfg = tiny_run(model=ModelConfig(d_model=16, num_heads=2, d_ff=32, pretrained=str(old / "pretrained")))
+    run = new / "runs" / "a"
+    files.write_json(run / "config.json", to_dict(cfg))
+    moved = json.loads(json.dumps(to_dict(cfg)))
+    moved["model"]["pretrained"] = str((new / "pretrained").resolve())
+    files.write_json(run / "results.json", {"clean_accuracy": 0.5, "config_sha256": rundir.config_hash(
+        from_dict(type(cfg), moved))})  # _anchor_here's first write, then a kill
+    assert rundir.read_results(run)["clean_accuracy"] == 0.5
+    files.write_json(run / "results.json", {"clean_accuracy": 0.5, "config_sha256": "0" * 64})
+    with pytest.raises(ConfigError, match="was changed after the run finished"):
+        rundir.read_results(run)

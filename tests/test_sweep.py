@@ -21,6 +21,7 @@ from conftest import TINY_DATA, TINY_MODEL
 
 from lorasec import config
 from lorasec.config import ConfigError
+from lorasec.core import files
 from lorasec.pipelines import rundir
 from lorasec.pipelines.run import train_run
 from lorasec.pipelines.sweep import read_table, run_name, run_sweep
@@ -186,8 +187,8 @@ def test_a_spec_that_gains_an_axis_value_reuses_the_runs_it_already_finished(swe
     grown_out = tmp_path / "grown"
     shutil.copytree(out, grown_out)
     before = {(r["attack.poison_rate"], r["adapter.method"], r["seed"]): r for r in read_table(out)}
-    stamps = {p.name.split("-", 1)[1]: (p / "results.json").stat().st_mtime_ns for p in (grown_out / "runs").iterdir()
-              if (p / "results.json").is_file()}
+    stamps = {p.name.split("-", 1)[1]: [(p / f).stat().st_mtime_ns for f in ("results.json", "metrics.jsonl")]
+              for p in (grown_out / "runs").iterdir() if (p / "results.json").is_file()}
     grown = dict(SPEC, axes={"attack.poison_rate": [0.01, 0.05, 0.2]})  # every cell number moves
     run_sweep(load_spec(_write(tmp_path / "grown.json", grown)), grown_out, progress=False)
     rows = read_table(grown_out)
@@ -196,10 +197,13 @@ def test_a_spec_that_gains_an_axis_value_reuses_the_runs_it_already_finished(swe
         key = (row["attack.poison_rate"], row["adapter.method"], row["seed"])
         if key in before:
             assert row["clean_accuracy"] == before[key]["clean_accuracy"]
-            run = grown_out / "runs" / row["run"]
-            assert (run / "results.json").stat().st_mtime_ns == stamps[row["run"].split("-", 1)[1]]
+            run = grown_out / "runs" / row["run"]  # neither retrained nor its loss log rewritten
+            assert [(run / f).stat().st_mtime_ns for f in ("results.json", "metrics.jsonl")] == stamps[
+                row["run"].split("-", 1)[1]]
         else:
             assert row["attack.poison_rate"] == 0.01 and row["resumed_from_step"] == 0
+            new = files.read_json(grown_out / "runs" / row["run"] / "results.json")
+            assert new["group_members"] == 2  # its method's two new runs alone, not the 4 finished beside them
 
 
 def test_plot_writes_png_and_pdf_and_names_bad_columns(swept, tmp_path):

@@ -185,11 +185,15 @@ def write_origin(directory: Path) -> None:
 
 
 def relocate(raw: dict[str, Any], directory: Path) -> dict[str, Any]:
-    """``raw`` (a config lorasec wrote into ``directory``), re-anchored if the directory was moved or copied since:
-    each path of :data:`PATH_FIELDS` is taken relative to where the directory was written and resolved from where
-    it is now, and replaced when that exists (a sweep moved with its pretrained encoder: the copy uses the copied
-    encoder). Paths to what did not move with it, registry names, and directories without an origin record (or
-    never moved) are left as written."""
+    """``raw`` (a config lorasec wrote into ``directory``), re-anchored if the directory was moved or copied since.
+
+    Each path of :data:`PATH_FIELDS` that lay near the directory (under the directory three levels up, where
+    lorasec puts a sweep's or a paper's pretrained and backdoored models) is taken relative to where the directory
+    was written and resolved from where it is now; it is replaced when that exists and is not what the path as
+    written names from here (a sweep moved with its pretrained encoder: the copy uses the copied encoder). Paths to
+    what did not move with it, registry names, and directories without an origin record (or never moved) are left
+    as written.
+    """
     if not isinstance(raw, dict):
         return raw  # not a config: the loader names it
     try:
@@ -200,15 +204,23 @@ def relocate(raw: dict[str, Any], directory: Path) -> dict[str, Any]:
     if old_directory == Path(directory).resolve():
         return raw
     out = json.loads(json.dumps(raw))
+    parents = old_directory.parents
+    near = parents[min(2, len(parents) - 1)] if len(parents) else old_directory
     for dotted in PATH_FIELDS:
         section, _, name = dotted.partition(".")
         table = out.get(section)
         value = table.get(name) if isinstance(table, dict) else None
         if not isinstance(value, str) or not value:
             continue
-        moved = (Path(directory) / os.path.relpath(old_cwd / value, old_directory)).resolve()
-        if moved.exists():
-            table[name] = str(moved)
+        try:
+            was = Path(os.path.normpath(old_cwd / value))
+            if not was.is_relative_to(near):
+                continue
+            moved = (Path(directory) / os.path.relpath(was, old_directory)).resolve()
+            if moved.exists() and moved != Path(value).resolve():
+                table[name] = str(moved)
+        except (OSError, ValueError):  # a path no file system can hold: the loader names it
+            continue
     return out
 
 

@@ -108,7 +108,8 @@ def config_hash(cfg: RunConfig) -> str:
 def read_results(run_dir: Path) -> dict:
     """``results.json`` of a finished run, checked: readable, made for its ``config.json`` as written (an edit is
     named; a move is not an edit), weights present."""
-    cfg = from_dict(RunConfig, _written_config(run_dir))
+    written = _written_config(run_dir)
+    hashes = {config_hash(from_dict(RunConfig, written)), config_hash(from_dict(RunConfig, relocate(written, run_dir)))}
     path = run_dir / "results.json"
     try:
         results = files.read_json(path)
@@ -118,7 +119,7 @@ def read_results(run_dir: Path) -> dict:
     if not isinstance(results, dict):
         raise ConfigError(f"{str(path)!r} is damaged (not a table of results); remove it and run again")
     stored = results.get("config_sha256")
-    if stored is not None and stored != config_hash(cfg):
+    if stored is not None and stored not in hashes:  # moved and re-anchored (or interrupted doing so): either
         raise ConfigError(f"{str(run_dir / 'config.json')!r} was changed after the run finished (its hash differs "
                           f"from the one in results.json); restore it, or train the new config in another --out")
     if not (run_dir / "params").is_dir():
@@ -156,8 +157,12 @@ def reserve(cfg: RunConfig, out_dir: Path) -> dict | None:
 
 
 def _anchor_here(out_dir: Path, relocated: RunConfig, results: dict | None) -> None:
-    """A run directory moved since it was written: its config.json takes the re-anchored paths, and results.json
-    the hash of that config (it was checked against the config as written first, so an edit is still named)."""
+    """A run directory moved since it was written: results.json takes the hash of the re-anchored config (it was
+    checked against the config as written first, so an edit is still named), then model.json's start, config.json
+    and the origin take the new paths; :func:`read_results` accepts either hash, so a kill between writes is
+    harmless."""
+    if results is not None:
+        files.write_json(out_dir / "results.json", {**results, "config_sha256": config_hash(relocated)})
     model = out_dir / "model.json"
     if model.is_file():  # its start is re-anchored from the same origin, before that is rewritten
         meta = files.read_json(model)
@@ -166,8 +171,6 @@ def _anchor_here(out_dir: Path, relocated: RunConfig, results: dict | None) -> N
             files.write_json(model, {**meta, "start": start})
     files.write_json(out_dir / "config.json", to_dict(relocated))
     write_origin(out_dir)
-    if results is not None:
-        files.write_json(out_dir / "results.json", {**results, "config_sha256": config_hash(relocated)})
 
 
 def release(out_dir: Path) -> None:

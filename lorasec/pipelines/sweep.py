@@ -170,8 +170,10 @@ def _run_sweep(spec: SweepSpec, out_dir: Path, progress: bool, names: Callable[[
     def finished(name: str) -> bool:
         return (out_dir / "runs" / name / "results.json").is_file()
 
-    # A group keeps its finished members: groups are formed over every run of the spec, so a group killed after
-    # some of its runs were written is the same group again, resumes from its own checkpoint and writes the rest.
+    # A group keeps its finished members while its checkpoint holds them: groups are formed over every run of the
+    # spec, so a group killed after some of its runs were written is the same group again, resumes from its own
+    # checkpoint and writes the rest. Without such a checkpoint (the spec gained a seed or a value, which changes
+    # the group) only the unfinished runs train, and finished ones are left as they are.
     todo = {key: entries for key, entries in todo.items() if not all(finished(e[2]) for e in entries)}
     total = sum(not finished(e[2]) for entries in todo.values() for e in entries)
     bar = tqdm(total=total, desc=f"sweep {spec.name}", unit="run", disable=not (progress and primary),
@@ -189,6 +191,8 @@ def _run_sweep(spec: SweepSpec, out_dir: Path, progress: bool, names: Callable[[
             size = spec.max_members or len(members)
             for begin in range(0, len(members), size):
                 group = members[begin:begin + size]
+                if not _resumable(out_dir, group):
+                    group = [member for member in group if not finished(member[1])]
                 left = sum(not finished(name) for _, name, _ in group)
                 if left:
                     _train_group(group, out_dir, progress)
@@ -246,11 +250,22 @@ def _pretrained(spec: SweepSpec, cells: list[Cell], out_dir: Path, progress: boo
     return str((out_dir / "pretrained").resolve())
 
 
+def _group_dir(out_dir: Path, members: list[tuple[Cell, str, PreparedRun]]) -> Path:
+    """Where a group of runs keeps its checkpoints: named by its members, so the same runs find it again."""
+    return out_dir / "groups" / hashlib.sha256("\n".join(name for _, name, _ in members).encode()).hexdigest()[:16]
+
+
+def _resumable(out_dir: Path, members: list[tuple[Cell, str, PreparedRun]]) -> bool:
+    """Whether this very group saved a training step it can resume from."""
+    checkpoints = _group_dir(out_dir, members) / "checkpoints"
+    return checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
+
+
 def _train_group(members: list[tuple[Cell, str, PreparedRun]], out_dir: Path, progress: bool) -> None:
     began = time.perf_counter()
     names = [name for _, name, _ in members]
-    group_id = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
-    group_dir = out_dir / "groups" / group_id
+    group_dir = _group_dir(out_dir, members)
+    group_id = group_dir.name
     if jax.process_index() == 0:
         files.write_json(group_dir / "group.json", {"runs": names})
     first = members[0][2].cfg
