@@ -83,7 +83,7 @@ def test_infinite_command_writes_the_convergence_report(tmp_path, capsys):
 
     assert main(["infinite", "--out", str(tmp_path), "--widths", "8", "64", "--draws", "3", "--n", "4"]) == 0
     report = json.loads((tmp_path / "infinite.json").read_text())
-    assert report["widths"] == [8, 64] and np.asarray(report["errors"]).shape == (2, 3)
+    assert report["widths"] == [8, 64] and np.asarray(report["errors"]).shape == (2, 3) and "devices" in report["made"]
     assert report["mean"][1] < report["mean"][0]   # 8x wider: about 2.8x closer
     assert (tmp_path / "encoder_convergence.png").stat().st_size > 0 and (tmp_path / "encoder_convergence.pdf").exists()
     assert "fitted slope" in capsys.readouterr().out

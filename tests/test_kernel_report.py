@@ -24,6 +24,7 @@ def test_ntk_from_run_directory_and_from_config(tmp_path, capsys):
     train_run(cfg, run, progress=False)
     assert cli.main(["ntk", str(run), "--n", "8"]) == 0
     summary = json.loads((run / "ntk" / "summary.json").read_text())
+    assert "devices" in summary["made"]
     arrays = np.load(run / "ntk" / "kernels.npz")
     assert arrays["full"].shape == (8, 8, 2, 2) and arrays["lora"].shape == (8, 8, 2, 2)
     for name in ("full", "lora"):

@@ -18,6 +18,7 @@ def test_tiny_study_writes_summary_figure_and_report(tmp_path):
                               AttackConfig(kind="badnets", poison_rate=0.05)),
                      methods=(("full", 1e-3), ("lora", 1e-3)))
     summary = run_study(tmp_path, study=plan, progress=False)
+    assert {"date", "lorasec", "devices", "processor"} == set(summary["made"])  # the results page shows it
     assert [(c["attack"], c["arm"]) for c in summary["cells"]] == [
         ("label_flip@0.1", "full lr 0.001"), ("label_flip@0.1", "lora lr 0.001"),
         ("badnets@0.05", "full lr 0.001"), ("badnets@0.05", "lora lr 0.001")]

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from lorasec.config import ConfigError
-from lorasec.core import files, keys, memory
+from lorasec.core import files, keys, machine, memory
 from lorasec.diagnostics import infinite
 from lorasec.pipelines import figures
 
@@ -59,6 +59,7 @@ def run(out: str | Path, widths, **kwargs) -> dict:
     report = convergence(widths, **kwargs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    report = {**report, "made": machine.record()}
     files.write_json(out / "infinite.json", report)
     figures.convergence_figure(report, out / "encoder_convergence")
     return report

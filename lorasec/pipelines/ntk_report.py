@@ -21,7 +21,7 @@ from flax import nnx
 from lorasec.adapters import lora
 from lorasec.attacks import poison
 from lorasec.config import AttackConfig, ConfigError, RunConfig, check_environment
-from lorasec.core import files, keys
+from lorasec.core import files, keys, machine
 from lorasec.core.stats import finite as _finite
 from lorasec.diagnostics import fisher, full_kernel, information, kernel
 from lorasec.pipelines import figures
@@ -226,6 +226,7 @@ def kernel_report(cfg: RunConfig, out_dir: str | Path, *, run_dir: str | Path | 
              logits=logits, **{f"full/{k}": v for k, v in full_parts.items() if k in adapted},
              **{f"full_group/{k}": v for k, v in _group_sums(full_parts).items()},
              **{f"lora/{k}": v for k, v in lora_parts.items()})
+    summary["made"] = machine.record()
     files.write_json(out_dir / "summary.json", summary)
     figures.ntk_spectrum_figure(spectra, out_dir / "spectrum.png")
     return summary

@@ -42,7 +42,7 @@ from lorasec.config import (
     to_dict,
     write_origin,
 )
-from lorasec.core import files, stats
+from lorasec.core import files, machine, stats
 from lorasec.pipelines import diagnose, figures, rundir
 from lorasec.pipelines.pretrain import pretrain, pretrain_recipe
 from lorasec.pipelines.run import load_run, prepare_model, train_run
@@ -258,7 +258,7 @@ def run_purify(cfg: PurifyConfig, out: str | Path, *, progress: bool = True) -> 
         "never_poisoned": {"runs": control, **{key: stats.mean_sd(r[key] for r in control)
                                                for key in ("clean_accuracy", "attack_success_rate")}},
         "defences": cells,
-        "sweeps": {name: mean_curve(curves) for name, curves in sweeps.items()}}
+        "sweeps": {name: mean_curve(curves) for name, curves in sweeps.items()}, "made": machine.record()}
     files.write_json(out / "summary.json", summary)
     figures.purify_figure(summary, out / "purify.png")
     if summary["sweeps"]:

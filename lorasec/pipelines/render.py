@@ -126,8 +126,9 @@ def study(root: Path, name: str = "study") -> str:
     model = summary.get("model", "")
     named = [summary.get("task", ""), model if "/" not in model else ""]  # a path: the study's own encoder
     head = (", ".join(n for n in named if n) + ": " + f"{len(summary['seeds'])} seeds, {summary['steps']} steps"
-            + (f", encoder pretrained {summary['pretrain_steps']} steps" if summary.get("pretrain_steps") else ""))
-    return head + ":\n\n" + "\n".join(tables.markdown(("attack", "method, lr", "CACC %", "ASR %", "triggered acc. %"),
+            + (f", encoder pretrained {summary['pretrain_steps']} steps" if summary.get("pretrain_steps") else "")
+            + f". {machine.in_words(summary.get('made'))}")
+    return head + "\n\n" + "\n".join(tables.markdown(("attack", "method, lr", "CACC %", "ASR %", "triggered acc. %"),
                                                       rows))
 
 
@@ -145,7 +146,8 @@ def kernels(root: Path, name: str = "ntk_minilm") -> str:
                      f"{ttr['normalised']['lora']:.3f}"))
     head = (f"{summary['num_examples']} test examples, {len(summary['adapted_layers'])} adapted layers: "
             f"K_LoRA ⪯ K_FF in {order['lora_below_ff']} of {order['layers']} layers; Theorem 3.6's orders hold in "
-            + ", ".join(f"{n} ({k})" for k, n in order["theorem_3_6"].items()) + " of them.")
+            + ", ".join(f"{n} ({k})" for k, n in order["theorem_3_6"].items()) + " of them. "
+            + machine.in_words(summary.get("made")))
     return head + "\n\n" + "\n".join(tables.markdown(("measure (whole model)", "full fine-tuning", "LoRA"), rows))
 
 
@@ -157,7 +159,7 @@ def infinite(root: Path) -> str:
     head = (f"{result['num_layers']}-layer encoder, {result['parameterization']} parameterisation, {result['draws']} "
             f"networks per width, {result['examples']} sentences of {result['length']} tokens: relative error "
             f"against the limit falls with slope {result['slope']:.3f} in log-log (predicted "
-            f"{result['predicted_slope']:g}).")
+            f"{result['predicted_slope']:g}). {machine.in_words(result.get('made'))}")
     return head + "\n\n" + "\n".join(tables.markdown(("width", "mean relative error"), rows))
 
 

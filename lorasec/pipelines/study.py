@@ -24,7 +24,7 @@ from lorasec.config import (
     replace_config,
     to_dict,
 )
-from lorasec.core import files, stats
+from lorasec.core import files, machine, stats
 from lorasec.pipelines import figures
 from lorasec.pipelines.pretrain import pretrain, pretrain_recipe
 from lorasec.pipelines.sweep import run_sweep
@@ -117,7 +117,7 @@ def run_study(out_dir: str | Path, *, quick: bool = False, progress: bool = True
     summary = {"quick": quick, "seeds": list(study.seeds), "steps": base.train.steps,
                "pretrain_steps": study.pretrain_steps if study.base is None or not study.base.model.pretrained
                else None, "task": base.data.source, "model": base.model.pretrained or "from scratch",
-               "cells": cells}
+               "cells": cells, "made": machine.record()}
     files.write_json(out_dir / "summary.json", summary)
     figures.study_figure(summary, out_dir / "study.png")
     files.write_text(out_dir / "report.md", figures.study_table(summary))
