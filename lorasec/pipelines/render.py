@@ -43,9 +43,10 @@ def _tally(counts: dict) -> str:
     return ", ".join(f"{n} {verdict}" for verdict, n in ranked) or "none"
 
 
-def tally(root: Path, paper: str) -> str:
+def tally(root: Path, paper: str, *options: str) -> str:
     """One line: a reproduced paper's family, its verdicts under the hypotheses as stated, and the earlier rule's
-    tally of the same comparisons (or, for a report made before the hypotheses, its own tally, marked so)."""
+    tally of the same comparisons (or, for a report made before the hypotheses, its own tally, marked so); with the
+    option ``dated`` (results pages, not the README), when and on what machine the report was written."""
     summary = _json(root, f"figures/{paper}/summary.json")
     family = summary.get("family")
     if family is None:
@@ -57,8 +58,8 @@ def tally(root: Path, paper: str) -> str:
                 f"{sum(counts.values())} comparisons by the earlier rule, {_tally(counts)}.")
     return (f"`{paper}`: {family['size']} tested comparisons (Holm over the report, α = {family['alpha']}): "
             f"{_tally(family['tally'])}; the earlier rule on the same runs: {_tally(family['before'])}. "
-            f"{family['identities']} identities and {family['repeats']} repeats shown apart. "
-            f"{machine.in_words(summary.get('made'))}")
+            f"{family['identities']} identities and {family['repeats']} repeats shown apart."
+            + (f" {machine.in_words(summary.get('made'))}" if "dated" in options else ""))
 
 
 def _percent(value) -> str:
