@@ -414,9 +414,8 @@ def main(argv=None) -> None:
     rows = compare(args, work, args.torch_python, peak)
     print("\n" + _table(rows, peak))
     out = Path(args.out or work / f"results-{args.device}.json")
-    out.write_text(json.dumps({"device": jax.devices()[0].device_kind, "processor": machine.processor(), "peak_flops": peak,
-                               "huge_pages": args.huge_pages, "rows": rows},
-                              indent=1))
+    out.write_text(json.dumps({"device": jax.devices()[0].device_kind, "processor": machine.processor(),
+                               "peak_flops": peak, "huge_pages": args.huge_pages, "rows": rows}, indent=1))
     print(f"\nwritten to {out}")
 
 

@@ -129,5 +129,5 @@ def markdown_table(cls: type, used_by: str) -> str:
     return "\n".join(out) + "\n"
 
 
-__all__ = ["CONFIGS", "FieldDoc", "commented_toml", "describe", "markdown_reference", "markdown_table", "meanings", "sections",
-           "toml_value"]
+__all__ = ["CONFIGS", "FieldDoc", "commented_toml", "describe", "markdown_reference", "markdown_table", "meanings",
+           "sections", "toml_value"]

@@ -109,7 +109,7 @@ def read_results(run_dir: Path) -> dict:
     """``results.json`` of a finished run, checked: readable, made for its ``config.json`` as written (an edit is
     named; a move is not an edit), weights present."""
     written = _written_config(run_dir)
-    hashes = {config_hash(from_dict(RunConfig, written)), config_hash(from_dict(RunConfig, relocate(written, run_dir)))}
+    hashes = {config_hash(from_dict(RunConfig, raw)) for raw in (written, relocate(written, run_dir))}
     path = run_dir / "results.json"
     try:
         results = files.read_json(path)
