@@ -117,3 +117,13 @@ def test_wordpiece_from_vocab_file(tmp_path):
     ids, _ = enc.encode(["I watched Movie"])
     tokens = [enc.tokenizer.id_to_token(i) for i in ids[0]]
     assert tokens == ["[CLS]", "i", "watch", "##ed", "movie", "[PAD]"]
+
+
+def test_labels_that_only_look_like_digits_are_names_not_integers(tmp_path):
+    """str.isdigit accepts "²" and "٣", which int() refuses (found by the fuzzed data-file test)."""
+    path = tmp_path / "odd.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "label": v}) + "\n" for t, v in [("a", "²"), ("b", "1"), ("c", "-2")]))
+    data = read_text_file(path)
+    assert data.label_names == ("-2", "1", "²") and data.labels.tolist() == [2, 1, 0]
+    path.write_text('{"text": "a", "label": "3"}\n{"text": "b", "label": "-0"}\n')
+    assert read_text_file(path).labels.tolist() == [3, 0]
