@@ -63,6 +63,25 @@ def test_a_failed_run_leaves_its_directory_unclaimed(tmp_path):
     assert results["steps"] == 20
 
 
+
+def test_one_start_named_by_a_relative_and_an_absolute_path_is_one_run(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from conftest import TINY_MODEL
+
+    from lorasec.pipelines import rundir
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "start").mkdir()
+    (tmp_path / "other").mkdir()
+    relative = tiny_run(model=replace(TINY_MODEL, init_from="start"))
+    assert rundir.reserve(relative, tmp_path / "run") is None
+    # was: "holds a run with model.init_from = 'start' (this config: '/tmp/.../start')"
+    assert rundir.reserve(tiny_run(model=replace(TINY_MODEL, init_from=str(tmp_path / "start"))),
+                          tmp_path / "run") is None
+    with pytest.raises(ConfigError, match="model.init_from"):
+        rundir.reserve(tiny_run(model=replace(TINY_MODEL, init_from="other")), tmp_path / "run")
+
 @pytest.mark.slow
 def test_two_processes_on_one_directory(tmp_path):
     cfg = tmp_path / "run.json"

@@ -87,6 +87,10 @@ def _verdict(hypothesis, values, predicted=None):
     (Hypothesis("size", paper_effect=0.37), [0.80, 0.85, 0.79, 0.81, 0.83, 0.80, 0.82, 0.84, 0.80, 0.81],
      "larger than the paper's"),
     (Hypothesis("size", paper_effect=-0.89), [0.0] * 10, "smaller than the paper's"),  # Cl only at 100% ASR
+    (Hypothesis("size", paper_effect=-0.93), [0.30, 0.25, 0.35, 0.28, 0.31, 0.33, 0.27, 0.30, 0.29, 0.32],
+     "opposite sign"),  # RoRA raising ASR where the paper reports a drop
+    (Hypothesis("size", paper_effect=-0.024), [0.02, -0.01, 0.03, 0.01, -0.02, 0.02, 0.01, 0.03, -0.01, 0.02],
+     "smaller than the paper's"),  # the wrong sign, but the interval covers zero
     (Hypothesis("size", paper_effect=-0.89), [0.0] * 5, "inconclusive"),  # 5 seeds cannot reject anything
     (Hypothesis("equivalence", margin=0.01), [0.001, -0.002, 0.0, 0.002, -0.001, 0.001, 0.0, -0.001, 0.002, 0.0],
      "equivalent"),
@@ -103,6 +107,15 @@ def test_a_size_claim_against_a_computed_prediction_and_identities():
     assert _verdict(Hypothesis("size"), values, predicted=2.0) == "smaller than the paper's"
     assert _verdict(Hypothesis("identity"), values, predicted=1.0) == "consistent"
     assert _verdict(Hypothesis("identity"), values, predicted=1.5) == "inconsistent"
+
+
+def test_opposite_sign_is_adjusted_over_the_family():
+    hypothesis = Hypothesis("size", paper_effect=-0.5)
+    values = [0.3, 0.25, 0.35, 0.28, 0.31, 0.33, 0.27, 0.30, 0.29, 0.32]  # p_zero = 2/1024
+    result = hypotheses.test(hypothesis, dict(enumerate(values)))
+    assert result["p_zero"] == pytest.approx(2 / 1024)
+    assert hypotheses.decide(hypothesis, result, 0.01, family_size=25) == "opposite sign"  # 25 · 2/1024 < 0.05
+    assert hypotheses.decide(hypothesis, result, 0.01, family_size=26) == "smaller than the paper's"
 
 
 def test_hypotheses_are_checked_when_the_spec_is_read():

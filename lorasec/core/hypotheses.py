@@ -12,8 +12,12 @@ Every comparison of a reproduced figure, and every claim of ``lorasec verify`` t
     The paper's effect (``paper_effect``: its a − b in the metric's units, e.g. 0.374 for 37.4 points, or a
     computed prediction). Tested by the sign-flip test of ``mean(a − b) = paper_effect``. Verdicts: **agrees in
     size** (not rejected: the paper's number lies within what the seeds allow), **smaller than the paper's** or
-    **larger than the paper's** (rejected; measured along the paper's sign, so an effect of the wrong sign is
-    smaller), **inconclusive** (too few seeds for the exact test to reject anything: n < 6 at α = 0.05).
+    **larger than the paper's** (rejected; measured along the paper's sign), **opposite sign** (rejected, and the
+    mean also differs from zero on the other side of it than the paper's effect: the sign-flip test of
+    ``mean(a − b) = 0``, Bonferroni-adjusted over the whole family, is below α; a disagreement, tallied with
+    them), **inconclusive** (too few seeds for the exact test to reject anything: n < 6 at α = 0.05). A mean of
+    the wrong sign whose interval still covers zero is *smaller than the paper's*: the seeds do not show the
+    sign reversed.
 ``equivalence``
     "No cost", "no effect": ``|mean(a − b)| < margin``, the margin written in the spec. Tested by two one-sided
     sign-flip tests (TOST). Verdicts: **equivalent** (both rejected at α after adjustment) or **not shown
@@ -39,7 +43,8 @@ KINDS = ("direction", "size", "equivalence", "identity")
 EXPECTS = ("a > b", "a < b")
 VERDICTS = {
     "direction": ("agrees", "disagrees", "inconclusive"),
-    "size": ("agrees in size", "smaller than the paper's", "larger than the paper's", "inconclusive"),
+    "size": ("agrees in size", "smaller than the paper's", "larger than the paper's", "opposite sign",
+             "inconclusive"),
     "equivalence": ("equivalent", "not shown equivalent"),
     "identity": ("consistent", "inconsistent"),
 }
@@ -93,7 +98,8 @@ def test(hypothesis: Hypothesis, differences: dict, *, predicted: float | None =
         predicted: for ``size`` and ``identity`` hypotheses without a paper number, the computed a − b to test.
     Returns:
         ``n``, ``seeds``, ``signs`` (one character per seed), ``mean``, ``sd``, ``ci95`` (t half-width), ``null``
-        (the value tested), ``p`` (unadjusted), and ``detectable`` (the smallest |a − b| a two-sided test at α with
+        (the value tested), ``p`` (unadjusted), ``p_zero`` (size hypotheses: the unadjusted p of ``mean = 0``,
+        which decides *opposite sign*), and ``detectable`` (the smallest |a − b| a two-sided test at α with
         80% power could find at this n and spread; None when the exact test cannot reach α at all).
     """
     seeds = sorted(s for s, d in differences.items() if d is not None)
@@ -109,11 +115,26 @@ def test(hypothesis: Hypothesis, differences: dict, *, predicted: float | None =
         p = stats.tost_p(values, hypothesis.margin)
     else:
         p = stats.sign_flip_p(values, null=null)
-    return {**summary, "null": null, "p": p, "detectable": stats.detectable_effect(summary["sd"], len(values))}
+    result = {**summary, "null": null, "p": p, "detectable": stats.detectable_effect(summary["sd"], len(values))}
+    if hypothesis.kind == "size":
+        result["p_zero"] = stats.sign_flip_p(values, null=0.0)
+    return result
 
 
-def decide(hypothesis: Hypothesis, result: dict, adjusted_p: float | None, alpha: float = ALPHA) -> str:
-    """The verdict of a tested hypothesis at its family-adjusted p (module docstring's vocabulary)."""
+def decide(hypothesis: Hypothesis, result: dict, adjusted_p: float | None, alpha: float = ALPHA, *,
+           family_size: int = 1) -> str:
+    """The verdict of a tested hypothesis at its family-adjusted p (module docstring's vocabulary).
+
+    Args:
+        hypothesis: what was claimed.
+        result: :func:`test`'s result.
+        adjusted_p: its p adjusted over the family (:func:`adjust_family`).
+        alpha: the family-wise error rate.
+        family_size: how many tests the family holds; the zero test behind *opposite sign* is Bonferroni-adjusted
+            by it (conservative: Holm's factor for any member is at most the family's size).
+    Returns:
+        One of ``VERDICTS[hypothesis.kind]``.
+    """
     if hypothesis.kind == "identity":
         if result["mean"] is None or result["null"] is None:
             return "inconsistent"
@@ -133,6 +154,10 @@ def decide(hypothesis: Hypothesis, result: dict, adjusted_p: float | None, alpha
         # a test that cannot reject at this n says nothing about the size
         return "agrees in size" if 2.0 / 2 ** result["n"] <= alpha else "inconclusive"
     sign = 1.0 if result["null"] >= 0 else -1.0
+    p_zero = result.get("p_zero")
+    if result["null"] != 0 and sign * result["mean"] < 0 and p_zero is not None \
+            and min(1.0, p_zero * max(family_size, 1)) < alpha:
+        return "opposite sign"
     return "smaller than the paper's" if sign * result["mean"] < abs(result["null"]) else "larger than the paper's"
 
 

@@ -37,7 +37,8 @@ def _json(root: Path, relative: str) -> dict:
 
 
 def _tally(counts: dict) -> str:
-    order = ("agrees", "agrees in size", "equivalent", "consistent", "disagrees", "smaller than the paper's",
+    order = ("agrees", "agrees in size", "equivalent", "consistent", "disagrees", "opposite sign",
+             "smaller than the paper's",
              "larger than the paper's", "not shown equivalent", "inconsistent", "inconclusive", "no claim")
     ranked = sorted(counts.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
     return ", ".join(f"{n} {verdict}" for verdict, n in ranked) or "none"

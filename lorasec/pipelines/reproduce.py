@@ -840,7 +840,7 @@ def decide_family(figures: list[dict]) -> dict:
             h = Hypothesis(**line["hypothesis"])
             if "repeats" in line:
                 line["adjusted_p"] = first[line["key"]][1]["adjusted_p"]
-            line["verdict"] = hypotheses.decide(h, line["test"], line.get("adjusted_p"))
+            line["verdict"] = hypotheses.decide(h, line["test"], line.get("adjusted_p"), family_size=len(family))
     tally: dict[str, int] = {}
     before: dict[str, int] = {}
     for line in family:

@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from lorasec.config import SYNTHETIC_ONLY, ConfigError, RunConfig, from_dict, relocate, to_dict, write_origin
-from lorasec.config.loading import ORIGIN
+from lorasec.config.loading import ORIGIN, PATH_FIELDS
 from lorasec.config import load as load_config
 from lorasec.core import files
 from lorasec.data.textdata import TextDataset
@@ -55,7 +55,18 @@ def _first_difference(a, b, prefix=""):
 def deciding(resolved: dict) -> dict:
     """The part of a resolved run config that decides the run: on a real or file data set the synthetic
     generator's knobs are dropped, so a changed default of one (``cue_strength`` became 0.9) leaves finished
-    real-data runs theirs."""
+    real-data runs theirs; a path that names an existing file or directory is compared resolved, so
+    ``runs/x/backdoored`` and ``/home/me/runs/x/backdoored`` start the same run."""
+    resolved = {section: dict(table) if isinstance(table, dict) else table for section, table in resolved.items()}
+    for dotted_name in PATH_FIELDS:
+        section, _, name = dotted_name.partition(".")
+        value = resolved.get(section, {}).get(name)
+        if isinstance(value, str) and value:
+            try:
+                if Path(value).exists():
+                    resolved[section][name] = str(Path(value).resolve())
+            except (OSError, ValueError):  # a path no file system can hold: the loader names it
+                pass
     if resolved["data"]["source"] == "synthetic":
         return resolved
     return {**resolved, "data": {k: v for k, v in resolved["data"].items() if k not in SYNTHETIC_ONLY}}
