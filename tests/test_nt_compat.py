@@ -77,3 +77,46 @@ def test_lorasec_model_ntk_implementations_agree(kind, subset):
     # neural-tangents' traced kernel is the MEAN over the traced axis, trace / C, not the trace.
     traced = jax.jit(nt.empirical_ntk_fn(f, trace_axes=(-1,), implementation=1))(x1, x2, params)
     np.testing.assert_allclose(traced, jnp.einsum("ijaa->ij", reference) / 3, rtol=RTOL, atol=1e-5)
+
+
+def test_the_mse_closed_form_equals_linearised_gradient_descent_and_runs_under_jit(x64):
+    """nt.predict.gradient_descent_mse (the closed form of gradient flow on ½‖f − y‖² / y.size, its normalisation,
+    in the NTK) against the
+    network linearised at its start trained by plain gradient descent: they agree up to the discretisation, also
+    under jax.jit (it raised UnexpectedTracerError before lorasec.diagnostics.nt_compat); max_learning_rate runs on
+    current scipy."""
+    k1, k2, k3, k4, k5 = jax.random.split(jax.random.key(0), 5)
+    params = {"w1": jax.random.normal(k1, (3, 16)) / np.sqrt(3), "w2": jax.random.normal(k2, (16, 2)) / 4}
+    x_train, x_test = jax.random.normal(k3, (10, 3)), jax.random.normal(k4, (4, 3))
+    y = jax.random.normal(k5, (10, 2))
+
+    def f(p, x):
+        return jnp.tanh(x @ p["w1"]) @ p["w2"]
+
+    ntk = nt.empirical_ntk_fn(f, trace_axes=(), vmap_axes=0)
+    k_train, k_test = ntk(x_train, None, params), ntk(x_test, x_train, params)
+    largest = np.linalg.eigvalsh(np.asarray(k_train).transpose(0, 2, 1, 3).reshape(20, 20))[-1]
+    lr, steps = 0.01 * y.size / largest, 100
+
+    def linear(p, x):
+        return f(params, x) + jax.jvp(lambda q: f(q, x), (params,), (jax.tree.map(jnp.subtract, p, params),))[1]
+
+    loss = jax.jit(jax.grad(lambda p: 0.5 * jnp.sum((linear(p, x_train) - y) ** 2) / y.size))
+    trained = params
+    for _ in range(steps):
+        trained = jax.tree.map(lambda w, g: w - lr * g, trained, loss(trained))
+    descent_train, descent_test = linear(trained, x_train), linear(trained, x_test)
+
+    def closed_form(k_train, y, k_test, t):
+        predict = nt.predict.gradient_descent_mse(k_train, y, learning_rate=lr, trace_axes=())
+        return predict(t, f(params, x_train), f(params, x_test), k_test)
+
+    for fn in (closed_form, jax.jit(closed_form)):
+        flow_train, flow_test = fn(k_train, y, k_test, float(steps))
+        start = f(params, x_test)
+        assert np.allclose(flow_train, descent_train, rtol=0, atol=2e-2 * float(jnp.abs(y).max()))
+        # the change the training made, not the starting value, is what the two must share
+        change = np.abs(np.asarray(descent_test - start)).max()
+        assert np.abs(np.asarray(flow_test - descent_test)).max() < 2e-2 * change
+    assert nt.predict.max_learning_rate(k_train) == pytest.approx(2 * 20 / np.linalg.eigvalsh(
+        np.asarray(k_train).transpose(0, 2, 1, 3).reshape(20, 20))[-1], rel=1e-6)

@@ -58,6 +58,12 @@ def registry_markdown(root: Path) -> str:
     return "\n".join(tables.markdown(("claim", "module", "paper", "statement", "kinds", "verdicts (checks)"), rows))
 
 
+def reads_purify(item: claims.Claim) -> bool:
+    """Whether a claim reads the purify pipeline that ``verify --set`` configures (paper 2's trained-model claims);
+    the prediction claims train their own sweep beside it."""
+    return item.trains and item.run.__module__ == f"{__name__}.forgetting"
+
+
 def verify(names=(), purify_dir: str | Path = "runs/verify/purify", progress: bool = False,
            settings: tuple[str, ...] | list[str] = ()) -> list[claims.Check]:
     """Run the named claims (all when empty); paper 2's trained-model claims read ``purify_dir``.
@@ -75,7 +81,7 @@ def verify(names=(), purify_dir: str | Path = "runs/verify/purify", progress: bo
     if unknown:
         raise ConfigError(f"verify {unknown[0]!r}: no such claim; registered: {', '.join(registry)}")
     checks = []
-    if (progress or settings) and any(registry[name].trains for name in list(names) or list(registry)):
+    if (progress or settings) and any(reads_purify(registry[name]) for name in list(names) or list(registry)):
         from theory.forgetting import prepare
 
         prepare(Path(purify_dir), progress=progress, settings=settings)

@@ -20,9 +20,9 @@ from typing import Any
 from lorasec.config import schema
 
 CONFIGS = {"run": schema.RunConfig, "pretrain": schema.PretrainConfig, "study": schema.StudyConfig,
-           "purify": schema.PurifyConfig}  # what each kind of config file holds (the commands that read it)
+           "purify": schema.PurifyConfig, "predict": schema.PredictConfig}  # what each kind of config file holds (the commands that read it)
 COMMANDS = {"run": "lorasec train, lorasec ntk, a sweep spec's [base]", "pretrain": "lorasec pretrain",
-            "study": "lorasec study", "purify": "lorasec purify"}
+            "study": "lorasec study", "purify": "lorasec purify", "predict": "lorasec predict"}
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,8 @@ def toml_value(value: Any) -> str:
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    if dataclasses.is_dataclass(value):
+        return toml_value({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
     return json.dumps(value, ensure_ascii=False)
 
 
@@ -115,7 +117,8 @@ def _comment(text: str) -> list[str]:
 
 def markdown_reference() -> str:
     """Per config kind a table of every field: dotted name, type, default, meaning (``docs/reference/config.md``)."""
-    return "\n".join(markdown_table(cls, f"{kind}: {COMMANDS[kind]}") for kind, cls in CONFIGS.items())
+    tables = [markdown_table(cls, f"{kind}: {COMMANDS[kind]}") for kind, cls in CONFIGS.items()]
+    return "\n".join([*tables, markdown_table(schema.PredictionClaim, "each [[claims]] entry of a predict spec")])
 
 
 def markdown_table(cls: type, used_by: str) -> str:

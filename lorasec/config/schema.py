@@ -679,3 +679,81 @@ class PurifyConfig:
         overrides)."""
         name, overrides = parse_defence(text)
         return name, dataclasses.replace(self.rora, **overrides)
+
+
+PREDICTORS = ("linearised_attack_success_rate", "linearised_clean_accuracy", "ntk_attack_success_rate",
+              "ntk_margin_push", "ntk_clean_accuracy", "sign_attack_success_rate", "sign_margin_push",
+              "sign_clean_accuracy", "m_prime", "m_prime_normalised", "kernel_trace", "effective_rank",
+              "information_bits", "kernel_target_alignment", "trigger_target_alignment")
+OUTCOMES = ("attack_success_rate", "clean_accuracy", "triggered_accuracy")
+
+
+@dataclass(frozen=True)
+class PredictionClaim:
+    """A claim that a predictor ranks an outcome across the sweep, with its thresholds written before the run."""
+
+    predictor: str = ""
+    """One of lorasec's predictors: linearised_attack_success_rate, ntk_margin_push, sign_margin_push, m_prime,
+    trigger_target_alignment, ... (``lorasec.config.PREDICTORS``)."""
+    outcome: str = "attack_success_rate"
+    """The measured outcome it should rank: attack_success_rate, clean_accuracy or triggered_accuracy."""
+    spearman_at_least: float = 0.8
+    """The claim holds when Spearman's rho over the cells is at least this ..."""
+    lower_at_least: float = 0.6
+    """... and its bootstrap 95% interval's lower end at least this."""
+    statement: str = ""
+    """The claim in words."""
+
+    def validate(self, name: str) -> PredictionClaim:
+        one_of(f"{name}.predictor", self.predictor, PREDICTORS)
+        one_of(f"{name}.outcome", self.outcome, OUTCOMES)
+        for key in ("spearman_at_least", "lower_at_least"):
+            value = getattr(self, key)
+            if not -1.0 <= value <= 1.0:
+                fail(f"{name}.{key}", value, "must lie in [-1, 1] (a rank correlation)")
+        if self.lower_at_least > self.spearman_at_least:
+            fail(f"{name}.lower_at_least", self.lower_at_least, "must not exceed spearman_at_least")
+        return self
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """``lorasec predict SPEC``: a sweep, the predictors computed before training for each of its runs, how they are
+    scored against what the runs measured, and the claims with their thresholds."""
+
+    sweep: str = ""
+    """The sweep spec (relative to this file) whose runs are predicted and trained."""
+    probe_size: int = 64
+    """Test sentences per kind in the kernel probe (clean, triggered, poisoned). >= 2."""
+    gradient_sample: int = 256
+    """Clean training examples sampled for the starting gradient (every poisoned one is used). >= 1."""
+    linearised_seeds: tuple[int, ...] = (0,)
+    """Seeds whose runs are also trained linearised (each as long as a real run, three times the work); [] for none."""
+    drift_seeds: tuple[int, ...] = (0,)
+    """Seeds whose runs are replayed to measure the kernel's drift; [] for none."""
+    drift_every: int = 100
+    """Steps between the drift's kernel snapshots. >= 1."""
+    outcomes: tuple[str, ...] = ("attack_success_rate", "clean_accuracy")
+    """The measured outcomes every predictor is scored against."""
+    bootstrap_draws: int = 2000
+    """Bootstrap resamples of the rank correlations' intervals. >= 100."""
+    claims: tuple[PredictionClaim, ...] = ()
+    """The claims decided on the scores (thresholds fixed before the run)."""
+
+    def validate(self) -> PredictConfig:
+        if not self.sweep:
+            fail("sweep", "", "name the sweep spec whose runs are predicted (a path relative to this file)")
+        at_least("probe_size", self.probe_size, 2)
+        at_least("gradient_sample", self.gradient_sample, 1)
+        at_least("drift_every", self.drift_every, 1)
+        at_least("bootstrap_draws", self.bootstrap_draws, 100)
+        for name in ("linearised_seeds", "drift_seeds"):
+            for value in getattr(self, name):
+                seed(name, value)
+        if not self.outcomes:
+            fail("outcomes", [], "name at least one of " + ", ".join(OUTCOMES))
+        for i, outcome in enumerate(self.outcomes):
+            one_of(f"outcomes[{i}]", outcome, OUTCOMES)
+        for i, item in enumerate(self.claims):
+            item.validate(f"claims[{i}]")
+        return self

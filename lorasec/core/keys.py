@@ -30,6 +30,8 @@ STREAMS = {
     "factors": 15,        # random LoRA factors of the claim checks
     "init_draws": 16,     # independent networks and draws of A in the claim checks
     "instances": 17,      # random instances of the threshold search
+    "predictors": 18,     # the clean training examples a run's starting gradient is estimated from
+    "bootstrap": 19,      # resamples and shuffles of the rank-correlation scores
 }  # ids are fixed once given (8 is retired), so a new stream never moves an old one's draws
 
 

@@ -10,8 +10,17 @@ What is restored (see shared DEPENDENCIES.md for the survey):
 - the ``jax.util`` module (``safe_map``, ``safe_zip``);
 - ``jax.interpreters.ad.{zeros_like_p, config, source_info_util, reducing_transposes, backward_pass}``.
 
+After the import, ``neural_tangents.predict`` (only that module) reads two names through stand-ins:
+
+- ``jax.core.eval_context`` as ``jax.ensure_compile_time_eval``: old JAX evaluated a block eagerly with it; current
+  JAX lets a jitted caller's tracer escape through it (``gradient_descent_mse`` under ``jax.jit`` raised
+  ``UnexpectedTracerError``);
+- ``scipy.linalg.eigvalsh(eigvals=...)`` as ``subset_by_index=...``: scipy 1.14 removed the keyword
+  (``max_learning_rate`` raised ``TypeError``).
+
 Tested on jax 0.10.x (the lock). What works afterwards, checked in ``tests/test_nt_compat.py``:
-empirical NTK implementations 1 (Jacobian contraction) and 2 (NTK-vector products), and ``stax``.
+empirical NTK implementations 1 (Jacobian contraction) and 2 (NTK-vector products), ``stax``, and
+``predict.gradient_descent_mse`` (also under ``jax.jit``) and ``predict.max_learning_rate``.
 Implementation 3 (structured derivatives) needs JAX's old internal ``ad.linearize`` signature and is not
 supported; ``implementation=AUTO`` reads the old ``cost_analysis()`` list and is not supported either.
 ``neural_tangents.experimental`` (the only TensorFlow user) is never imported.
@@ -82,6 +91,37 @@ def _block_experimental() -> None:
     sys.modules.setdefault("neural_tangents.experimental", blocked)
 
 
+class _StandIn(types.ModuleType):
+    """A module read as ``base``, but for the names given."""
+
+    def __init__(self, base, **names):
+        super().__init__(base.__name__)
+        self._base = base
+        self.__dict__.update(names)
+
+    def __getattr__(self, name):
+        return getattr(self._base, name)
+
+
+def _eigvalsh(a, *args, eigvals=None, **kwargs):
+    import scipy.linalg
+
+    if eigvals is not None:
+        kwargs["subset_by_index"] = eigvals
+    return scipy.linalg.eigvalsh(a, *args, **kwargs)
+
+
+def _repair_predict() -> None:
+    """The module docstring's two stand-ins, seen by ``neural_tangents._src.predict`` alone."""
+    import jax
+    import scipy
+    import scipy.linalg
+    from neural_tangents._src import predict
+
+    predict.jax = _StandIn(jax, core=_StandIn(jax.core, eval_context=jax.ensure_compile_time_eval))
+    predict.sp = _StandIn(scipy, linalg=_StandIn(scipy.linalg, eigvalsh=_eigvalsh))
+
+
 def import_neural_tangents():
     """Return the ``neural_tangents`` module, importable on current JAX (idempotent)."""
     if "neural_tangents" in sys.modules:
@@ -89,7 +129,9 @@ def import_neural_tangents():
     _restore_names()
     _block_experimental()
     try:
-        return importlib.import_module("neural_tangents")
+        module = importlib.import_module("neural_tangents")
+        _repair_predict()
+        return module
     except ImportError as err:  # pragma: no cover - depends on a JAX outside the tested range
         import jax
 

@@ -442,3 +442,71 @@ def sweep_table(summary: list[dict], fields: list[str]) -> str:
                 cols.append(f"{s['mean'] * scale:.3g}{half} ({s['n']})")
         lines.append("| " + " | ".join(cols) + " |")
     return "\n".join(lines) + "\n\naccuracy and ASR in %; ± is the 95% t-interval half-width over seeds (n runs)\n"
+
+
+PREDICTOR_LABELS = {
+    "linearised_attack_success_rate": "linearised network's ASR (%)", "ntk_margin_push": "NTK first-order margin push",
+    "sign_margin_push": "sign-kernel first-order margin push", "ntk_attack_success_rate": "NTK first-order ASR (%)",
+    "sign_attack_success_rate": "sign-kernel first-order ASR (%)", "m_prime": "M' (paper 1)",
+    "m_prime_normalised": "M' / mean ‖K(x, x)‖", "trigger_target_alignment": "trigger-target alignment at start",
+}
+
+
+def prediction_figures(summary: dict, out_dir: Path, *, shown: int = 4) -> list[Path]:
+    """Per outcome, the ``shown`` best-ranked predictors' cell means against the measured cell means (bars: the
+    seeds' sd), LoRA and full fine-tuning apart; and the drift of the replayed runs' kernels against steps."""
+    plt = _pyplot()
+    written = []
+    by_cell: dict[int, list[dict]] = {}
+    for row in summary["runs"]:
+        by_cell.setdefault(row["cell"], []).append(row)
+    for outcome in sorted({s["outcome"] for s in summary["scores"]}):
+        scores = sorted((s for s in summary["scores"] if s["outcome"] == outcome and s["spearman"] is not None),
+                        key=lambda s: -abs(s["spearman"]))[:shown]
+        if not scores:
+            continue
+        fig, axes = plt.subplots(1, len(scores), figsize=(3.6 * len(scores), 3.4), squeeze=False)
+        for ax, score in zip(axes[0], scores):
+            name = score["predictor"]
+            scale = 100.0 if name.endswith(("attack_success_rate", "clean_accuracy")) else 1.0
+            for method, colour in (("lora", "tab:blue"), ("full", "tab:red")):
+                xs, ys, errs = [], [], []
+                for cell, members in sorted(by_cell.items()):
+                    if members[0].get("adapter.method", "lora") != method:
+                        continue
+                    predicted = [m[name] for m in members if m.get(name) is not None]
+                    measured = [m[outcome] for m in members if m.get(outcome) is not None]
+                    if predicted and measured:
+                        xs.append(scale * float(np.mean(predicted)))
+                        ys.append(100.0 * float(np.mean(measured)))
+                        errs.append(100.0 * float(np.std(measured, ddof=1)) if len(measured) > 1 else 0.0)
+                if xs:
+                    ax.errorbar(xs, ys, yerr=errs, fmt="o", ms=3.5, color=colour, alpha=0.8, elinewidth=0.8,
+                                label="LoRA" if method == "lora" else "full fine-tuning")
+            low, high = score["spearman_ci95"] or (float("nan"), float("nan"))
+            ax.set_title(f"ρ = {score['spearman']:+.2f} [{low:+.2f}, {high:+.2f}]", fontsize=9)
+            ax.set_xlabel(PREDICTOR_LABELS.get(name, name.replace("_", " ")), fontsize=8)
+            ax.set_ylabel(f"measured {label(outcome)} (%, bars: sd over seeds)", fontsize=8)
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{summary['name']}: predicted before training vs measured ({summary['cells']} cells)",
+                     fontsize=10)
+        written += _save_png_pdf(plt, fig, Path(out_dir) / f"calibration-{outcome}")
+    if summary["drift"]:
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), squeeze=False)
+        titles = {"relative_change": "‖K_t − K_0‖ / ‖K_0‖", "kernel_target_alignment": "kernel-target alignment",
+                  "trigger_target_alignment": "trigger-target alignment"}
+        for ax, (measure, title) in zip(axes[0], titles.items()):
+            for curve in summary["drift"]:
+                steps = [s["step"] for s in curve["snapshots"]]
+                values = [s.get(measure) for s in curve["snapshots"]]
+                lora_run = curve.get("adapter.method", "lora") == "lora"
+                ax.plot(steps, values, color="tab:blue" if lora_run else "tab:red", alpha=0.35, lw=0.9)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("training step", fontsize=8)
+        axes[0][0].plot([], [], color="tab:blue", label="LoRA")
+        axes[0][0].plot([], [], color="tab:red", label="full fine-tuning")
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(f"{summary['name']}: the empirical NTK of the trained parameters along training "
+                     f"({len(summary['drift'])} runs, one line each)", fontsize=10)
+        written += _save_png_pdf(plt, fig, Path(out_dir) / "drift")
+    return written

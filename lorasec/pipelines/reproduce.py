@@ -409,6 +409,15 @@ class Paper:
 # --- loading -----------------------------------------------------------------------------------------------------
 
 
+def experiment_roots(experiments: str | None = None) -> list[Path]:
+    """Where shipped experiments are looked for: ``experiments`` when given; else the checkout lorasec runs from,
+    the installed package (which ships them as ``lorasec/experiments``) and the working directory."""
+    package = Path(__file__).resolve().parents[1]
+    roots = [Path(experiments)] if experiments else [package.parent / "experiments", package / "experiments",
+                                                      Path("experiments")]
+    return [root for i, root in enumerate(roots) if root.resolve() not in {r.resolve() for r in roots[:i]}]
+
+
 def paper_directory(paper: str, experiments: str | None = None) -> Path:
     """``paper1`` -> ``experiments/paper1`` (of ``experiments``; else of the checkout lorasec runs from, of the
     installed package, which ships them as ``lorasec/experiments``, or of the working directory); a directory
@@ -416,10 +425,7 @@ def paper_directory(paper: str, experiments: str | None = None) -> Path:
     given = Path(paper)
     if (given / "paper.toml").is_file():
         return given
-    package = Path(__file__).resolve().parents[1]
-    roots = [Path(experiments)] if experiments else [package.parent / "experiments", package / "experiments",
-                                                      Path("experiments")]
-    roots = [root for i, root in enumerate(roots) if root.resolve() not in {r.resolve() for r in roots[:i]}]
+    roots = experiment_roots(experiments)
     for root in roots:
         if (root / paper / "paper.toml").is_file():
             return root / paper

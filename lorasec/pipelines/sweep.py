@@ -154,7 +154,7 @@ def _run_sweep(spec: SweepSpec, out_dir: Path, progress: bool, names: Callable[[
                 raise ConfigError(f"{err} (sweep cell {cell.index}: {cell.label}, seed {cfg.seed})") from None
     if primary:
         files.write_json(out_dir / "spec.json", spec.to_dict())
-    start = _pretrained(spec, cells, out_dir, progress)
+    start = pretrained_start(spec, cells, out_dir, progress)
     todo: dict[str, list[tuple[Cell, RunConfig, str]]] = {}
     for cell in cells:
         for cfg in cell.configs:
@@ -236,7 +236,7 @@ def _adopt_finished(runs: Path, name: str, cfg: RunConfig) -> None:
             return
 
 
-def _pretrained(spec: SweepSpec, cells: list[Cell], out_dir: Path, progress: bool) -> str:
+def pretrained_start(spec: SweepSpec, cells: list[Cell], out_dir: Path, progress: bool) -> str:
     """The encoder every run starts from when the spec pretrains one (process 0 trains it), else ''."""
     base = cells[0].configs[0]
     if not spec.pretrain_steps or base.model.pretrained or base.model.init_from:

@@ -1,0 +1,181 @@
+"""Quantities computed before training that might predict what training does, one run config at a time.
+
+**First-order kernel predictions.** With ``g₀`` the gradient of the training loss at the start θ₀ (dropout off) and
+``S = Σ_t η_t`` the learning rates of the whole schedule summed, a run that stayed where its first step points
+moves the logits of an input ``x`` by
+
+    Δf(x) = −S · J(x; θ₀) u,        u = g₀ / max(1, ‖g₀‖/c)      (gradient descent: the NTK, Jacot et al. 2018)
+                                    u = sign(g₀)                   (Adam's first steps: the sign-gradient kernel,
+                                                                    Malladi et al., ICML 2023, Sec. 4)
+
+(``c`` the clipping norm; ``J(x) u = Σ_i K(x, x_i) r_i / n`` over the training set, so this is the kernel regime's
+prediction with the residuals r held at their starting values). Evaluated on the test set, clean and triggered,
+it gives a predicted clean accuracy, a predicted attack success rate, and the mean push of triggered inputs'
+target-class margin ``Δf_target(x̃) − Δf_y(x̃)`` (``*_margin_push``), the score least saturated by the argmax.
+``g₀`` is the exact gradient over every poisoned example and an unbiased estimate over a sample of the clean ones
+(each part weighted by its share of the training set), so the cost stays a small fraction of training.
+
+**Paper 1's scalars at θ₀**, on the probe of :mod:`lorasec.diagnostics.drift`: M' (``‖mean_i K(x_i, x̃_i)‖_F``
+over clean/triggered pairs, Liang et al. Sec. 3.3), M' normalised by the mean ``‖K(x_i, x_i)‖_F``, the clean
+kernel's effective rank and information bits (:mod:`lorasec.diagnostics.information`), its trace, and the
+kernel-target and trigger-target alignments.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from lorasec.config import TrainConfig
+from lorasec.core import keys
+from lorasec.diagnostics import drift, kernel
+from lorasec.diagnostics.information import spectrum_summary
+from lorasec.training.losses import at_least_float32
+from lorasec.training.step import make_schedule
+
+KERNELS = ("ntk", "sign")
+
+
+def schedule_sum(cfg: TrainConfig) -> float:
+    """``S = Σ_{t < steps} η_t`` of ``cfg``'s learning-rate schedule."""
+    schedule = make_schedule(cfg)
+    return float(sum(float(schedule(t)) for t in range(cfg.steps)))
+
+
+@functools.lru_cache(maxsize=16)
+def _programs(graphdef):
+    def logits(params, rest, tokens, mask):
+        return at_least_float32(nnx.merge(graphdef, params, rest)(tokens, mask))
+
+    def loss_sum(params, rest, tokens, mask, labels):
+        return optax.softmax_cross_entropy_with_integer_labels(logits(params, rest, tokens, mask), labels).sum()
+
+    def push(params, rest, tokens, mask, direction):
+        return jax.jvp(lambda p: logits(p, rest, tokens, mask), (params,), (direction,))
+
+    return jax.jit(jax.grad(loss_sum)), jax.jit(push)
+
+
+def _chunks(n: int, size: int):
+    return [(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def start_gradient(model: nnx.Module, trainable_filter, tokens, mask, labels, poisoned_indices, *, sample: int,
+                   seed: int, batch: int = 64):
+    """``g₀``: the mean cross-entropy gradient at the model's current values (module docstring), exact over the
+    poisoned examples and estimated from ``sample`` clean ones drawn with the ``predictors`` key of ``seed``.
+
+    Returns:
+        The gradient as a pure dict shaped like the trainable variables (float32).
+    """
+    graphdef, params, rest = nnx.split(model, trainable_filter, ...)
+    params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+    grad_fn, _ = _programs(graphdef)
+    n = len(labels)
+    poisoned = np.asarray(sorted(poisoned_indices), np.int64)
+    clean = np.setdiff1d(np.arange(n), poisoned)
+    drawn = keys.numpy_rng(seed, "predictors").choice(clean, size=min(sample, len(clean)), replace=False)
+    total = jax.tree.map(jnp.zeros_like, params)
+    for part, share in ((poisoned, len(poisoned) / n), (np.sort(drawn), len(clean) / n)):
+        if len(part) == 0:
+            continue
+        summed = jax.tree.map(jnp.zeros_like, params)
+        for begin, end in _chunks(len(part), batch):
+            rows = part[begin:end]
+            grads = grad_fn(params, rest, jnp.asarray(tokens[rows]), jnp.asarray(mask[rows]),
+                            jnp.asarray(labels[rows]))
+            summed = jax.tree.map(jnp.add, summed, grads)
+        total = jax.tree.map(lambda t, s, w=share / len(part): t + w * s, total, summed)
+    return total
+
+
+def first_order(model: nnx.Module, trainable_filter, gradient, cfg: TrainConfig, evaluation, target: int | None,
+                *, batch: int = 256) -> dict:
+    """The module docstring's first-order predictions of both kernels.
+
+    Args:
+        model: the classifier as training starts.
+        trainable_filter: the variables training moves.
+        gradient: ``g₀`` (:func:`start_gradient`).
+        cfg: the run's training config (schedule, steps, clipping norm).
+        evaluation: the run's :class:`lorasec.training.evaluation.EvaluationInputs` (clean and triggered test set).
+        target: the attack's target label (None without a trigger).
+    Returns:
+        Per kernel k in :data:`KERNELS`: ``{k}_clean_accuracy`` and, with a trigger, ``{k}_attack_success_rate``
+        and ``{k}_margin_push`` (floats).
+    """
+    graphdef, params, rest = nnx.split(model, trainable_filter, ...)
+    params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+    _, push = _programs(graphdef)
+    total = schedule_sum(cfg)
+    norm = float(optax.tree.norm(gradient))
+    clip = max(1.0, norm / cfg.grad_clip) if cfg.grad_clip > 0 else 1.0
+    directions = {"ntk": jax.tree.map(lambda g: -total * g / clip, gradient),
+                  "sign": jax.tree.map(lambda g: -total * jnp.sign(g), gradient)}
+
+    def predicted(tokens, mask):
+        out = {name: [] for name in KERNELS}
+        for begin, end in _chunks(len(tokens), batch):
+            t, m = jnp.asarray(tokens[begin:end]), jnp.asarray(mask[begin:end])
+            for name, direction in directions.items():
+                value, change = push(params, rest, t, m, direction)
+                out[name].append((np.asarray(value, np.float64), np.asarray(change, np.float64)))
+        return {name: tuple(np.concatenate(parts) for parts in zip(*chunks)) for name, chunks in out.items()}
+
+    labels = np.asarray(evaluation.labels)
+    result = {}
+    for name, (value, change) in predicted(*evaluation.clean).items():
+        result[f"{name}_clean_accuracy"] = float(np.mean(np.argmax(value + change, -1) == labels))
+    if target is not None and evaluation.triggered:
+        other = labels != target
+        per_trigger = [predicted(*inputs) for inputs in evaluation.triggered.values()]
+        for name in KERNELS:
+            asr, pushes = [], []
+            for outputs in per_trigger:
+                value, change = outputs[name]
+                asr.append(np.mean(np.argmax(value + change, -1)[other] == target))
+                rows = np.flatnonzero(other)
+                pushes.append(np.mean(change[rows, target] - change[rows, labels[rows]]))
+            result[f"{name}_attack_success_rate"] = float(np.mean(asr))
+            result[f"{name}_margin_push"] = float(np.mean(pushes))
+    return result
+
+
+def kernel_scalars(model: nnx.Module, trainable_filter, probe: drift.Probe) -> dict:
+    """Paper 1's scalars and the alignments at the model's current values (module docstring), on ``probe``.
+
+    Returns:
+        ``m_prime``, ``m_prime_normalised``, ``kernel_trace``, ``effective_rank``, ``information_bits``,
+        ``kernel_target_alignment``, ``trigger_target_alignment`` (floats; the M' pair NaN without triggered rows).
+    """
+    full = np.asarray(kernel.empirical_ntk(model, probe.tokens, probe.mask, subset=trainable_filter,
+                                           trace_axes=()), np.float64)  # (N, N, C, C)
+    traced = np.einsum("ijcc->ij", full) / full.shape[-1]
+    clean = probe.rows("clean")
+    spectrum = spectrum_summary(np.linalg.eigvalsh(traced[np.ix_(clean, clean)]))
+    out = {"kernel_trace": spectrum["trace"], "effective_rank": spectrum["effective_rank"],
+           "information_bits": spectrum["information_bits"], **drift.kernel_measures(traced, probe)}
+    pairs = _pairs(probe)
+    if pairs is None:
+        out.update(m_prime=float("nan"), m_prime_normalised=float("nan"))
+        return out
+    clean_rows, triggered_rows = pairs
+    m_prime = float(np.linalg.norm(full[clean_rows, triggered_rows].mean(axis=0)))
+    scale = float(np.mean([np.linalg.norm(full[i, i]) for i in clean_rows]))
+    out.update(m_prime=m_prime, m_prime_normalised=m_prime / scale if scale > 0 else float("nan"))
+    return out
+
+
+def _pairs(probe: drift.Probe):
+    """(clean rows, triggered rows) of the test sentences the probe holds both ways, or None."""
+    clean = {int(sentence): row for row, sentence in enumerate(probe.sentence) if probe.kind[row] == "clean"}
+    both = [(clean[int(sentence)], row) for row, sentence in enumerate(probe.sentence)
+            if probe.kind[row] == "triggered" and int(sentence) in clean]
+    if not both:
+        return None
+    return np.array([c for c, _ in both]), np.array([t for _, t in both])

@@ -1,0 +1,313 @@
+"""Does the theory predict training? ``lorasec predict SPEC``: for every run of a sweep, predictors computed
+before training, the sweep trained, and each predictor scored against what the runs measured.
+
+A predict spec (:class:`lorasec.config.PredictConfig`) names a sweep spec and the claims to decide. In its output
+directory:
+
+- ``sweep/``: the sweep (``lorasec sweep``'s directory; resumed, never retrained);
+- ``predictors/<run>.json``: per run, computed from its config and starting model only
+  (:mod:`lorasec.diagnostics.predictors`), with its wall time; written before the sweep trains, so
+  ``--no-train`` leaves predictions on disk ahead of any measurement;
+- ``linearised/<run>.json``: for ``linearised_seeds``, the linearised network trained as the run is
+  (:mod:`lorasec.diagnostics.linearised`);
+- ``drift/<run>.json``: for ``drift_seeds``, the kernel's drift along the run (:mod:`lorasec.pipelines.drift`);
+- ``report/``: ``summary.json``, ``report.md``, ``results.csv`` (one row per run: its cell's fields, seed, every
+  predictor, the measured outcomes, the drift), a calibration figure per outcome and a drift figure.
+
+Each predictor is scored per outcome by :func:`lorasec.core.ranking.score` over the sweep's cells; the claims are
+decided on those scores with the thresholds the spec fixed before the run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm  # text bars: tqdm.auto warns in a notebook without ipywidgets
+
+from lorasec.adapters import lora
+from lorasec.config import PREDICTORS, ConfigError, PredictConfig, RunConfig, load, replace_config
+from lorasec.core import files, machine, ranking, tables
+from lorasec.core.claims import Check
+from lorasec.core.stats import finite, holm
+from lorasec.diagnostics import linearised, predictors
+from lorasec.pipelines import drift as drift_pipeline
+from lorasec.pipelines import rundir
+from lorasec.pipelines.run import prepare_run
+from lorasec.pipelines.sweep import pretrained_start, read_table, run_name, run_sweep
+from lorasec.sweep_spec import SweepSpec, load_spec
+from lorasec.training.evaluation import evaluation_inputs
+
+DRIFT_MEASURES = ("relative_change", "kernel_target_alignment", "trigger_target_alignment")
+
+
+def load_predict(path: str | Path, overrides=()) -> tuple[PredictConfig, SweepSpec]:
+    """The predict spec at ``path`` and the sweep spec it names (relative to it), both validated."""
+    cfg = load(PredictConfig, path, overrides)
+    sweep_path = Path(path).parent / cfg.sweep
+    if not sweep_path.is_file():
+        raise ConfigError(f"sweep = {cfg.sweep!r}: no such sweep spec next to {str(path)!r} ({str(sweep_path)!r})")
+    return cfg, load_spec(sweep_path)
+
+
+def run_configs(spec: SweepSpec, out_dir: Path, progress: bool) -> list[tuple[int, dict, str, RunConfig]]:
+    """Every run of the sweep as it will train: (cell index, cell values, run name, config), the pretrained
+    encoder made first when the spec pretrains one."""
+    cells = spec.cells()
+    start = pretrained_start(spec, cells, out_dir / "sweep", progress)
+    out = []
+    for cell in cells:
+        for cfg in cell.configs:
+            if start:
+                cfg = replace_config(cfg, model={"pretrained": start})
+            out.append((cell.index, dict(cell.values), run_name(cell, cfg.seed), cfg))
+    return out
+
+
+def predict_run(cfg: RunConfig, *, probe_size: int, gradient_sample: int) -> dict:
+    """Every predictor of one run from its config and starting model (no training).
+
+    Returns:
+        The predictors of :data:`lorasec.config.PREDICTORS` but the linearised ones, and ``wall_seconds``.
+    """
+    began = time.perf_counter()
+    prepared = prepare_run(cfg)
+    trainable = lora.trainable_filter(cfg.adapter)
+    inputs = evaluation_inputs(cfg, prepared.test, prepared.encoder)
+    data = prepared.member.data
+    gradient = predictors.start_gradient(prepared.model, trainable, data.tokens, data.mask, data.labels,
+                                         prepared.poisoned.indices, sample=gradient_sample, seed=cfg.seed)
+    target = cfg.attack.target_label if inputs.triggered else None
+    out = predictors.first_order(prepared.model, trainable, gradient, cfg.train, inputs, target)
+    out.update(predictors.kernel_scalars(prepared.model, trainable,
+                                         drift_pipeline.run_probe(prepared, inputs, probe_size)))
+    return {**out, "wall_seconds": time.perf_counter() - began}
+
+
+def json_ready(value):
+    """``value`` with every non-finite float written as None (JSON has neither NaN nor infinity)."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, float):
+        return finite(value)
+    return value
+
+
+def _cached(path: Path, compute) -> dict:
+    if path.is_file():
+        try:
+            return files.read_json(path)
+        except ValueError:
+            pass  # damaged: computed again
+    value = json_ready(compute())
+    files.write_json(path, value)
+    return value
+
+
+def run_predict(path: str | Path, out_dir: str | Path, *, train: bool = True, progress: bool = True,
+                overrides=()) -> dict:
+    """The module docstring's pipeline.
+
+    Args:
+        path: the predict spec.
+        out_dir: its output directory (resumed).
+        train: train the sweep and score it; False stops after the predictors (and writes no report).
+        progress: show progress bars.
+        overrides: ``KEY=VALUE`` changes to the predict spec's fields.
+    Returns:
+        The report's summary (``summary.json``), or, with ``train=False``, ``{"predicted": runs}``.
+    """
+    cfg, spec = load_predict(path, overrides)
+    out_dir = Path(out_dir)
+    with rundir.exclusive(out_dir):
+        files.write_json(out_dir / "predict.json", {"spec": str(path), **_plain(cfg)})
+        runs = run_configs(spec, out_dir, progress)
+        for _, _, name, run_cfg in tqdm(runs, desc="predictors", unit="run", disable=not progress):
+            _cached(out_dir / "predictors" / f"{name}.json",
+                    lambda c=run_cfg: predict_run(c, probe_size=cfg.probe_size, gradient_sample=cfg.gradient_sample))
+        if not train:
+            return {"predicted": len(runs)}
+    run_sweep(spec, out_dir / "sweep", progress=progress)
+    with rundir.exclusive(out_dir):
+        for _, _, name, run_cfg in tqdm([r for r in runs if r[3].seed in cfg.linearised_seeds],
+                                        desc="linearised", unit="run", disable=not progress):
+            _cached(out_dir / "linearised" / f"{name}.json", lambda c=run_cfg: _linearised(c))
+        for _, _, name, run_cfg in tqdm([r for r in runs if r[3].seed in cfg.drift_seeds], desc="drift",
+                                        unit="run", disable=not progress):
+            _cached(out_dir / "drift" / f"{name}.json",
+                    lambda c=run_cfg, n=name: drift_pipeline.replay(c, every=cfg.drift_every,
+                                                                     probe_size=cfg.probe_size,
+                                                                     finished=out_dir / "sweep" / "runs" / n))
+        summary = json_ready(score_predictions(cfg, spec, runs, out_dir))
+        files.write_json(out_dir / "report" / "summary.json", summary)
+        files.write_text(out_dir / "report" / "report.md", report_markdown(summary))
+        files.write_text(out_dir / "report" / "results.csv", tables.csv(summary["columns"], summary["runs"]))
+        from lorasec.pipelines import figures  # matplotlib only when a report is drawn
+
+        figures.prediction_figures(summary, out_dir / "report")
+    return summary
+
+
+def _plain(cfg: PredictConfig) -> dict:
+    from lorasec.config import to_dict
+
+    return to_dict(cfg)
+
+
+def _linearised(cfg: RunConfig) -> dict:
+    prepared = prepare_run(cfg)
+    return linearised.linearised_run(cfg, prepared.model, prepared.member.data, prepared.test, prepared.encoder)
+
+
+def score_predictions(cfg: PredictConfig, spec: SweepSpec, runs, out_dir: Path) -> dict:
+    """Join predictors, linearised runs, drift and measured outcomes per run; score every predictor per outcome;
+    decide the claims."""
+    measured = {(row["cell"], row["seed"]): row for row in read_table(out_dir / "sweep")}
+    table = []
+    for cell, values, name, run_cfg in runs:
+        row = {"cell": cell, **values, "seed": run_cfg.seed, "run": name}
+        row.update({k: v for k, v in files.read_json(out_dir / "predictors" / f"{name}.json").items()
+                    if k != "wall_seconds"})
+        lin = out_dir / "linearised" / f"{name}.json"
+        if lin.is_file():
+            result = files.read_json(lin)
+            row["linearised_attack_success_rate"] = result.get("attack_success_rate")
+            row["linearised_clean_accuracy"] = result.get("clean_accuracy")
+        moved = out_dir / "drift" / f"{name}.json"
+        if moved.is_file():
+            final = files.read_json(moved)["final"]
+            row.update({f"drift_{k}": final.get(k) for k in DRIFT_MEASURES})
+        outcome = measured.get((cell, run_cfg.seed), {})
+        row.update({k: outcome.get(k) for k in ("attack_success_rate", "clean_accuracy", "triggered_accuracy")})
+        table.append(row)
+    scores = []
+    for outcome in cfg.outcomes:
+        for predictor in PREDICTORS:
+            rows = [(r["cell"], _finite(r.get(predictor)), _finite(r.get(outcome))) for r in table]
+            if not any(p is not None for _, p, _ in rows):
+                continue
+            result = ranking.score(rows, draws=cfg.bootstrap_draws)
+            scores.append({"predictor": predictor, "outcome": outcome, **result})
+    for score_item, adjusted in zip(scores, holm([s["p_permutation"] for s in scores])):
+        score_item["p_adjusted"] = adjusted
+    drift_scores = []
+    for measure in DRIFT_MEASURES:
+        rows = [(r["cell"], _finite(r.get(f"drift_{measure}")), _finite(r.get("attack_success_rate")))
+                for r in table]
+        if any(p is not None for _, p, _ in rows):
+            drift_scores.append({"measure": measure, **ranking.score(rows, draws=cfg.bootstrap_draws)})
+    checks = [decide(claim_cfg, scores, spec) for claim_cfg in cfg.claims]
+    cost = _cost(out_dir, runs)
+    fields = list(spec.fields)
+    columns = ["cell", *fields, "seed", "run", *PREDICTORS, *(f"drift_{k}" for k in DRIFT_MEASURES),
+               "attack_success_rate", "clean_accuracy", "triggered_accuracy"]
+    return {"name": spec.name, "made": machine.record(), "cells": len({r["cell"] for r in table}),
+            "seeds": list(spec.seeds), "fields": fields, "scores": scores, "drift_scores": drift_scores,
+            "drift": _drift_curves(out_dir, runs), "claims": [c.as_dict() for c in checks], "cost": cost,
+            "columns": columns, "runs": table}
+
+
+def _finite(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def decide(claim_cfg, scores: list[dict], spec: SweepSpec) -> Check:
+    """A prediction claim decided on its score: agrees when ρ and its interval's lower end reach the spec's
+    thresholds, disagrees when the interval's upper end falls short of the ρ threshold, else inconclusive."""
+    found = next((s for s in scores if s["predictor"] == claim_cfg.predictor and s["outcome"] == claim_cfg.outcome),
+                 None)
+    setting = f"{spec.name}: {found['cells'] if found else 0} cells × {len(spec.seeds)} seeds"
+    tolerance = f"ρ ≥ {claim_cfg.spearman_at_least:g}, lower 95% ≥ {claim_cfg.lower_at_least:g}"
+    predicted = f"{claim_cfg.predictor} ranks {claim_cfg.outcome}"
+    if found is None or found["spearman_ci95"] is None or found["spearman"] is None:
+        return Check("prediction", setting, predicted, "not computed", tolerance, "inconclusive",
+                     claim_cfg.statement)
+    low, high = found["spearman_ci95"]
+    measured = f"ρ = {found['spearman']:+.2f} [{low:+.2f}, {high:+.2f}], τ = {_signed(found['kendall'])}"
+    if found["spearman"] >= claim_cfg.spearman_at_least and low >= claim_cfg.lower_at_least:
+        verdict = "agrees"
+    elif high < claim_cfg.spearman_at_least:
+        verdict = "disagrees"
+    else:
+        verdict = "inconclusive"
+    return Check("prediction", setting, predicted, measured, tolerance, verdict, claim_cfg.statement)
+
+
+def _cost(out_dir: Path, runs) -> dict:
+    """Wall seconds: training (each vmapped group counted once), predictors, linearised runs and drift."""
+    groups = {}
+    for _, _, name, _ in runs:
+        results = files.read_json(out_dir / "sweep" / "runs" / name / "results.json")
+        groups[results.get("group", name)] = float(results.get("wall_seconds") or 0.0)
+    part = {}
+    for kind in ("predictors", "linearised", "drift"):
+        part[kind] = sum(float(files.read_json(p).get("wall_seconds", 0.0))
+                         for p in sorted((out_dir / kind).glob("*.json")))
+    training = sum(groups.values())
+    return {"training_seconds": training, **{f"{k}_seconds": v for k, v in part.items()},
+            "predictors_fraction": part["predictors"] / training if training else None}
+
+
+def _drift_curves(out_dir: Path, runs) -> list[dict]:
+    out = []
+    for cell, values, name, _ in runs:
+        path = out_dir / "drift" / f"{name}.json"
+        if path.is_file():
+            record = files.read_json(path)
+            out.append({"cell": cell, **values, "seed": record["seed"], "snapshots": record["snapshots"],
+                        "replay_difference": record["replay_difference"]})
+    return out
+
+
+def _signed(value) -> str:
+    return "undefined" if value is None else f"{value:+.2f}"
+
+
+def _p(value) -> str:
+    return "—" if value is None else f"{value:.2g}"
+
+
+def _interval(ci) -> str:
+    return "—" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
+def report_markdown(summary: dict) -> str:
+    """The report: scores per outcome (best first), the drift's, the claims and the cost."""
+    made = summary["made"]
+    lines = [f"# Predictors against training: {summary['name']}", "",
+             f"{summary['cells']} cells × {len(summary['seeds'])} seeds. Spearman's ρ and Kendall's τ over the "
+             f"cells' means; 95% intervals from a two-level bootstrap (cells, then seeds within each); p from "
+             f"shuffling the cells (two-sided), Holm-adjusted over every predictor × outcome score of this report. "
+             f"{machine.in_words(made)}", ""]
+    for outcome in sorted({s["outcome"] for s in summary["scores"]}, key=lambda o: o != "attack_success_rate"):
+        part = sorted((s for s in summary["scores"] if s["outcome"] == outcome),
+                      key=lambda s: -abs(s["spearman"]) if s["spearman"] is not None else 0)
+        lines += [f"## {outcome.replace('_', ' ')}", ""]
+        lines += tables.markdown(("predictor", "cells", "ρ", "ρ 95%", "τ", "τ 95%", "p", "Holm p"), [
+            (s["predictor"], s["cells"], _signed(s["spearman"]), _interval(s["spearman_ci95"]),
+             _signed(s["kendall"]), _interval(s["kendall_ci95"]), _p(s["p_permutation"]), _p(s["p_adjusted"]))
+            for s in part])
+        lines.append("")
+    if summary["drift_scores"]:
+        lines += ["## Kernel drift at the end of training against attack success rate", ""]
+        lines += tables.markdown(("measure", "cells", "ρ", "ρ 95%", "p"), [
+            (s["measure"], s["cells"], _signed(s["spearman"]), _interval(s["spearman_ci95"]), _p(s["p_permutation"]))
+            for s in summary["drift_scores"]])
+        worst = max((d["replay_difference"] or 0.0) for d in summary["drift"]) if summary["drift"] else 0.0
+        lines += ["", f"Replays matched the trained weights to a relative {worst:.1e} at worst.", ""]
+    if summary["claims"]:
+        lines += ["## Claims (thresholds fixed in the spec before the run)", ""]
+        lines += tables.markdown(("claim", "measured", "tolerance", "verdict"), [
+            (c["predicted"], c["measured"], c["tolerance"], c["verdict"]) for c in summary["claims"]])
+        lines.append("")
+    cost = summary["cost"]
+    lines += ["## Cost", "",
+              f"Training {cost['training_seconds']:.0f} s; predictors {cost['predictors_seconds']:.0f} s "
+              f"({100 * (cost['predictors_fraction'] or 0):.1f}% of training); linearised runs "
+              f"{cost['linearised_seconds']:.0f} s; drift replays {cost['drift_seconds']:.0f} s (wall time, this "
+              f"machine).", ""]
+    return "\n".join(lines)

@@ -1,0 +1,239 @@
+"""Issue 32: the linearised network, kernel drift, the first-order kernel predictions and the rank-correlation scorer,
+each against a case whose answer is known."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import AdapterConfig, AttackConfig, TrainConfig, tiny_run
+from flax import nnx
+
+from lorasec.adapters import lora
+from lorasec.core import ranking
+from lorasec.diagnostics import drift, linearised, predictors
+from lorasec.training.evaluation import evaluation_inputs
+from lorasec.training.trainer import fit
+
+
+def _backdoor(method: str = "lora", lr: float = 1e-2, steps: int = 20) -> object:
+    return tiny_run(adapter=AdapterConfig(method=method, rank=4, alpha=8),
+                    attack=AttackConfig(kind="badnets", poison_rate=0.1, target_label=1),
+                    train=TrainConfig(steps=steps, batch_size=16, lr=lr, log_every=5, checkpoint_every=10))
+
+
+def _logits(model, tokens, mask):
+    return np.asarray(model(jnp.asarray(tokens), jnp.asarray(mask)), np.float64)
+
+
+@pytest.fixture(scope="module")
+def prepared_lora():
+    from lorasec.pipelines.run import prepare_run
+
+    return prepare_run(_backdoor())
+
+
+def test_the_linearised_network_equals_the_network_at_its_start(prepared_lora):
+    model = prepared_lora.model
+    linear = linearised.Linearised(nnx.clone(model), lora.trainable_filter(prepared_lora.cfg.adapter))
+    tokens, mask = prepared_lora.member.data.tokens[:8], prepared_lora.member.data.mask[:8]
+    assert np.allclose(_logits(linear, tokens, mask), _logits(model, tokens, mask), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_linearised_training_follows_the_real_run_at_a_tiny_rate_and_departs_at_a_large_one(method):
+    """The gap between the trained network and the trained linearisation, relative to how far training moved the
+    logits: second order in the step, so small at lr 1e-5 and of the order of the change itself at a large rate."""
+    from lorasec.pipelines.run import prepare_run
+
+    gaps = {}
+    for lr in (1e-5, 1e-1 if method == "lora" else 3e-2):
+        cfg = _backdoor(method, lr)
+        run = prepare_run(cfg)
+        trainable = lora.trainable_filter(cfg.adapter)
+        tokens, mask = run.member.data.tokens[:64], run.member.data.mask[:64]
+        start = _logits(run.model, tokens, mask)
+        real, linear = nnx.clone(run.model), linearised.Linearised(nnx.clone(run.model), trainable)
+        for model in (real, linear):
+            fit(model, trainable, run.member.data, cfg.train, seed=cfg.seed, progress=False)
+        moved = np.abs(_logits(real, tokens, mask) - start).max()
+        gaps[lr] = np.abs(_logits(real, tokens, mask) - _logits(linear, tokens, mask)).max() / moved
+    small, large = gaps.values()
+    assert small < 0.02, gaps
+    assert large > 0.1, gaps
+
+
+def test_the_linearised_run_refuses_what_it_does_not_model():
+    cfg = tiny_run(adapter=AdapterConfig(rank=4, alpha=8, rora_tr=1.0))
+    with pytest.raises(linearised.ConfigError, match="adapter.rora_tr"):
+        linearised.check_linearisable(cfg)
+
+
+def _planted_probe(k_size: int = 6):
+    """Clean rows 0-5 (labels 0,0,0,1,1,1), triggered rows 6-8 (labels 0), target 1."""
+    labels = np.array([0, 0, 0, 1, 1, 1, 0, 0, 0])
+    kind = np.array(["clean"] * 6 + ["triggered"] * 3)
+    return drift.Probe(np.zeros((9, 4), np.int32), np.ones((9, 4), bool), labels, kind,
+                       np.array([0, 1, 2, 3, 4, 5, 0, 1, 2]), 1)
+
+
+def test_trigger_target_alignment_on_planted_kernels():
+    probe = _planted_probe()
+    toward_target = np.eye(9)
+    toward_target[np.ix_([6, 7, 8], [3, 4, 5])] = toward_target[np.ix_([3, 4, 5], [6, 7, 8])] = 0.8
+    assert drift.trigger_target_alignment(toward_target, probe) == pytest.approx(0.8)
+    toward_own = np.eye(9)
+    toward_own[np.ix_([6, 7, 8], [0, 1, 2])] = toward_own[np.ix_([0, 1, 2], [6, 7, 8])] = 0.5
+    assert drift.trigger_target_alignment(toward_own, probe) == pytest.approx(-0.5)
+    assert drift.relative_change(toward_own, toward_own) == 0.0
+    assert drift.relative_change(np.eye(2), 2 * np.eye(2)) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_drift_replays_the_run_it_measures(tmp_path):
+    from lorasec.pipelines.drift import drift_of_run
+    from lorasec.pipelines.run import train_run
+
+    train_run(_backdoor(), tmp_path / "run", progress=False)
+    record = drift_of_run(tmp_path / "run", every=10, probe_size=8)
+    assert record["replay_difference"] < 1e-5
+    assert [s["step"] for s in record["snapshots"]] == [0, 10, 20]
+    assert record["snapshots"][0]["relative_change"] == 0.0
+    assert record["snapshots"][-1]["relative_change"] > 0.0
+    assert record["probe"] == {"clean": 8, "triggered": 8, "poisoned": 8}
+
+
+def test_the_first_order_prediction_scales_with_the_schedule_and_the_gradient_estimate_is_exact_in_full(
+        prepared_lora):
+    run = prepared_lora
+    cfg = run.cfg
+    trainable = lora.trainable_filter(cfg.adapter)
+    data = run.member.data
+    everything = predictors.start_gradient(run.model, trainable, data.tokens, data.mask, data.labels,
+                                           run.poisoned.indices, sample=len(data), seed=cfg.seed)
+    graphdef, params, rest = nnx.split(run.model, trainable, ...)
+
+    def mean_loss(p):
+        from lorasec.training.losses import classification_loss
+
+        batch = {"tokens": jnp.asarray(data.tokens), "mask": jnp.asarray(data.mask), "labels": jnp.asarray(data.labels)}
+        return classification_loss(nnx.merge(graphdef, p, rest), batch, None)
+
+    exact = nnx.to_pure_dict(jax.grad(mean_loss)(params))
+    for a, b in zip(jax.tree.leaves(everything), jax.tree.leaves(exact)):
+        assert np.allclose(a, b, atol=1e-5 * max(1.0, float(np.abs(b).max())))
+    inputs = evaluation_inputs(cfg, run.test, run.encoder)
+    one = predictors.first_order(run.model, trainable, everything, cfg.train, inputs, 1)
+    twice = predictors.first_order(run.model, trainable, everything,
+                                   dataclasses.replace(cfg.train, lr=2 * cfg.train.lr), inputs, 1)
+    assert twice["sign_margin_push"] == pytest.approx(2 * one["sign_margin_push"], rel=1e-4)
+    assert predictors.schedule_sum(dataclasses.replace(cfg.train, lr=2 * cfg.train.lr)) == pytest.approx(
+        2 * predictors.schedule_sum(cfg.train))
+    none = predictors.first_order(run.model, trainable, everything, dataclasses.replace(cfg.train, lr=0.0), inputs, 1)
+    own = np.mean(np.argmax(_logits(run.model, *inputs.clean), -1) == inputs.labels)
+    assert none["ntk_clean_accuracy"] == pytest.approx(own) and none["sign_clean_accuracy"] == pytest.approx(own)
+
+
+def _planted(relationship: bool, cells: int = 40, seeds: int = 5, noise: float = 0.05):
+    rng = np.random.default_rng(1)
+    rows = []
+    for cell in range(cells):
+        truth = cell / cells
+        for _ in range(seeds):
+            predicted = truth + noise * rng.normal()
+            measured = (truth if relationship else rng.random()) + noise * rng.normal()
+            rows.append((cell, predicted, measured))
+    return rows
+
+
+def test_the_scorer_recovers_a_planted_relationship_and_rejects_a_planted_absence():
+    present = ranking.score(_planted(True), draws=500, permutations=2000)
+    assert present["spearman"] > 0.9 and present["spearman_ci95"][0] > 0.8
+    assert present["kendall"] > 0.7 and present["p_permutation"] < 0.001
+    absent = ranking.score(_planted(False), draws=500, permutations=2000)
+    low, high = absent["spearman_ci95"]
+    assert low < 0 < high and absent["p_permutation"] > 0.05 and abs(absent["spearman"]) < 0.35
+
+
+def test_rank_correlations_match_known_values():
+    from scipy import stats
+
+    x, y = [1, 2, 3, 4, 5], [2, 1, 4, 3, 5]
+    got = ranking.rank_correlations(x, y)
+    assert got["spearman"] == pytest.approx(stats.spearmanr(x, y).statistic) == pytest.approx(0.8)
+    assert got["kendall"] == pytest.approx(0.6)
+    assert np.isnan(ranking.rank_correlations([1, 1, 1], [1, 2, 3])["spearman"])
+    # a predictor given for one seed of each cell stands for the cell
+    rows = [(c, float(c) if s == 0 else None, c + 0.1 * s) for c in range(6) for s in range(3)]
+    scored = ranking.score(rows, draws=200, permutations=200)
+    assert scored["spearman"] == pytest.approx(1.0) and scored["runs"] == 18
+
+
+TINY_SWEEP = """
+seeds = [0, 1]
+[axes]
+"train.lr" = [1e-3, 1e-2, 3e-2]
+[base]
+model = {d_model = 16, num_layers = 1, num_heads = 2, d_ff = 32, dropout = 0.0}
+adapter = {rank = 4, alpha = 8}
+train = {steps = 10, batch_size = 16, log_every = 5, checkpoint_every = 10}
+attack = {kind = "badnets", poison_rate = 0.1, target_label = 1}
+[base.data]
+num_train = 256
+num_test = 128
+vocab_size = 60
+cue_words_per_class = 4
+min_len = 6
+max_len = 10
+seq_len = 14
+cue_strength = 1.0
+"""
+
+
+def _tiny_predict(tmp_path, claims: str = "") -> str:
+    (tmp_path / "sweep.toml").write_text(TINY_SWEEP)
+    (tmp_path / "predict.toml").write_text('sweep = "sweep.toml"\nprobe_size = 4\ngradient_sample = 16\n'
+                                           'drift_every = 5\nbootstrap_draws = 100\n' + claims)
+    return str(tmp_path / "predict.toml")
+
+
+def test_predict_and_drift_refuse_bad_input_in_one_line(tmp_path, capsys):
+    from lorasec import cli
+
+    spec = _tiny_predict(tmp_path, '[[claims]]\npredictor = "m_primes"\n')
+    assert cli.main(["predict", spec, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "claims[0].predictor = 'm_primes'" in err
+    (tmp_path / "predict.toml").write_text('sweep = "missing.toml"\n')
+    assert cli.main(["predict", spec, "--out", str(tmp_path / "out")]) == 2
+    assert "no such sweep spec" in capsys.readouterr().err
+    assert cli.main(["drift", str(tmp_path)]) == 2
+    assert "not a finished lorasec run" in capsys.readouterr().err
+    assert cli.main(["drift", str(tmp_path), "--every", "0"]) == 2
+
+
+@pytest.mark.slow
+def test_predict_writes_predictions_before_training_then_scores_them(tmp_path, capsys):
+    import json
+
+    from lorasec import cli
+
+    spec = _tiny_predict(tmp_path, '[[claims]]\npredictor = "sign_margin_push"\nspearman_at_least = 0.5\n'
+                                   'lower_at_least = -1.0\n')
+    out = tmp_path / "out"
+    assert cli.main(["predict", spec, "--out", str(out), "--no-train", "--no-progress"]) == 0
+    assert len(list((out / "predictors").glob("*.json"))) == 6
+    assert not list((out / "sweep" / "runs").glob("*/results.json"))  # nothing trained yet
+    assert cli.main(["predict", spec, "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert summary["cells"] == 3 and len(summary["runs"]) == 6
+    assert all(row["attack_success_rate"] is not None for row in summary["runs"])
+    assert sum(row.get("linearised_attack_success_rate") is not None for row in summary["runs"]) == 3  # seed 0
+    assert summary["claims"][0]["verdict"] in ("agrees", "disagrees", "inconclusive")
+    assert max(d["replay_difference"] for d in summary["drift"]) < 1e-4
+    for name in ("report.md", "results.csv", "calibration-attack_success_rate.png", "drift.png"):
+        assert (out / "report" / name).is_file(), name
+    assert "sign_margin_push" in capsys.readouterr().out

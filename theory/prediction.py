@@ -1,0 +1,58 @@
+"""Does the theory predict training? Paper 1 reasons from the kernel at the start of fine-tuning; these claims ask
+whether quantities computed there rank what 300 trained runs measured (issue 32).
+
+They read the ``lorasec predict`` output of the shipped spec ``experiments/predict_synthetic/predict.toml`` (60 cells
+× 5 seeds of the synthetic task) in ``<verify --out>/../predict_synthetic``, making it there when absent. Each claim's
+thresholds were written in that spec before the sweep ran; a claim agrees when Spearman's ρ over the cells and the
+lower end of its bootstrap interval reach them, disagrees when even the interval's upper end falls short.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lorasec.config import ConfigError
+from lorasec.core.claims import Check, claim, consistent
+from lorasec.pipelines.predict import run_predict
+from lorasec.pipelines.reproduce import experiment_roots
+
+NAME = "predictors_rank_the_sweep"
+SPEC = Path("predict_synthetic") / "predict.toml"
+REPLAY_TOLERANCE = 1e-4  # float32 rounding of a vmapped, rank-padded group against a single replay
+
+
+def spec_path() -> Path:
+    for root in experiment_roots():
+        if (root / SPEC).is_file():
+            return root / SPEC
+    raise ConfigError(f"verify predictors_rank_the_sweep: no {SPEC} under {', '.join(map(str, experiment_roots()))}; "
+                      f"run from the repository root")
+
+
+def output(purify_dir: Path) -> Path:
+    return Path(purify_dir).resolve().parent / "predict_synthetic"
+
+
+def prediction_work(purify_dir: Path) -> str:
+    """What the claim trains first ("" when its output is finished)."""
+    if (output(purify_dir) / "report" / "summary.json").is_file():
+        return ""
+    return (f"runs `lorasec predict` on {SPEC} into {str(output(purify_dir))!r}: predictors for 300 runs, the 60-cell "
+            f"synthetic sweep (about 40 minutes on 2 CPU cores), 60 linearised runs and 60 drift replays; once: "
+            f"later calls reuse it")
+
+
+@claim(NAME, "Liang et al. 2025 (issue 32)",
+       "quantities computed at the start of fine-tuning (the linearised network, first-order kernel pushes, M', "
+       "the trigger-target alignment) rank the attack success that training measures across a sweep",
+       trains=True, work=prediction_work)
+def predictors_rank_the_sweep(purify_dir: Path) -> list[Check]:
+    summary = run_predict(spec_path(), output(purify_dir), progress=False)
+    checks = [Check(**{**item, "claim": NAME}) for item in summary["claims"]]
+    worst = max((d["replay_difference"] or 0.0 for d in summary["drift"]), default=None)
+    if worst is not None:
+        checks.append(Check(NAME, f"{len(summary['drift'])} drift replays",
+                            "a replay retraces its run (the kernel drift is measured on the run itself)",
+                            f"max |Δw| / max |w| = {worst:.1e}", f"≤ {REPLAY_TOLERANCE:g}",
+                            consistent(worst <= REPLAY_TOLERANCE), kind="consistency"))
+    return checks
