@@ -88,6 +88,13 @@ _FACADE = {
     "ThresholdInstance": ("lorasec.diagnostics.threshold", "ThresholdInstance"),
     "search_counterexamples": ("lorasec.diagnostics.threshold", "search_counterexamples"),
     "update_pairs": ("lorasec.pipelines.diagnose", "update_pairs"),
+    # does the theory predict training?
+    "Linearised": ("lorasec.diagnostics.linearised", "Linearised"),
+    "linearised_run": ("lorasec.diagnostics.linearised", "linearised_run"),
+    "drift_of_run": ("lorasec.pipelines.drift", "drift_of_run"),
+    "run_predict": ("lorasec.pipelines.predict", "run_predict"),
+    "rank_score": ("lorasec.core.ranking", "score"),
+    "rank_correlations": ("lorasec.core.ranking", "rank_correlations"),
     # claims
     "verify": ("theory", "verify"),
     "claims_table": ("lorasec.core.claims", "claims_table"),

@@ -170,9 +170,10 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("spec", help="predict spec (TOML/JSON): the sweep spec it names, probe sizes, claims "
                                       "(see `lorasec config show --kind predict`)")
     _set_flag(predict, "change a field of the predict spec, e.g. --set linearised_seeds=[] (repeatable)")
-    predict.add_argument("--out", help="output directory (default: runs/predict-<spec name>)")
+    predict.add_argument("--out", help="output directory (default: runs/predict-<spec name, or its directory's for "
+                                       "predict.toml>)")
     predict.add_argument("--no-train", action="store_true",
-                         help="compute and write the predictors only, before anything trains")
+                         help="compute and write the predictors (and linearised runs) only, before the sweep trains")
     _progress_flag(predict)
 
     drift = sub.add_parser("drift", help="kernel drift along a finished run: its empirical NTK on a fixed probe, "
@@ -521,12 +522,14 @@ def _predict(args) -> int:
     config.load(config.PredictConfig, args.spec, args.overrides)  # a bad spec is refused before JAX is imported
     from lorasec.pipelines.predict import run_predict
 
-    out = Path(args.out) if args.out else Path("runs") / f"predict-{Path(args.spec).stem}"
+    spec = Path(args.spec)
+    name = spec.parent.name if spec.stem == "predict" else spec.stem
+    out = Path(args.out) if args.out else Path("runs") / f"predict-{name}"
     summary = run_predict(args.spec, out, train=not args.no_train, progress=not args.no_progress,
                           overrides=args.overrides)
     if args.no_train:
-        print(f"predictors of {summary['predicted']} runs written to {out / 'predictors'}; run again without "
-              f"--no-train to train the sweep and score them")
+        print(f"predictors of {summary['predicted']} runs written to {out / 'predictors'} (and {out / 'linearised'}); "
+              f"run again without --no-train to train the sweep and score them")
         return 0
     print((out / "report" / "report.md").read_text())
     print(f"written: {out / 'report'} (report.md, summary.json, results.csv, calibration and drift figures)")
@@ -541,11 +544,11 @@ def _drift(args) -> int:
 
     record = drift_of_run(args.run_dir, every=args.every, probe_size=args.probe)
     out = Path(args.json) if args.json else Path(args.run_dir) / "drift.json"
-    files.write_json(out, record)
+    files.write_json(out, files.json_ready(record))
     print(f"{'step':>6s}  {'‖K_t − K_0‖/‖K_0‖':>18s}  {'kernel-target':>13s}  {'trigger-target':>14s}")
     for snap in record["snapshots"]:
         print(f"{snap['step']:6d}  {snap['relative_change']:18.4f}  {snap['kernel_target_alignment']:13.4f}  "
-              f"{snap['trigger_target_alignment']:14.4f}")
+              f"{snap['trigger_target_alignment']:14.4f}")  # nan where undefined (the JSON file writes null)
     print(f"replay against the saved weights: max relative difference {record['replay_difference']:.1e}")
     print(f"written: {out}")
     return 0

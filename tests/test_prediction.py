@@ -66,6 +66,27 @@ def test_linearised_training_follows_the_real_run_at_a_tiny_rate_and_departs_at_
     assert large > 0.1, gaps
 
 
+def test_the_linearised_network_trains_with_dropout():
+    """The synthetic task's default dropout (0.1): a stream of the loss's Rngs may not advance inside the jvp, so
+    the key is drawn before it (this raised TraceContextError)."""
+    from conftest import TINY_MODEL
+
+    from lorasec.pipelines.run import prepare_run
+
+    cfg = tiny_run(model=dataclasses.replace(TINY_MODEL, dropout=0.1), adapter=AdapterConfig(rank=4, alpha=8),
+                   attack=AttackConfig(kind="badnets", poison_rate=0.1, target_label=1),
+                   train=TrainConfig(steps=4, batch_size=16, log_every=2, checkpoint_every=4))
+    run = prepare_run(cfg)
+    trainable = lora.trainable_filter(cfg.adapter)
+    linear = linearised.Linearised(nnx.clone(run.model), trainable)
+    tokens, mask = jnp.asarray(run.member.data.tokens[:8]), jnp.asarray(run.member.data.mask[:8])
+    key = jax.random.key(3)
+    same = np.asarray(run.model(tokens, mask, rngs=nnx.Rngs(dropout=nnx.Rngs(dropout=key).dropout())))
+    assert np.allclose(np.asarray(linear(tokens, mask, rngs=nnx.Rngs(dropout=key))), same, atol=1e-5)
+    result = fit(linear, trainable, run.member.data, cfg.train, seed=cfg.seed, progress=False)
+    assert np.isfinite(result.final_loss)
+
+
 def test_the_linearised_run_refuses_what_it_does_not_model():
     cfg = tiny_run(adapter=AdapterConfig(rank=4, alpha=8, rora_tr=1.0))
     with pytest.raises(linearised.ConfigError, match="adapter.rora_tr"):
@@ -88,6 +109,9 @@ def test_trigger_target_alignment_on_planted_kernels():
     toward_own = np.eye(9)
     toward_own[np.ix_([6, 7, 8], [0, 1, 2])] = toward_own[np.ix_([0, 1, 2], [6, 7, 8])] = 0.5
     assert drift.trigger_target_alignment(toward_own, probe) == pytest.approx(-0.5)
+    twins_only = np.eye(9)  # each triggered sentence close to its own clean copy alone: no pull either way
+    twins_only[[6, 7, 8], [0, 1, 2]] = twins_only[[0, 1, 2], [6, 7, 8]] = 0.9
+    assert drift.trigger_target_alignment(twins_only, probe) == pytest.approx(0.0)
     assert drift.relative_change(toward_own, toward_own) == 0.0
     assert drift.relative_change(np.eye(2), 2 * np.eye(2)) == pytest.approx(1.0)
 
@@ -104,6 +128,12 @@ def test_drift_replays_the_run_it_measures(tmp_path):
     assert record["snapshots"][0]["relative_change"] == 0.0
     assert record["snapshots"][-1]["relative_change"] > 0.0
     assert record["probe"] == {"clean": 8, "triggered": 8, "poisoned": 8}
+    from lorasec import cli
+
+    # two clean sentences may hold one class only: an undefined alignment is written as null, not a traceback
+    assert cli.main(["drift", str(tmp_path / "run"), "--every", "10", "--probe", "2",
+                     "--json", str(tmp_path / "drift.json")]) == 0
+    assert (tmp_path / "drift.json").is_file()
 
 
 def test_the_first_order_prediction_scales_with_the_schedule_and_the_gradient_estimate_is_exact_in_full(
@@ -126,6 +156,20 @@ def test_the_first_order_prediction_scales_with_the_schedule_and_the_gradient_es
     for a, b in zip(jax.tree.leaves(everything), jax.tree.leaves(exact)):
         assert np.allclose(a, b, atol=1e-5 * max(1.0, float(np.abs(b).max())))
     inputs = evaluation_inputs(cfg, run.test, run.encoder)
+    # the NTK direction is the kernel regime's: J(x) g0 = (1/n) sum_i K(x, x_i) r_i, r_i = softmax - onehot
+    from lorasec.diagnostics import kernel
+
+    probe_t, probe_m = inputs.clean[0][:4], inputs.clean[1][:4]
+    k = np.asarray(kernel.empirical_ntk(run.model, probe_t, probe_m, data.tokens, data.mask, subset=trainable,
+                                        trace_axes=()), np.float64)  # (4, n, C, C)
+    logits = _logits(run.model, data.tokens, data.mask)
+    residual = np.exp(logits - logits.max(-1, keepdims=True))
+    residual = residual / residual.sum(-1, keepdims=True) - np.eye(logits.shape[-1])[data.labels]
+    via_kernel = np.einsum("injc,nc->ij", k, residual) / len(data)
+    _, push = predictors._programs(graphdef)
+    _, via_gradient = push(nnx.to_pure_dict(params), nnx.to_pure_dict(rest), jnp.asarray(probe_t),
+                           jnp.asarray(probe_m), everything)
+    assert np.allclose(np.asarray(via_gradient), via_kernel, rtol=1e-3, atol=1e-6 * np.abs(via_kernel).max())
     one = predictors.first_order(run.model, trainable, everything, cfg.train, inputs, 1)
     twice = predictors.first_order(run.model, trainable, everything,
                                    dataclasses.replace(cfg.train, lr=2 * cfg.train.lr), inputs, 1)
@@ -237,3 +281,8 @@ def test_predict_writes_predictions_before_training_then_scores_them(tmp_path, c
     for name in ("report.md", "results.csv", "calibration-attack_success_rate.png", "drift.png"):
         assert (out / "report" / name).is_file(), name
     assert "sign_margin_push" in capsys.readouterr().out
+    # a changed setting makes its records again; the others are kept
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "linearised").glob("*.json")}
+    assert cli.main(["predict", spec, "--out", str(out), "--no-train", "--no-progress", "--set", "probe_size=5"]) == 0
+    assert all(json.loads(p.read_text())["key"].endswith("-probe5-sample16") for p in (out / "predictors").glob("*"))
+    assert before == {p.name: p.stat().st_mtime_ns for p in (out / "linearised").glob("*.json")}

@@ -684,7 +684,8 @@ class PurifyConfig:
 PREDICTORS = ("linearised_attack_success_rate", "linearised_clean_accuracy", "ntk_attack_success_rate",
               "ntk_margin_push", "ntk_clean_accuracy", "sign_attack_success_rate", "sign_margin_push",
               "sign_clean_accuracy", "m_prime", "m_prime_normalised", "kernel_trace", "effective_rank",
-              "information_bits", "kernel_target_alignment", "trigger_target_alignment")
+              "information_bits", "kernel_target_alignment", "trigger_target_alignment", "learning_rate_sum",
+              "poison_rate")
 OUTCOMES = ("attack_success_rate", "clean_accuracy", "triggered_accuracy")
 
 

@@ -4,9 +4,10 @@ the cells were measured with a few seeds each.
 A sweep is a set of cells (configurations), each trained with several seeds. A predictor gives one value per
 (cell, seed) (or per cell); the outcome is measured per (cell, seed). The score is the correlation over cells of
 the predictor's cell mean with the outcome's cell mean: Spearman's ρ and Kendall's τ-b (``scipy.stats``). The 95%
-interval is a two-level percentile bootstrap: draw the cells with replacement, then within each drawn cell its
-seeds with replacement, predictor and outcome together (Davison & Hinkley 1997, Sec. 3.8), and recompute. The
-permutation p tests "no monotone relationship": the outcome's cell means shuffled over the cells.
+interval is a percentile bootstrap over cells (the cluster bootstrap: draw the cells with replacement, each with
+all its seeds, and recompute; Davison & Hinkley 1997, Sec. 3.8, who note that resampling seeds within cells as
+well counts the seeds' variation twice). The permutation p tests "no monotone relationship": the outcome's cell
+means shuffled over the cells.
 """
 
 from __future__ import annotations
@@ -49,14 +50,15 @@ def score(rows: Sequence[tuple[Hashable, float | None, float]], *, draws: int = 
 
     Args:
         rows: ``(cell, predicted, measured)`` per (cell, seed); ``predicted`` None where the predictor was computed
-            for other seeds of the cell only (the cell's mean over those stands in). Rows with a non-finite
-            measurement are dropped.
+            for other seeds of the cell only (the cell's prediction is the mean over those). Rows with a
+            non-finite measurement are dropped.
         draws: bootstrap resamples.
         permutations: shuffles for the permutation p.
         seed: the resampling's seed (a branch of :mod:`lorasec.core.keys`).
     Returns:
         ``cells``, ``runs``, ``spearman`` and ``kendall`` (cell means; None where undefined: a constant side),
         ``spearman_ci95`` and ``kendall_ci95`` ([low, high]; None when fewer than half the draws were defined),
+        ``draws_defined`` (draws whose ρ was defined: a draw of one repeated cell is not),
         ``p_permutation`` (two-sided, Spearman; None with fewer than 3 cells or an undefined ρ),
         ``predicted`` and ``measured`` (the cell means, in the order of ``cells_order``) and ``cells_order``.
     """
@@ -68,27 +70,19 @@ def score(rows: Sequence[tuple[Hashable, float | None, float]], *, draws: int = 
         cells[cell][0].append(np.nan if predicted is None else float(predicted))
         cells[cell][1].append(float(measured))
     order = [c for c, (p, _) in cells.items() if np.isfinite(p).any()]
-    predicted = [np.asarray(cells[c][0]) for c in order]
-    measured = [np.asarray(cells[c][1]) for c in order]
-    fallback = np.array([np.nanmean(p) for p in predicted])
-    pm = fallback
-    mm = np.array([m.mean() for m in measured])
+    pm = np.array([np.nanmean(cells[c][0]) for c in order])
+    mm = np.array([np.mean(cells[c][1]) for c in order])
     correlations = {k: finite(v) for k, v in rank_correlations(pm, mm).items()}
-    out = {"cells": len(order), "runs": int(sum(len(m) for m in measured)), "cells_order": order,
+    out = {"cells": len(order), "runs": int(sum(len(cells[c][1]) for c in order)), "cells_order": order,
            "predicted": pm.tolist(), "measured": mm.tolist(), **correlations}
     if len(order) < 3 or out["spearman"] is None:
         return {**out, "spearman_ci95": None, "kendall_ci95": None, "p_permutation": None}
     rng = keys.numpy_rng(seed, "bootstrap")
-    boot_p = np.empty((draws, len(order)))
-    boot_m = np.empty((draws, len(order)))
-    for d in range(draws):
-        for j, c in enumerate(rng.integers(len(order), size=len(order))):
-            picks = rng.integers(len(measured[c]), size=len(measured[c]))
-            values = predicted[c][picks]
-            boot_p[d, j] = np.nanmean(values) if np.isfinite(values).any() else fallback[c]
-            boot_m[d, j] = measured[c][picks].mean()
+    picks = rng.integers(len(order), size=(draws, len(order)))
+    boot_p, boot_m = pm[picks], mm[picks]
     rho = _spearman_rows(boot_p, boot_m)
     tau = np.array([_kendall(boot_p[d], boot_m[d]) for d in range(draws)])
+    out["draws_defined"] = int(np.isfinite(rho).sum())
     out["spearman_ci95"] = _interval(rho)
     out["kendall_ci95"] = _interval(tau)
     shuffled = np.stack([rng.permutation(mm) for _ in range(permutations)])

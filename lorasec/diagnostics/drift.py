@@ -10,7 +10,7 @@ examples, with ``K`` the traced kernel (the mean over the C output pairs (c, c))
   its one-hot labels (Cortes et al., JMLR 2012): how much the kernel already separates the task;
 - ``trigger_target_alignment``: with ``k̂(a, b) = K(a, b) / √(K(a, a) K(b, b))``, the mean ``k̂`` between triggered
   inputs (true label ≠ target) and clean inputs of the target class, minus the mean ``k̂`` between the same
-  triggered inputs and clean inputs of the other classes. In the kernel regime a function step on the clean set
+  triggered inputs and clean inputs of the other classes (a triggered sentence's own clean copy left out). In the kernel regime a function step on the clean set
   moves ``f(x̃)`` by ``Σ_i K(x̃, x_i) r_i``; a positive value means the kernel carries triggered inputs with the
   target class.
 """
@@ -45,12 +45,14 @@ class Probe:
 
 def probe_set(clean: tuple[np.ndarray, np.ndarray], triggered: tuple[np.ndarray, np.ndarray], labels: np.ndarray,
               poisoned: tuple[np.ndarray, np.ndarray, np.ndarray], target: int, size: int) -> Probe:
-    """The first ``size`` test sentences clean, the first ``size`` of them whose label is not ``target`` with the
-    trigger, and up to ``size`` poisoned training examples.
+    """The first ``size`` test sentences clean, the first ``size`` test sentences whose label is not ``target``
+    with the trigger (the first of them are also among the clean rows: those pairs give M'), and up to ``size``
+    poisoned training examples.
 
     Args:
         clean: the clean test set's (ids, mask).
-        triggered: the same test sentences with the trigger, (ids, mask).
+        triggered: the same test sentences with the trigger, (ids, mask), or None without a trigger (no
+            triggered rows).
         labels: the test set's labels (N,).
         poisoned: the poisoned training examples' (ids, mask, training labels) (none for a clean run).
         target: the attack's target label.
@@ -62,7 +64,8 @@ def probe_set(clean: tuple[np.ndarray, np.ndarray], triggered: tuple[np.ndarray,
         raise ValueError(f"probe size = {size}: needs at least 2 examples per kind")
     labels = np.asarray(labels)
     keep = np.arange(min(size, len(labels)))
-    other = np.flatnonzero(labels != target)[:size]
+    other = np.flatnonzero(labels != target)[:size] if triggered is not None else np.zeros(0, np.int64)
+    triggered = clean if triggered is None else triggered
     p_tokens, p_mask, p_labels = (np.asarray(a)[:size] for a in poisoned)
     tokens = np.concatenate([clean[0][keep], triggered[0][other], p_tokens])
     mask = np.concatenate([clean[1][keep], triggered[1][other], p_mask])
@@ -91,11 +94,15 @@ def trigger_target_alignment(k: np.ndarray, probe: Probe) -> float:
     diagonal = np.sqrt(np.clip(np.diag(k), 1e-300, None))
     cosine = k / diagonal[:, None] / diagonal[None, :]
     triggered, clean = probe.rows("triggered"), probe.rows("clean")
-    to_target = clean & (probe.labels == probe.target)
-    to_other = clean & (probe.labels != probe.target)
-    if not triggered.any() or not to_target.any() or not to_other.any():
-        return float("nan")
-    return float(cosine[np.ix_(triggered, to_target)].mean() - cosine[np.ix_(triggered, to_other)].mean())
+    rows = np.flatnonzero(triggered)
+    twins = probe.sentence[rows][:, None] == probe.sentence[None, :]  # a triggered sentence's own clean copy
+    means = []
+    for side in (clean & (probe.labels == probe.target), clean & (probe.labels != probe.target)):
+        keep = side[None, :] & ~twins
+        if not keep.any():
+            return float("nan")
+        means.append(float(cosine[rows][keep].mean()))
+    return means[0] - means[1]
 
 
 def kernel_measures(k: np.ndarray, probe: Probe, k0: np.ndarray | None = None) -> dict:

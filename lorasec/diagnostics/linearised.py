@@ -38,8 +38,11 @@ class Anchor(nnx.Variable):
 class Linearised(nnx.Module):
     """``model`` linearised at its current values of the ``trainable_filter`` variables (module docstring).
 
-    Called as the model is, ``(tokens, mask, rngs=None) -> logits``; dropout, when a key is given, draws one mask for
-    the value and its derivative. The wrapped model's own variables are the θ that train.
+    Called as the model is, ``(tokens, mask, rngs=None) -> logits``; with ``rngs``, one key is drawn from its
+    dropout stream and the model's dropout masks come from it, the same for the value and its derivative (so the
+    masks differ from the real model's given the same ``rngs``, as another draw of dropout would). The wrapped
+    model's own variables are the θ that train. For LoRA at its usual start (B = 0) the output's derivative with
+    respect to A is zero at θ₀, so the linearised network never moves A: it is LoRA with A frozen, to first order.
     """
 
     def __init__(self, model: nnx.Module, trainable_filter):
@@ -55,9 +58,11 @@ class Linearised(nnx.Module):
         anchor = jax.tree.map(lambda v: v[...], self.anchor, is_leaf=lambda v: isinstance(v, nnx.Variable))
         current = nnx.to_pure_dict(params)
         tangent = jax.tree.map(jnp.subtract, current, anchor)
+        # dropout keys are read here: a stream of the caller's Rngs may not advance inside the jvp's trace
+        key = None if rngs is None else rngs.dropout()
 
         def f(p):
-            return nnx.merge(graphdef, p, rest)(tokens, mask, rngs=rngs)
+            return nnx.merge(graphdef, p, rest)(tokens, mask, rngs=None if key is None else nnx.Rngs(dropout=key))
 
         value, change = jax.jvp(f, (anchor,), (tangent,))
         return value + change

@@ -1,24 +1,30 @@
 """Quantities computed before training that might predict what training does, one run config at a time.
 
 **First-order kernel predictions.** With ``g₀`` the gradient of the training loss at the start θ₀ (dropout off) and
-``S = Σ_t η_t`` the learning rates of the whole schedule summed, a run that stayed where its first step points
-moves the logits of an input ``x`` by
+``S = Σ_t η_t`` the learning rates of the whole schedule summed, a run that kept moving as its start points moves
+the logits of an input ``x`` by
 
-    Δf(x) = −S · J(x; θ₀) u,        u = g₀ / max(1, ‖g₀‖/c)      (gradient descent: the NTK, Jacot et al. 2018)
-                                    u = sign(g₀)                   (Adam's first steps: the sign-gradient kernel,
-                                                                    Malladi et al., ICML 2023, Sec. 4)
+    Δf(x) = −S · J(x; θ₀) u,        u = g₀         (``ntk``: gradient descent on the full-batch loss; since
+                                                    ``J(x) g₀ = (1/n) Σ_i K(x, x_i) r_i``, the NTK regime with
+                                                    the residuals r held at their starting values)
+                                    u = sign(g₀)   (``sign``: sign descent, which AdamW's update equals while the
+                                                    gradient stays put; its first step exactly, by the bias
+                                                    correction. Malladi et al., ICML 2023, Sec. 4, study these
+                                                    sign-based dynamics as a kernel, ⟨∇f(x), sign ∇f(x′)⟩ per
+                                                    example; here the sign is of the summed gradient)
 
-(``c`` the clipping norm; ``J(x) u = Σ_i K(x, x_i) r_i / n`` over the training set, so this is the kernel regime's
-prediction with the residuals r held at their starting values). Evaluated on the test set, clean and triggered,
-it gives a predicted clean accuracy, a predicted attack success rate, and the mean push of triggered inputs'
-target-class margin ``Δf_target(x̃) − Δf_y(x̃)`` (``*_margin_push``), the score least saturated by the argmax.
-``g₀`` is the exact gradient over every poisoned example and an unbiased estimate over a sample of the clean ones
-(each part weighted by its share of the training set), so the cost stays a small fraction of training.
+Neither models minibatches, AdamW's global-norm clipping of them, its weight decay, nor for LoRA the factor A,
+whose gradient is zero at B = 0 (Adam moves it from the second step). Evaluated on the test set, clean and
+triggered, the prediction gives a clean accuracy, an attack success rate, and the mean push of triggered inputs'
+target-class margin ``Δf_target(x̃) − Δf_y(x̃)`` (``*_margin_push``), the score least saturated by the argmax. ``g₀``
+is exact over every poisoned example and estimated from a sample of the clean ones (each part weighted by its
+share of the training set): unbiased for ``ntk``; its sign, for ``sign``, is not, where g₀'s entries are small.
 
 **Paper 1's scalars at θ₀**, on the probe of :mod:`lorasec.diagnostics.drift`: M' (``‖mean_i K(x_i, x̃_i)‖_F``
 over clean/triggered pairs, Liang et al. Sec. 3.3), M' normalised by the mean ``‖K(x_i, x_i)‖_F``, the clean
 kernel's effective rank and information bits (:mod:`lorasec.diagnostics.information`), its trace, and the
-kernel-target and trigger-target alignments.
+kernel-target and trigger-target alignments. None of these know the learning rate or the poison rate; the
+baselines ``learning_rate_sum`` (S) and ``poison_rate`` say what those alone predict.
 """
 
 from __future__ import annotations
@@ -102,7 +108,7 @@ def first_order(model: nnx.Module, trainable_filter, gradient, cfg: TrainConfig,
         model: the classifier as training starts.
         trainable_filter: the variables training moves.
         gradient: ``g₀`` (:func:`start_gradient`).
-        cfg: the run's training config (schedule, steps, clipping norm).
+        cfg: the run's training config (schedule and steps).
         evaluation: the run's :class:`lorasec.training.evaluation.EvaluationInputs` (clean and triggered test set).
         target: the attack's target label (None without a trigger).
     Returns:
@@ -113,9 +119,7 @@ def first_order(model: nnx.Module, trainable_filter, gradient, cfg: TrainConfig,
     params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
     _, push = _programs(graphdef)
     total = schedule_sum(cfg)
-    norm = float(optax.tree.norm(gradient))
-    clip = max(1.0, norm / cfg.grad_clip) if cfg.grad_clip > 0 else 1.0
-    directions = {"ntk": jax.tree.map(lambda g: -total * g / clip, gradient),
+    directions = {"ntk": jax.tree.map(lambda g: -total * g, gradient),
                   "sign": jax.tree.map(lambda g: -total * jnp.sign(g), gradient)}
 
     def predicted(tokens, mask):

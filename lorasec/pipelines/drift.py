@@ -28,9 +28,9 @@ from lorasec.training.trainer import batch_indices
 
 
 def run_probe(prepared: PreparedRun, inputs: EvaluationInputs, size: int) -> drift.Probe:
-    """The probe of a prepared run: its test set clean and with the attack's first trigger (clean again without
-    one), and its poisoned training examples."""
-    triggered = next(iter(inputs.triggered.values()), inputs.clean)
+    """The probe of a prepared run: its test set clean and with the attack's first trigger (no triggered rows
+    without one), and its poisoned training examples."""
+    triggered = next(iter(inputs.triggered.values()), None)
     data, rows = prepared.member.data, np.asarray(sorted(prepared.poisoned.indices), np.int64)
     return drift.probe_set(inputs.clean, triggered, inputs.labels,
                            (data.tokens[rows], data.mask[rows], data.labels[rows]), prepared.cfg.attack.target_label,

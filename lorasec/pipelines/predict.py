@@ -5,11 +5,12 @@ A predict spec (:class:`lorasec.config.PredictConfig`) names a sweep spec and th
 directory:
 
 - ``sweep/``: the sweep (``lorasec sweep``'s directory; resumed, never retrained);
-- ``predictors/<run>.json``: per run, computed from its config and starting model only
+- ``predictors/<run>.json``: per run, computed from its config and starting model only (each record keeps the
+  hash of the config and settings it was made for, and is made again when they change)
   (:mod:`lorasec.diagnostics.predictors`), with its wall time; written before the sweep trains, so
   ``--no-train`` leaves predictions on disk ahead of any measurement;
 - ``linearised/<run>.json``: for ``linearised_seeds``, the linearised network trained as the run is
-  (:mod:`lorasec.diagnostics.linearised`);
+  (:mod:`lorasec.diagnostics.linearised`), also before the sweep trains;
 - ``drift/<run>.json``: for ``drift_seeds``, the kernel's drift along the run (:mod:`lorasec.pipelines.drift`);
 - ``report/``: ``summary.json``, ``report.md``, ``results.csv`` (one row per run: its cell's fields, seed, every
   predictor, the measured outcomes, the drift), a calibration figure per outcome and a drift figure.
@@ -31,7 +32,7 @@ from lorasec.adapters import lora
 from lorasec.config import PREDICTORS, ConfigError, PredictConfig, RunConfig, load, replace_config
 from lorasec.core import files, machine, ranking, tables
 from lorasec.core.claims import Check
-from lorasec.core.stats import finite, holm
+from lorasec.core.stats import holm
 from lorasec.diagnostics import linearised, predictors
 from lorasec.pipelines import drift as drift_pipeline
 from lorasec.pipelines import rundir
@@ -49,7 +50,27 @@ def load_predict(path: str | Path, overrides=()) -> tuple[PredictConfig, SweepSp
     sweep_path = Path(path).parent / cfg.sweep
     if not sweep_path.is_file():
         raise ConfigError(f"sweep = {cfg.sweep!r}: no such sweep spec next to {str(path)!r} ({str(sweep_path)!r})")
-    return cfg, load_spec(sweep_path)
+    spec = load_spec(sweep_path)
+    for name in ("linearised_seeds", "drift_seeds"):
+        extra = [seed for seed in getattr(cfg, name) if seed not in spec.seeds]
+        if extra:
+            raise ConfigError(f"{name} = {list(getattr(cfg, name))}: seed {extra[0]} is not one of the sweep's seeds "
+                              f"{list(spec.seeds)}")
+    for i, item in enumerate(cfg.claims):
+        if item.outcome not in cfg.outcomes:
+            raise ConfigError(f"claims[{i}].outcome = {item.outcome!r} is not scored; add it to outcomes "
+                              f"({list(cfg.outcomes)})")
+        if item.predictor.startswith("linearised_") and not cfg.linearised_seeds:
+            raise ConfigError(f"claims[{i}].predictor = {item.predictor!r} needs linearised runs; set "
+                              f"linearised_seeds (e.g. [0])")
+    first = [cell.configs[0] for cell in spec.cells()]
+    if cfg.linearised_seeds:
+        for run_cfg in first:
+            linearised.check_linearisable(run_cfg)
+    if cfg.drift_seeds and any(c.adapter.rora_pt_layers for c in first):
+        raise ConfigError("drift_seeds: the sweep uses RoRA's Pt, which rescales the model after training; set "
+                          "drift_seeds = [] or measure drift on runs without Pt")
+    return cfg, spec
 
 
 def run_configs(spec: SweepSpec, out_dir: Path, progress: bool) -> list[tuple[int, dict, str, RunConfig]]:
@@ -70,7 +91,8 @@ def predict_run(cfg: RunConfig, *, probe_size: int, gradient_sample: int) -> dic
     """Every predictor of one run from its config and starting model (no training).
 
     Returns:
-        The predictors of :data:`lorasec.config.PREDICTORS` but the linearised ones, and ``wall_seconds``.
+        The predictors of :data:`lorasec.config.PREDICTORS` but the linearised ones (the baselines
+        ``learning_rate_sum`` and ``poison_rate`` included), and ``wall_seconds``.
     """
     began = time.perf_counter()
     prepared = prepare_run(cfg)
@@ -83,29 +105,27 @@ def predict_run(cfg: RunConfig, *, probe_size: int, gradient_sample: int) -> dic
     out = predictors.first_order(prepared.model, trainable, gradient, cfg.train, inputs, target)
     out.update(predictors.kernel_scalars(prepared.model, trainable,
                                          drift_pipeline.run_probe(prepared, inputs, probe_size)))
+    out.update(learning_rate_sum=predictors.schedule_sum(cfg.train), poison_rate=cfg.attack.poison_rate)
     return {**out, "wall_seconds": time.perf_counter() - began}
 
 
-def json_ready(value):
-    """``value`` with every non-finite float written as None (JSON has neither NaN nor infinity)."""
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, float):
-        return finite(value)
-    return value
-
-
-def _cached(path: Path, compute) -> dict:
+def _cached(path: Path, compute, key: str) -> dict:
+    """The record at ``path`` when it was made for ``key`` (the run's config and the settings that shape the
+    record), else computed and written with it."""
     if path.is_file():
         try:
-            return files.read_json(path)
+            held = files.read_json(path)
+            if isinstance(held, dict) and held.get("key") == key:
+                return held
         except ValueError:
             pass  # damaged: computed again
-    value = json_ready(compute())
+    value = {"key": key, **files.json_ready(compute())}
     files.write_json(path, value)
     return value
+
+
+def _key(run_cfg: RunConfig, *settings) -> str:
+    return rundir.config_hash(run_cfg)[:16] + "".join(f"-{s}" for s in settings)
 
 
 def run_predict(path: str | Path, out_dir: str | Path, *, train: bool = True, progress: bool = True,
@@ -115,7 +135,7 @@ def run_predict(path: str | Path, out_dir: str | Path, *, train: bool = True, pr
     Args:
         path: the predict spec.
         out_dir: its output directory (resumed).
-        train: train the sweep and score it; False stops after the predictors (and writes no report).
+        train: train the sweep and score it; False stops after the predictors and linearised runs (no report).
         progress: show progress bars.
         overrides: ``KEY=VALUE`` changes to the predict spec's fields.
     Returns:
@@ -128,21 +148,23 @@ def run_predict(path: str | Path, out_dir: str | Path, *, train: bool = True, pr
         runs = run_configs(spec, out_dir, progress)
         for _, _, name, run_cfg in tqdm(runs, desc="predictors", unit="run", disable=not progress):
             _cached(out_dir / "predictors" / f"{name}.json",
-                    lambda c=run_cfg: predict_run(c, probe_size=cfg.probe_size, gradient_sample=cfg.gradient_sample))
+                    lambda c=run_cfg: predict_run(c, probe_size=cfg.probe_size, gradient_sample=cfg.gradient_sample),
+                    _key(run_cfg, f"probe{cfg.probe_size}", f"sample{cfg.gradient_sample}"))
+        for _, _, name, run_cfg in tqdm([r for r in runs if r[3].seed in cfg.linearised_seeds],
+                                        desc="linearised", unit="run", disable=not progress):
+            _cached(out_dir / "linearised" / f"{name}.json", lambda c=run_cfg: _linearised(c), _key(run_cfg))
         if not train:
             return {"predicted": len(runs)}
     run_sweep(spec, out_dir / "sweep", progress=progress)
     with rundir.exclusive(out_dir):
-        for _, _, name, run_cfg in tqdm([r for r in runs if r[3].seed in cfg.linearised_seeds],
-                                        desc="linearised", unit="run", disable=not progress):
-            _cached(out_dir / "linearised" / f"{name}.json", lambda c=run_cfg: _linearised(c))
         for _, _, name, run_cfg in tqdm([r for r in runs if r[3].seed in cfg.drift_seeds], desc="drift",
                                         unit="run", disable=not progress):
             _cached(out_dir / "drift" / f"{name}.json",
                     lambda c=run_cfg, n=name: drift_pipeline.replay(c, every=cfg.drift_every,
                                                                      probe_size=cfg.probe_size,
-                                                                     finished=out_dir / "sweep" / "runs" / n))
-        summary = json_ready(score_predictions(cfg, spec, runs, out_dir))
+                                                                     finished=out_dir / "sweep" / "runs" / n),
+                    _key(run_cfg, f"every{cfg.drift_every}", f"probe{cfg.probe_size}"))
+        summary = files.json_ready(score_predictions(cfg, spec, runs, out_dir))
         files.write_json(out_dir / "report" / "summary.json", summary)
         files.write_text(out_dir / "report" / "report.md", report_markdown(summary))
         files.write_text(out_dir / "report" / "results.csv", tables.csv(summary["columns"], summary["runs"]))
@@ -171,7 +193,7 @@ def score_predictions(cfg: PredictConfig, spec: SweepSpec, runs, out_dir: Path) 
     for cell, values, name, run_cfg in runs:
         row = {"cell": cell, **values, "seed": run_cfg.seed, "run": name}
         row.update({k: v for k, v in files.read_json(out_dir / "predictors" / f"{name}.json").items()
-                    if k != "wall_seconds"})
+                    if k not in ("wall_seconds", "key")})
         lin = out_dir / "linearised" / f"{name}.json"
         if lin.is_file():
             result = files.read_json(lin)
@@ -280,7 +302,7 @@ def report_markdown(summary: dict) -> str:
     made = summary["made"]
     lines = [f"# Predictors against training: {summary['name']}", "",
              f"{summary['cells']} cells × {len(summary['seeds'])} seeds. Spearman's ρ and Kendall's τ over the "
-             f"cells' means; 95% intervals from a two-level bootstrap (cells, then seeds within each); p from "
+             f"cells' means; 95% intervals from a bootstrap over cells (each with all its seeds); p from "
              f"shuffling the cells (two-sided), Holm-adjusted over every predictor × outcome score of this report. "
              f"{machine.in_words(made)}", ""]
     for outcome in sorted({s["outcome"] for s in summary["scores"]}, key=lambda o: o != "attack_success_rate"):

@@ -165,6 +165,56 @@ def infinite(root: Path) -> str:
     return head + "\n\n" + "\n".join(tables.markdown(("width", "mean relative error"), rows))
 
 
+def _interval(ci) -> str:
+    return "—" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
+def prediction(root: Path, name: str = "predict_synthetic") -> str:
+    """A committed ``lorasec predict`` report (``figures/NAME/summary.json``): how each predictor ranks attack
+    success across the sweep's cells, the claims, the kernel's drift by method and the cost."""
+    summary = _json(root, f"figures/{name}/summary.json")
+    scores = sorted((s for s in summary["scores"] if s["outcome"] == "attack_success_rate"),
+                    key=lambda s: -abs(s["spearman"]) if s["spearman"] is not None else 0)
+    rows = [(f"`{s['predictor']}`", "undefined" if s["spearman"] is None else f"{s['spearman']:+.2f}",
+             _interval(s["spearman_ci95"]), "undefined" if s["kendall"] is None else f"{s['kendall']:+.2f}",
+             "—" if s["p_adjusted"] is None else f"{s['p_adjusted']:.2g}") for s in scores]
+    claim_rows = [(c["predicted"], c["measured"], c["tolerance"], c["verdict"]) for c in summary["claims"]]
+    drift: dict[str, list[float]] = {}
+    for curve in summary["drift"]:
+        value = curve["snapshots"][-1]["relative_change"]
+        if value is not None:
+            drift.setdefault(curve.get("adapter.method", "lora"), []).append(value)
+    moved = "; ".join(f"{method}: median {sorted(v)[len(v) // 2]:.2f} (range {min(v):.2f}–{max(v):.2f}, {len(v)} runs)"
+                      for method, v in sorted(drift.items()))
+    cost = summary["cost"]
+    head = (f"{summary['cells']} cells × {len(summary['seeds'])} seeds; Spearman's ρ and Kendall's τ of each "
+            f"predictor's cell mean against the measured attack success rate, bootstrap 95% interval over cells, "
+            f"Holm-adjusted permutation p over the report's {len(summary['scores'])} scores. "
+            f"{machine.in_words(summary.get('made'))}")
+    tail = (f"Kernel drift at the end of training, ‖K_T − K_0‖ / ‖K_0‖ on the probe: {moved}. Predictors took "
+            f"{100 * (cost['predictors_fraction'] or 0):.1f}% of the sweep's training time on this machine "
+            f"({cost['predictors_seconds']:.0f} s against {cost['training_seconds']:.0f} s).")
+    return "\n".join([head, "", *tables.markdown(("predictor", "ρ", "ρ 95%", "τ", "Holm p"), rows), "",
+                      *tables.markdown(("claim (thresholds fixed before the run)", "measured", "tolerance",
+                                        "verdict"), claim_rows), "", tail])
+
+
+def prediction_line(root: Path, name: str = "predict_synthetic") -> str:
+    """One line of a committed ``lorasec predict`` report: its claims' verdicts and the best-ranked predictor of
+    attack success."""
+    summary = _json(root, f"figures/{name}/summary.json")
+    counts: dict = {}
+    for c in summary["claims"]:
+        counts[c["verdict"]] = counts.get(c["verdict"], 0) + 1
+    best = max((s for s in summary["scores"] if s["outcome"] == "attack_success_rate" and s["spearman"] is not None),
+               key=lambda s: abs(s["spearman"]), default=None)
+    ranked = "no predictor was defined" if best is None else (
+        f"the best-ranked predictor of attack success is `{best['predictor']}`, ρ = {best['spearman']:+.2f} "
+        f"{_interval(best['spearman_ci95'])}")
+    return (f"`{name}`: {summary['cells']} cells × {len(summary['seeds'])} seeds; {len(summary['claims'])} claims "
+            f"with thresholds fixed before the runs: {_tally(counts)}; {ranked}.")
+
+
 def config_reference(root: Path) -> str:
     """Every config field: type, default, meaning (:mod:`lorasec.config.reference`, read from the schema)."""
     from lorasec.sweep_spec import SweepFile
@@ -175,7 +225,8 @@ def config_reference(root: Path) -> str:
 
 RENDERERS: dict[str, Callable[..., str]] = {"tally": tally, "claims": claims, "verify": verify,
                                             "verify-claims": verify_claims, "study": study, "kernels": kernels,
-                                            "infinite": infinite, "config-reference": config_reference}
+                                            "infinite": infinite, "config-reference": config_reference,
+                                            "prediction": prediction, "prediction-line": prediction_line}
 
 
 def render_text(text: str, root: Path, where: str = "", extra: dict[str, Callable[..., str]] | None = None) -> str:
