@@ -520,11 +520,9 @@ def _predict(args) -> int:
     from lorasec import config
 
     config.load(config.PredictConfig, args.spec, args.overrides)  # a bad spec is refused before JAX is imported
-    from lorasec.pipelines.predict import run_predict
+    from lorasec.pipelines.predict import run_predict, spec_name
 
-    spec = Path(args.spec)
-    name = spec.parent.name if spec.stem == "predict" else spec.stem
-    out = Path(args.out) if args.out else Path("runs") / f"predict-{name}"
+    out = Path(args.out) if args.out else Path("runs") / f"predict-{spec_name(args.spec)}"
     summary = run_predict(args.spec, out, train=not args.no_train, progress=not args.no_progress,
                           overrides=args.overrides)
     if args.no_train:

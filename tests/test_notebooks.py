@@ -40,8 +40,8 @@ def exercises(nb) -> list[tuple[str, str]]:
     return found
 
 
-def test_there_are_four_lessons():
-    assert [p.stem for p in NOTEBOOKS] == sorted(SOLUTIONS) and len(NOTEBOOKS) == 4
+def test_there_are_five_lessons():
+    assert [p.stem for p in NOTEBOOKS] == sorted(SOLUTIONS) and len(NOTEBOOKS) == 5
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -123,7 +123,7 @@ def test_drift_replays_the_run_it_measures(tmp_path):
 
     train_run(_backdoor(), tmp_path / "run", progress=False)
     record = drift_of_run(tmp_path / "run", every=10, probe_size=8)
-    assert record["replay_difference"] < 1e-5
+    assert record["replay_difference"] < 1e-5  # one run trained alone, replayed alone: float32 noise only
     assert [s["step"] for s in record["snapshots"]] == [0, 10, 20]
     assert record["snapshots"][0]["relative_change"] == 0.0
     assert record["snapshots"][-1]["relative_change"] > 0.0
@@ -286,3 +286,10 @@ def test_predict_writes_predictions_before_training_then_scores_them(tmp_path, c
     assert cli.main(["predict", spec, "--out", str(out), "--no-train", "--no-progress", "--set", "probe_size=5"]) == 0
     assert all(json.loads(p.read_text())["key"].endswith("-probe5-sample16") for p in (out / "predictors").glob("*"))
     assert before == {p.name: p.stat().st_mtime_ns for p in (out / "linearised").glob("*.json")}
+    # a moved output keeps its records: the sweep's own encoder is named relative to the output
+    moved = tmp_path / "elsewhere" / "out"
+    moved.parent.mkdir()
+    out.rename(moved)
+    kept = {p.name: p.stat().st_mtime_ns for p in (moved / "linearised").glob("*.json")}
+    assert cli.main(["predict", spec, "--out", str(moved), "--no-train", "--no-progress", "--set", "probe_size=5"]) == 0
+    assert kept == {p.name: p.stat().st_mtime_ns for p in (moved / "linearised").glob("*.json")}

@@ -18,7 +18,11 @@ from lorasec.pipelines.reproduce import experiment_roots
 
 NAME = "predictors_rank_the_sweep"
 SPEC = Path("predict_synthetic") / "predict.toml"
-REPLAY_TOLERANCE = 1e-4  # float32 rounding of a vmapped, rank-padded group against a single replay
+# A sweep trains its runs as one vmapped, rank-padded program, the replay one run alone: float32 sums in another
+# order, whose rounding 300 AdamW steps amplify. Measured on the shipped sweep: up to 5e-5 for LoRA, 2e-3 for full
+# fine-tuning at lr 1e-3 (largest weight change over largest weight); the kernel drift the replays measure is
+# ‖K_T − K_0‖/‖K_0‖ ≈ 1 to 5. A replay that is not the run (another seed, config or data) differs by O(1).
+REPLAY_TOLERANCE = 1e-2
 
 
 def spec_path() -> Path:

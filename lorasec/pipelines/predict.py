@@ -21,6 +21,8 @@ decided on those scores with the thresholds the spec fixed before the run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from pathlib import Path
@@ -29,7 +31,7 @@ import numpy as np
 from tqdm import tqdm  # text bars: tqdm.auto warns in a notebook without ipywidgets
 
 from lorasec.adapters import lora
-from lorasec.config import PREDICTORS, ConfigError, PredictConfig, RunConfig, load, replace_config
+from lorasec.config import PREDICTORS, ConfigError, PredictConfig, RunConfig, load, replace_config, to_dict
 from lorasec.core import files, machine, ranking, tables
 from lorasec.core.claims import Check
 from lorasec.core.stats import holm
@@ -124,8 +126,16 @@ def _cached(path: Path, compute, key: str) -> dict:
     return value
 
 
-def _key(run_cfg: RunConfig, *settings) -> str:
-    return rundir.config_hash(run_cfg)[:16] + "".join(f"-{s}" for s in settings)
+def _key(run_cfg: RunConfig, out_dir: Path, *settings) -> str:
+    """What a record was made for: the run's config (a starting model inside ``out_dir`` named relative to it, so
+    a moved output directory keeps its records) and the settings that shape the record."""
+    raw = to_dict(run_cfg)
+    for field in ("pretrained", "init_from"):
+        value = raw["model"][field]
+        if value and Path(value).resolve().is_relative_to(out_dir.resolve()):
+            raw["model"][field] = Path(value).resolve().relative_to(out_dir.resolve()).as_posix()
+    digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
+    return digest + "".join(f"-{s}" for s in settings)
 
 
 def run_predict(path: str | Path, out_dir: str | Path, *, train: bool = True, progress: bool = True,
@@ -149,10 +159,10 @@ def run_predict(path: str | Path, out_dir: str | Path, *, train: bool = True, pr
         for _, _, name, run_cfg in tqdm(runs, desc="predictors", unit="run", disable=not progress):
             _cached(out_dir / "predictors" / f"{name}.json",
                     lambda c=run_cfg: predict_run(c, probe_size=cfg.probe_size, gradient_sample=cfg.gradient_sample),
-                    _key(run_cfg, f"probe{cfg.probe_size}", f"sample{cfg.gradient_sample}"))
+                    _key(run_cfg, out_dir, f"probe{cfg.probe_size}", f"sample{cfg.gradient_sample}"))
         for _, _, name, run_cfg in tqdm([r for r in runs if r[3].seed in cfg.linearised_seeds],
                                         desc="linearised", unit="run", disable=not progress):
-            _cached(out_dir / "linearised" / f"{name}.json", lambda c=run_cfg: _linearised(c), _key(run_cfg))
+            _cached(out_dir / "linearised" / f"{name}.json", lambda c=run_cfg: _linearised(c), _key(run_cfg, out_dir))
         if not train:
             return {"predicted": len(runs)}
     run_sweep(spec, out_dir / "sweep", progress=progress)
@@ -163,8 +173,8 @@ def run_predict(path: str | Path, out_dir: str | Path, *, train: bool = True, pr
                     lambda c=run_cfg, n=name: drift_pipeline.replay(c, every=cfg.drift_every,
                                                                      probe_size=cfg.probe_size,
                                                                      finished=out_dir / "sweep" / "runs" / n),
-                    _key(run_cfg, f"every{cfg.drift_every}", f"probe{cfg.probe_size}"))
-        summary = files.json_ready(score_predictions(cfg, spec, runs, out_dir))
+                    _key(run_cfg, out_dir, f"every{cfg.drift_every}", f"probe{cfg.probe_size}"))
+        summary = files.json_ready(score_predictions(cfg, spec, runs, out_dir, title=spec_name(path)))
         files.write_json(out_dir / "report" / "summary.json", summary)
         files.write_text(out_dir / "report" / "report.md", report_markdown(summary))
         files.write_text(out_dir / "report" / "results.csv", tables.csv(summary["columns"], summary["runs"]))
@@ -175,8 +185,6 @@ def run_predict(path: str | Path, out_dir: str | Path, *, train: bool = True, pr
 
 
 def _plain(cfg: PredictConfig) -> dict:
-    from lorasec.config import to_dict
-
     return to_dict(cfg)
 
 
@@ -185,7 +193,13 @@ def _linearised(cfg: RunConfig) -> dict:
     return linearised.linearised_run(cfg, prepared.model, prepared.member.data, prepared.test, prepared.encoder)
 
 
-def score_predictions(cfg: PredictConfig, spec: SweepSpec, runs, out_dir: Path) -> dict:
+def spec_name(path: str | Path) -> str:
+    """A predict spec's name: its file's stem, or its directory's for a ``predict.toml``."""
+    path = Path(path)
+    return path.parent.name if path.stem == "predict" else path.stem
+
+
+def score_predictions(cfg: PredictConfig, spec: SweepSpec, runs, out_dir: Path, *, title: str) -> dict:
     """Join predictors, linearised runs, drift and measured outcomes per run; score every predictor per outcome;
     decide the claims."""
     measured = {(row["cell"], row["seed"]): row for row in read_table(out_dir / "sweep")}
@@ -222,12 +236,14 @@ def score_predictions(cfg: PredictConfig, spec: SweepSpec, runs, out_dir: Path) 
                 for r in table]
         if any(p is not None for _, p, _ in rows):
             drift_scores.append({"measure": measure, **ranking.score(rows, draws=cfg.bootstrap_draws)})
-    checks = [decide(claim_cfg, scores, spec) for claim_cfg in cfg.claims]
+    setting = f"{title}: {len({r['cell'] for r in table})} cells × {len(spec.seeds)} seeds"
+    checks = [decide(claim_cfg, scores, setting)
+              for claim_cfg in cfg.claims]
     cost = _cost(out_dir, runs)
     fields = list(spec.fields)
     columns = ["cell", *fields, "seed", "run", *PREDICTORS, *(f"drift_{k}" for k in DRIFT_MEASURES),
                "attack_success_rate", "clean_accuracy", "triggered_accuracy"]
-    return {"name": spec.name, "made": machine.record(), "cells": len({r["cell"] for r in table}),
+    return {"name": title, "made": machine.record(), "cells": len({r["cell"] for r in table}),
             "seeds": list(spec.seeds), "fields": fields, "scores": scores, "drift_scores": drift_scores,
             "drift": _drift_curves(out_dir, runs), "claims": [c.as_dict() for c in checks], "cost": cost,
             "columns": columns, "runs": table}
@@ -237,19 +253,19 @@ def _finite(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def decide(claim_cfg, scores: list[dict], spec: SweepSpec) -> Check:
+def decide(claim_cfg, scores: list[dict], setting: str) -> Check:
     """A prediction claim decided on its score: agrees when ρ and its interval's lower end reach the spec's
     thresholds, disagrees when the interval's upper end falls short of the ρ threshold, else inconclusive."""
     found = next((s for s in scores if s["predictor"] == claim_cfg.predictor and s["outcome"] == claim_cfg.outcome),
                  None)
-    setting = f"{spec.name}: {found['cells'] if found else 0} cells × {len(spec.seeds)} seeds"
     tolerance = f"ρ ≥ {claim_cfg.spearman_at_least:g}, lower 95% ≥ {claim_cfg.lower_at_least:g}"
     predicted = f"{claim_cfg.predictor} ranks {claim_cfg.outcome}"
     if found is None or found["spearman_ci95"] is None or found["spearman"] is None:
         return Check("prediction", setting, predicted, "not computed", tolerance, "inconclusive",
                      claim_cfg.statement)
     low, high = found["spearman_ci95"]
-    measured = f"ρ = {found['spearman']:+.2f} [{low:+.2f}, {high:+.2f}], τ = {_signed(found['kendall'])}"
+    measured = (f"ρ = {found['spearman']:+.4f} [{low:+.2f}, {high:+.2f}], τ = {_signed(found['kendall'])}, "
+                f"Holm p = {_p(found.get('p_adjusted'))}")
     if found["spearman"] >= claim_cfg.spearman_at_least and low >= claim_cfg.lower_at_least:
         verdict = "agrees"
     elif high < claim_cfg.spearman_at_least:

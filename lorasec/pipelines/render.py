@@ -191,12 +191,19 @@ def prediction(root: Path, name: str = "predict_synthetic") -> str:
             f"predictor's cell mean against the measured attack success rate, bootstrap 95% interval over cells, "
             f"Holm-adjusted permutation p over the report's {len(summary['scores'])} scores. "
             f"{machine.in_words(summary.get('made'))}")
-    tail = (f"Kernel drift at the end of training, ‖K_T − K_0‖ / ‖K_0‖ on the probe: {moved}. Predictors took "
+    after = "; ".join(f"{d['measure'].replace('_', ' ')} ρ = {d['spearman']:+.2f} {_interval(d['spearman_ci95'])}"
+                      for d in summary["drift_scores"] if d["spearman"] is not None)
+    tail = (f"Kernel drift at the end of training, ‖K_T − K_0‖ / ‖K_0‖ on the probe: {moved}. The trained kernel's "
+            f"measures against attack success (one seed per cell, measured after training, not predictors): "
+            f"{after}. Predictors took "
             f"{100 * (cost['predictors_fraction'] or 0):.1f}% of the sweep's training time on this machine "
             f"({cost['predictors_seconds']:.0f} s against {cost['training_seconds']:.0f} s).")
     return "\n".join([head, "", *tables.markdown(("predictor", "ρ", "ρ 95%", "τ", "Holm p"), rows), "",
                       *tables.markdown(("claim (thresholds fixed before the run)", "measured", "tolerance",
                                         "verdict"), claim_rows), "", tail])
+
+
+BASELINES = ("poison_rate", "learning_rate_sum")  # what the config alone says (lorasec.diagnostics.predictors)
 
 
 def prediction_line(root: Path, name: str = "predict_synthetic") -> str:
@@ -206,11 +213,16 @@ def prediction_line(root: Path, name: str = "predict_synthetic") -> str:
     counts: dict = {}
     for c in summary["claims"]:
         counts[c["verdict"]] = counts.get(c["verdict"], 0) + 1
-    best = max((s for s in summary["scores"] if s["outcome"] == "attack_success_rate" and s["spearman"] is not None),
-               key=lambda s: abs(s["spearman"]), default=None)
+    asr = {s["predictor"]: s for s in summary["scores"]
+           if s["outcome"] == "attack_success_rate" and s["spearman"] is not None}
+    best = max((s for predictor, s in asr.items() if predictor not in BASELINES), key=lambda s: abs(s["spearman"]),
+               default=None)
     ranked = "no predictor was defined" if best is None else (
-        f"the best-ranked predictor of attack success is `{best['predictor']}`, ρ = {best['spearman']:+.2f} "
+        f"the best predictor of attack success is `{best['predictor']}`, ρ = {best['spearman']:+.2f} "
         f"{_interval(best['spearman_ci95'])}")
+    for baseline in BASELINES:
+        if baseline in asr:
+            ranked += f"; the baseline `{baseline}` alone: ρ = {asr[baseline]['spearman']:+.2f}"
     return (f"`{name}`: {summary['cells']} cells × {len(summary['seeds'])} seeds; {len(summary['claims'])} claims "
             f"with thresholds fixed before the runs: {_tally(counts)}; {ranked}.")
 
