@@ -23,18 +23,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm  # text bars: tqdm.auto warns in a notebook without ipywidgets
 
 from lorasec.adapters import lora
 from lorasec.config import PREDICTORS, ConfigError, PredictConfig, RunConfig, load, replace_config, to_dict
 from lorasec.core import files, machine, ranking, tables
 from lorasec.core.claims import Check
-from lorasec.core.stats import holm
+from lorasec.core.stats import finite, holm
 from lorasec.diagnostics import linearised, predictors
 from lorasec.pipelines import drift as drift_pipeline
 from lorasec.pipelines import rundir
@@ -154,7 +152,7 @@ def run_predict(path: str | Path, out_dir: str | Path, *, train: bool = True, pr
     cfg, spec = load_predict(path, overrides)
     out_dir = Path(out_dir)
     with rundir.exclusive(out_dir):
-        files.write_json(out_dir / "predict.json", {"spec": str(path), **_plain(cfg)})
+        files.write_json(out_dir / "predict.json", {"spec": str(path), **to_dict(cfg)})
         runs = run_configs(spec, out_dir, progress)
         for _, _, name, run_cfg in tqdm(runs, desc="predictors", unit="run", disable=not progress):
             _cached(out_dir / "predictors" / f"{name}.json",
@@ -182,10 +180,6 @@ def run_predict(path: str | Path, out_dir: str | Path, *, train: bool = True, pr
 
         figures.prediction_figures(summary, out_dir / "report")
     return summary
-
-
-def _plain(cfg: PredictConfig) -> dict:
-    return to_dict(cfg)
 
 
 def _linearised(cfg: RunConfig) -> dict:
@@ -223,7 +217,7 @@ def score_predictions(cfg: PredictConfig, spec: SweepSpec, runs, out_dir: Path, 
     scores = []
     for outcome in cfg.outcomes:
         for predictor in PREDICTORS:
-            rows = [(r["cell"], _finite(r.get(predictor)), _finite(r.get(outcome))) for r in table]
+            rows = [(r["cell"], finite(r.get(predictor)), finite(r.get(outcome))) for r in table]
             if not any(p is not None for _, p, _ in rows):
                 continue
             result = ranking.score(rows, draws=cfg.bootstrap_draws)
@@ -232,13 +226,12 @@ def score_predictions(cfg: PredictConfig, spec: SweepSpec, runs, out_dir: Path, 
         score_item["p_adjusted"] = adjusted
     drift_scores = []
     for measure in DRIFT_MEASURES:
-        rows = [(r["cell"], _finite(r.get(f"drift_{measure}")), _finite(r.get("attack_success_rate")))
+        rows = [(r["cell"], finite(r.get(f"drift_{measure}")), finite(r.get("attack_success_rate")))
                 for r in table]
         if any(p is not None for _, p, _ in rows):
             drift_scores.append({"measure": measure, **ranking.score(rows, draws=cfg.bootstrap_draws)})
     setting = f"{title}: {len({r['cell'] for r in table})} cells × {len(spec.seeds)} seeds"
-    checks = [decide(claim_cfg, scores, setting)
-              for claim_cfg in cfg.claims]
+    checks = [decide(claim_cfg, scores, setting) for claim_cfg in cfg.claims]
     cost = _cost(out_dir, runs)
     fields = list(spec.fields)
     columns = ["cell", *fields, "seed", "run", *PREDICTORS, *(f"drift_{k}" for k in DRIFT_MEASURES),
@@ -247,10 +240,6 @@ def score_predictions(cfg: PredictConfig, spec: SweepSpec, runs, out_dir: Path, 
             "seeds": list(spec.seeds), "fields": fields, "scores": scores, "drift_scores": drift_scores,
             "drift": _drift_curves(out_dir, runs), "claims": [c.as_dict() for c in checks], "cost": cost,
             "columns": columns, "runs": table}
-
-
-def _finite(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def decide(claim_cfg, scores: list[dict], setting: str) -> Check:
