@@ -43,6 +43,7 @@ def test_the_linearised_network_equals_the_network_at_its_start(prepared_lora):
     assert np.allclose(_logits(linear, tokens, mask), _logits(model, tokens, mask), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_linearised_training_follows_the_real_run_at_a_tiny_rate_and_departs_at_a_large_one(method):
     """The gap between the trained network and the trained linearisation, relative to how far training moved the
@@ -136,6 +137,7 @@ def test_drift_replays_the_run_it_measures(tmp_path):
     assert (tmp_path / "drift.json").is_file()
 
 
+@pytest.mark.slow
 def test_the_first_order_prediction_scales_with_the_schedule_and_the_gradient_estimate_is_exact_in_full(
         prepared_lora):
     run = prepared_lora
