@@ -1,5 +1,5 @@
 """Does the theory predict training? Paper 1 reasons from the kernel at the start of fine-tuning; these claims ask
-whether quantities computed there rank what 300 trained runs measured (issue 32).
+whether quantities computed there rank what 300 trained runs measured.
 
 They read the ``lorasec predict`` output of the shipped spec ``experiments/predict_synthetic/predict.toml`` (60 cells
 × 5 seeds of the synthetic task) in ``<verify --out>/../predict_synthetic``, making it there when absent. Each claim's
@@ -46,7 +46,7 @@ def prediction_work(purify_dir: Path) -> str:
             f"later calls reuse it")
 
 
-@claim(NAME, "Liang et al. 2025 (issue 32)",
+@claim(NAME, "Liang et al. 2025",
        "quantities computed at the start of fine-tuning (the linearised network, first-order kernel pushes, M', "
        "the trigger-target alignment) rank the attack success that training measures across a sweep",
        trains=True, work=prediction_work)
