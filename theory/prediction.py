@@ -41,9 +41,9 @@ def prediction_work(purify_dir: Path) -> str:
     """What the claim trains first ("" when its output is finished)."""
     if (output(purify_dir) / "report" / "summary.json").is_file():
         return ""
-    return (f"runs `lorasec predict` on {SPEC} into {str(output(purify_dir))!r}: predictors for 300 runs, the 60-cell "
-            f"synthetic sweep (about 40 minutes on 2 CPU cores), 60 linearised runs and 60 drift replays; once: "
-            f"later calls reuse it")
+    return (f"runs `lorasec predict` on {SPEC} into {str(output(purify_dir))!r}: predictors for 300 runs, 60 "
+            f"linearised runs, the 60-cell synthetic sweep and 60 drift replays (about 2 hours on 2 CPU cores); "
+            f"once: later calls reuse it")
 
 
 @claim(NAME, "Liang et al. 2025",
