@@ -24,6 +24,8 @@ def test_synthetic_task_is_deterministic_and_label_bearing():
         cues = [w for w in words if w.startswith("t") and "c" in w[1:]]
         assert len(cues) == cfg.cues_per_example and all(w.startswith(f"t{label}c") for w in cues)
     assert set(np.unique(a.labels)) == {0, 1, 2}
+    a.labels[:] = 0  # a caller that flips labels in place (a poisoning) leaves the next draw as it was
+    assert np.array_equal(synthetic.train_test(cfg)[0].labels, b.labels) and len(set(b.labels)) == 3
 
 
 def test_synthetic_label_noise_rate():

@@ -169,8 +169,8 @@ def test_the_first_order_prediction_scales_with_the_schedule_and_the_gradient_es
     residual = residual / residual.sum(-1, keepdims=True) - np.eye(logits.shape[-1])[data.labels]
     via_kernel = np.einsum("injc,nc->ij", k, residual) / len(data)
     _, push = predictors._programs(graphdef)
-    _, via_gradient = push(nnx.to_pure_dict(params), nnx.to_pure_dict(rest), jnp.asarray(probe_t),
-                           jnp.asarray(probe_m), everything)
+    _, (via_gradient,) = push(nnx.to_pure_dict(params), nnx.to_pure_dict(rest), jnp.asarray(probe_t),
+                              jnp.asarray(probe_m), (everything,))
     assert np.allclose(np.asarray(via_gradient), via_kernel, rtol=1e-3, atol=1e-6 * np.abs(via_kernel).max())
     one = predictors.first_order(run.model, trainable, everything, cfg.train, inputs, 1)
     twice = predictors.first_order(run.model, trainable, everything,

@@ -132,12 +132,15 @@ def quiet_failed_reads():
     level = logger.level
     sys.excepthook = sys.unraisablehook = threading.excepthook = lambda *_: None
     logger.setLevel(logging.CRITICAL)
+    failed = True
     try:
         yield
+        failed = False
     finally:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # "coroutine ... was never awaited"
-            gc.collect()
+        if failed:  # a full collection takes a tenth of a second; only a failed read leaves anything to close
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # "coroutine ... was never awaited"
+                gc.collect()
         sys.excepthook, sys.unraisablehook, threading.excepthook = hooks
         logger.setLevel(level)
 

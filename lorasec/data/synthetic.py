@@ -11,6 +11,8 @@ pretrained vocabulary. With ``label_noise`` a label is replaced by a uniformly d
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from lorasec.config import DataConfig
@@ -58,7 +60,16 @@ def _sentence(cfg: DataConfig, label: int, rng: np.random.Generator, zipf: np.nd
 
 
 def generate(cfg: DataConfig, num: int, split_seed: int) -> TextDataset:
-    """``num`` labelled sentences; ``split_seed`` separates train/test/pretraining draws of the same task."""
+    """``num`` labelled sentences; ``split_seed`` separates train/test/pretraining draws of the same task.
+
+    Every run of a sweep draws the same sentences (they depend on ``cfg`` alone), so the draws are kept; each call
+    gets its own copy of the labels."""
+    held = _generate(cfg, num, split_seed)
+    return TextDataset(held.texts, held.labels.copy(), held.label_names)
+
+
+@functools.lru_cache(maxsize=8)
+def _generate(cfg: DataConfig, num: int, split_seed: int) -> TextDataset:
     rng = keys.numpy_rng(cfg.seed, "corpus", split_seed)
     neutral = neutral_words(cfg)
     cues = [cue_words(cfg, k) for k in range(cfg.num_classes)]

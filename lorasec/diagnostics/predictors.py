@@ -58,17 +58,24 @@ def _programs(graphdef):
     def logits(params, rest, tokens, mask):
         return at_least_float32(nnx.merge(graphdef, params, rest)(tokens, mask))
 
-    def loss_sum(params, rest, tokens, mask, labels):
-        return optax.softmax_cross_entropy_with_integer_labels(logits(params, rest, tokens, mask), labels).sum()
+    def loss_sum(params, rest, tokens, mask, labels, weights):
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits(params, rest, tokens, mask), labels)
+        return (weights * losses).sum()
 
-    def push(params, rest, tokens, mask, direction):
-        return jax.jvp(lambda p: logits(p, rest, tokens, mask), (params,), (direction,))
+    def push(params, rest, tokens, mask, directions):
+        value, linear = jax.linearize(lambda p: logits(p, rest, tokens, mask), params)
+        return value, tuple(linear(d) for d in directions)
 
     return jax.jit(jax.grad(loss_sum)), jax.jit(push)
 
 
-def _chunks(n: int, size: int):
-    return [(i, min(i + size, n)) for i in range(0, n, size)]
+def _batches(n: int, size: int):
+    """``(rows, real)`` per batch of ``range(n)``: ``size`` row indices each, the last batch filled up with row 0
+    (one compiled shape for every batch and run), and how many of them are real."""
+    for begin in range(0, n, size):
+        real = min(size, n - begin)
+        rows = np.concatenate([np.arange(begin, begin + real), np.zeros(size - real, np.int64)])
+        yield rows, real
 
 
 def start_gradient(model: nnx.Module, trainable_filter, tokens, mask, labels, poisoned_indices, *, sample: int,
@@ -91,10 +98,11 @@ def start_gradient(model: nnx.Module, trainable_filter, tokens, mask, labels, po
         if len(part) == 0:
             continue
         summed = jax.tree.map(jnp.zeros_like, params)
-        for begin, end in _chunks(len(part), batch):
-            rows = part[begin:end]
+        for index, real in _batches(len(part), batch):
+            rows = part[index]
+            weights = (np.arange(len(rows)) < real).astype(np.float32)
             grads = grad_fn(params, rest, jnp.asarray(tokens[rows]), jnp.asarray(mask[rows]),
-                            jnp.asarray(labels[rows]))
+                            jnp.asarray(labels[rows]), jnp.asarray(weights))
             summed = jax.tree.map(jnp.add, summed, grads)
         total = jax.tree.map(lambda t, s, w=share / len(part): t + w * s, total, summed)
     return total
@@ -119,16 +127,15 @@ def first_order(model: nnx.Module, trainable_filter, gradient, cfg: TrainConfig,
     params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
     _, push = _programs(graphdef)
     total = schedule_sum(cfg)
-    directions = {"ntk": jax.tree.map(lambda g: -total * g, gradient),
-                  "sign": jax.tree.map(lambda g: -total * jnp.sign(g), gradient)}
+    directions = (jax.tree.map(lambda g: -total * g, gradient),  # in the order of KERNELS
+                  jax.tree.map(lambda g: -total * jnp.sign(g), gradient))
 
     def predicted(tokens, mask):
         out = {name: [] for name in KERNELS}
-        for begin, end in _chunks(len(tokens), batch):
-            t, m = jnp.asarray(tokens[begin:end]), jnp.asarray(mask[begin:end])
-            for name, direction in directions.items():
-                value, change = push(params, rest, t, m, direction)
-                out[name].append((np.asarray(value, np.float64), np.asarray(change, np.float64)))
+        for rows, real in _batches(len(tokens), min(batch, len(tokens))):
+            value, changes = push(params, rest, jnp.asarray(tokens[rows]), jnp.asarray(mask[rows]), directions)
+            for name, change in zip(KERNELS, changes):
+                out[name].append((np.asarray(value, np.float64)[:real], np.asarray(change, np.float64)[:real]))
         return {name: tuple(np.concatenate(parts) for parts in zip(*chunks)) for name, chunks in out.items()}
 
     labels = np.asarray(evaluation.labels)
