@@ -424,6 +424,21 @@ def test_runs_without_the_x_setting_are_left_off_its_axis(tmp_path, monkeypatch)
 
 
 
+def test_the_title_says_what_is_drawn_lines_and_bands_or_points_and_bars(tmp_path, monkeypatch):
+    """A figure against methods draws each mean as a point with an error bar; its title once said "lines" and
+    "bands" there too."""
+    from lorasec.pipelines import figures
+
+    titles = []
+    monkeypatch.setattr(figures, "_save_png_pdf", lambda plt, fig, stem: titles.append(
+        fig._suptitle.get_text().replace("\n", " ")) or plt.close(fig) or [])
+    for x, values in (("attack.poison_rate", (0.01, 0.1)), ("adapter.method", ("full", "lora"))):
+        rows = [{x: v, "seed": seed, "clean_accuracy": 0.8} for v in values for seed in (0, 1)]
+        figures.figure_grid(rows, x, ["clean_accuracy"], [], None, tmp_path / "f", title="t")
+    assert "lines: mean over 2 seeds; bands: 95% t-interval" in titles[0]
+    assert "points: mean over 2 seeds; bars: 95% t-interval" in titles[1]
+
+
 def test_the_same_figure_is_written_as_the_same_bytes(tmp_path):
     """A re-run that changes nothing must not change the committed PNG and PDF files (the PDF's creation date once
     did, so every reproduce rewrote every PDF in figures/)."""

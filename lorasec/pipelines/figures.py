@@ -272,10 +272,16 @@ def sweep_plot(rows: list[dict], x: str, y: str, hue: str | None, stem: Path) ->
     return _save_png_pdf(plt, fig, stem)
 
 
+def _numeric(values: list) -> bool:
+    """Whether an x-axis of these values is drawn as numbers (lines and bands) rather than categories (points and
+    bars)."""
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
 def _mean_bands(ax, groups: dict, xs_seen: list, marks: list[float] = ()) -> None:
     """One line per group (label -> {x: [values over seeds]}): the mean with its 95% t-interval as a band; a log
     x-axis when positive numbers, with the ``marks`` to be drawn, span a decade and a half or more (ranks 4-256)."""
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs_seen)
+    numeric = _numeric(xs_seen)
     for label, by_x in sorted(groups.items(), key=lambda kv: _sortable(kv[0])):
         xs = sorted(by_x, key=_sortable)
         position = xs if numeric else list(range(len(xs)))
@@ -319,9 +325,10 @@ def _setting(name: str, value) -> str:
 def figure_grid(rows: list[dict], x: str, ys: list[str], hue: list[str], panel: str | None, stem: Path, *,
                 title: str, marks: list[float] = ()) -> list[Path]:
     """A paper figure: one row of panels per metric in ``ys``, one column per value of ``panel``; in each, the
-    mean over seeds of the metric against ``x`` with its 95% t-interval as a band, one line per combination of the
-    ``hue`` fields; ``marks`` are x positions drawn as dotted lines (the paper's own settings). Rates and
-    accuracies in percent; an ASR above the never-poisoned model gets a line at 0. Writes PNG and PDF."""
+    mean over seeds of the metric against ``x`` with its 95% t-interval as a band (categories of ``x``: points with
+    bars), one line per combination of the ``hue`` fields; ``marks`` are x positions drawn as dotted lines (the
+    paper's own settings). Rates and accuracies in percent; an ASR above the never-poisoned model gets a line at 0.
+    Writes PNG and PDF."""
     plt = _pyplot()
     panels = sorted({r[panel] for r in rows}, key=_sortable) if panel else [None]
     fig, axes = plt.subplots(len(ys), len(panels), figsize=(4.2 * len(panels), 3.2 * len(ys)), squeeze=False)
@@ -355,7 +362,8 @@ def figure_grid(rows: list[dict], x: str, ys: list[str], hue: list[str], panel: 
             if not any(a.get_legend() for a in fig.axes):  # the first panel with data
                 ax.legend(fontsize=7)
     seeds = len({r["seed"] for r in rows})
-    lines = [title, f"lines: mean over {seeds} seed{'s' * (seeds > 1)}; bands: 95% t-interval of the mean"
+    drawn = ("lines", "bands") if _numeric([r[x] for r in rows if r.get(x) is not None]) else ("points", "bars")
+    lines = [title, f"{drawn[0]}: mean over {seeds} seed{'s' * (seeds > 1)}; {drawn[1]}: 95% t-interval of the mean"
              + ("; dotted: the paper's settings" if marks else "")]
     width = int(13 * 4.2 * len(panels))  # characters of a 10-point title that fit across the panels
     fig.suptitle("\n".join(textwrap.fill(line, width) for line in lines), fontsize=10)
