@@ -256,6 +256,9 @@ def test_predict_and_drift_refuse_bad_input_in_one_line(tmp_path, capsys):
     (tmp_path / "predict.toml").write_text('sweep = "missing.toml"\n')
     assert cli.main(["predict", spec, "--out", str(tmp_path / "out")]) == 2
     assert "no such sweep spec" in capsys.readouterr().err
+    spec = _tiny_predict(tmp_path, "")
+    assert cli.main(["predict", spec, "--out", str(tmp_path / "out"), "--set", "predictor_seeds=[9]"]) == 2
+    assert "predictor_seeds = [9]: seed 9 is not one of the sweep's seeds" in capsys.readouterr().err
     assert cli.main(["drift", str(tmp_path)]) == 2
     assert "not a finished lorasec run" in capsys.readouterr().err
     assert cli.main(["drift", str(tmp_path), "--every", "0"]) == 2
@@ -283,6 +286,15 @@ def test_predict_writes_predictions_before_training_then_scores_them(tmp_path, c
     for name in ("report.md", "results.csv", "calibration-attack_success_rate.png", "drift.png"):
         assert (out / "report" / name).is_file(), name
     assert "sign_margin_push" in capsys.readouterr().out
+    # one seed per cell: the other seeds' records are neither scored nor counted in the cost
+    assert cli.main(["predict", spec, "--out", str(out), "--no-progress", "--set", "predictor_seeds=[0]"]) == 0
+    one = json.loads((out / "report" / "summary.json").read_text())
+    assert one["predictor_seeds"] == [0] and summary["predictor_seeds"] == [0, 1]
+    assert all((row.get("sign_margin_push") is None) == (row["seed"] != 0) for row in one["runs"])
+    records = {p.stem: json.loads(p.read_text())["wall_seconds"] for p in (out / "predictors").glob("*.json")}
+    assert len(records) == 6 and one["cost"]["predictors_seconds"] == pytest.approx(
+        sum(v for k, v in records.items() if k.endswith("-seed0")))
+    assert "predictors computed for seed 0 of each cell" in (out / "report" / "report.md").read_text()
     # a changed setting makes its records again; the others are kept
     before = {p.name: p.stat().st_mtime_ns for p in (out / "linearised").glob("*.json")}
     assert cli.main(["predict", spec, "--out", str(out), "--no-train", "--no-progress", "--set", "probe_size=5"]) == 0

@@ -728,6 +728,10 @@ class PredictConfig:
     """Test sentences per kind in the kernel probe (clean, triggered, poisoned). >= 2."""
     gradient_sample: int = 256
     """Clean training examples sampled for the starting gradient (every poisoned one is used). >= 1."""
+    predictor_seeds: tuple[int, ...] = ()
+    """Seeds whose runs get the predictors computed before training; [] for every seed (each predictor is scored on
+    its mean over the cell's seeds that have it); [0] predicts each cell from one seed, at a fifth of five seeds'
+    cost."""
     linearised_seeds: tuple[int, ...] = (0,)
     """Seeds whose runs are also trained linearised (each as long as a real run, three times the work); [] for none."""
     drift_seeds: tuple[int, ...] = (0,)
@@ -748,7 +752,7 @@ class PredictConfig:
         at_least("gradient_sample", self.gradient_sample, 1)
         at_least("drift_every", self.drift_every, 1)
         at_least("bootstrap_draws", self.bootstrap_draws, 100)
-        for name in ("linearised_seeds", "drift_seeds"):
+        for name in ("predictor_seeds", "linearised_seeds", "drift_seeds"):
             for value in getattr(self, name):
                 seed(name, value)
         if not self.outcomes:

@@ -142,16 +142,17 @@ def first_order(model: nnx.Module, trainable_filter, gradient, cfg: TrainConfig,
     result = {}
     for name, (value, change) in predicted(*evaluation.clean).items():
         result[f"{name}_clean_accuracy"] = float(np.mean(np.argmax(value + change, -1) == labels))
-    if target is not None and evaluation.triggered:
-        other = labels != target
-        per_trigger = [predicted(*inputs) for inputs in evaluation.triggered.values()]
+    other = np.flatnonzero(labels != target) if target is not None else np.array([], np.int64)
+    if evaluation.triggered and len(other):  # ASR and push are over the triggered inputs not of the target class
+        per_trigger = [predicted(np.asarray(tokens)[other], np.asarray(mask)[other])
+                       for tokens, mask in evaluation.triggered.values()]
+        rows = np.arange(len(other))
         for name in KERNELS:
             asr, pushes = [], []
             for outputs in per_trigger:
                 value, change = outputs[name]
-                asr.append(np.mean(np.argmax(value + change, -1)[other] == target))
-                rows = np.flatnonzero(other)
-                pushes.append(np.mean(change[rows, target] - change[rows, labels[rows]]))
+                asr.append(np.mean(np.argmax(value + change, -1) == target))
+                pushes.append(np.mean(change[rows, target] - change[rows, labels[other]]))
             result[f"{name}_attack_success_rate"] = float(np.mean(asr))
             result[f"{name}_margin_push"] = float(np.mean(pushes))
     return result

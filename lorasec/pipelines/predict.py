@@ -5,8 +5,9 @@ A predict spec (:class:`lorasec.config.PredictConfig`) names a sweep spec and th
 directory:
 
 - ``sweep/``: the sweep (``lorasec sweep``'s directory; resumed, never retrained);
-- ``predictors/<run>.json``: per run, computed from its config and starting model only (each record keeps the
-  hash of the config and settings it was made for, and is made again when they change)
+- ``predictors/<run>.json``: per run (of ``predictor_seeds``; default every run), computed from its config and
+  starting model only (each record keeps the hash of the config and settings it was made for, and is made again
+  when they change)
   (:mod:`lorasec.diagnostics.predictors`), with its wall time; written before the sweep trains, so
   ``--no-train`` leaves predictions on disk ahead of any measurement;
 - ``linearised/<run>.json``: for ``linearised_seeds``, the linearised network trained as the run is
@@ -51,7 +52,7 @@ def load_predict(path: str | Path, overrides=()) -> tuple[PredictConfig, SweepSp
     if not sweep_path.is_file():
         raise ConfigError(f"sweep = {cfg.sweep!r}: no such sweep spec next to {str(path)!r} ({str(sweep_path)!r})")
     spec = load_spec(sweep_path)
-    for name in ("linearised_seeds", "drift_seeds"):
+    for name in ("predictor_seeds", "linearised_seeds", "drift_seeds"):
         extra = [seed for seed in getattr(cfg, name) if seed not in spec.seeds]
         if extra:
             raise ConfigError(f"{name} = {list(getattr(cfg, name))}: seed {extra[0]} is not one of the sweep's seeds "
@@ -154,7 +155,8 @@ def run_predict(path: str | Path, out_dir: str | Path, *, train: bool = True, pr
     with rundir.exclusive(out_dir):
         files.write_json(out_dir / "predict.json", {"spec": str(path), **to_dict(cfg)})
         runs = run_configs(spec, out_dir, progress)
-        for _, _, name, run_cfg in tqdm(runs, desc="predictors", unit="run", disable=not progress):
+        for _, _, name, run_cfg in tqdm([r for r in runs if _predicted(cfg, r[3].seed)], desc="predictors",
+                                        unit="run", disable=not progress):
             _cached(out_dir / "predictors" / f"{name}.json",
                     lambda c=run_cfg: predict_run(c, probe_size=cfg.probe_size, gradient_sample=cfg.gradient_sample),
                     _key(run_cfg, out_dir, f"probe{cfg.probe_size}", f"sample{cfg.gradient_sample}"))
@@ -200,8 +202,9 @@ def score_predictions(cfg: PredictConfig, spec: SweepSpec, runs, out_dir: Path, 
     table = []
     for cell, values, name, run_cfg in runs:
         row = {"cell": cell, **values, "seed": run_cfg.seed, "run": name}
-        row.update({k: v for k, v in files.read_json(out_dir / "predictors" / f"{name}.json").items()
-                    if k not in ("wall_seconds", "key")})
+        if _predicted(cfg, run_cfg.seed):
+            row.update({k: v for k, v in files.read_json(out_dir / "predictors" / f"{name}.json").items()
+                        if k not in ("wall_seconds", "key")})
         lin = out_dir / "linearised" / f"{name}.json"
         if lin.is_file():
             result = files.read_json(lin)
@@ -232,12 +235,13 @@ def score_predictions(cfg: PredictConfig, spec: SweepSpec, runs, out_dir: Path, 
             drift_scores.append({"measure": measure, **ranking.score(rows, draws=cfg.bootstrap_draws)})
     setting = f"{title}: {len({r['cell'] for r in table})} cells × {len(spec.seeds)} seeds"
     checks = [decide(claim_cfg, scores, setting) for claim_cfg in cfg.claims]
-    cost = _cost(out_dir, runs)
+    cost = _cost(cfg, out_dir, runs)
     fields = list(spec.fields)
     columns = ["cell", *fields, "seed", "run", *PREDICTORS, *(f"drift_{k}" for k in DRIFT_MEASURES),
                "attack_success_rate", "clean_accuracy", "triggered_accuracy"]
     return {"name": title, "made": machine.record(), "cells": len({r["cell"] for r in table}),
-            "seeds": list(spec.seeds), "fields": fields, "scores": scores, "drift_scores": drift_scores,
+            "seeds": list(spec.seeds), "predictor_seeds": [s for s in spec.seeds if _predicted(cfg, s)],
+            "fields": fields, "scores": scores, "drift_scores": drift_scores,
             "drift": _drift_curves(out_dir, runs), "claims": [c.as_dict() for c in checks], "cost": cost,
             "columns": columns, "runs": table}
 
@@ -264,16 +268,23 @@ def decide(claim_cfg, scores: list[dict], setting: str) -> Check:
     return Check("prediction", setting, predicted, measured, tolerance, verdict, claim_cfg.statement)
 
 
-def _cost(out_dir: Path, runs) -> dict:
-    """Wall seconds: training (each vmapped group counted once), predictors, linearised runs and drift."""
+def _predicted(cfg: PredictConfig, seed: int) -> bool:
+    """Whether the runs of ``seed`` get the predictors (``predictor_seeds``; empty: every seed)."""
+    return not cfg.predictor_seeds or seed in cfg.predictor_seeds
+
+
+def _cost(cfg: PredictConfig, out_dir: Path, runs) -> dict:
+    """Wall seconds: training (each vmapped group counted once), and the records of the spec's predictors,
+    linearised runs and drift."""
     groups = {}
     for _, _, name, _ in runs:
         results = files.read_json(out_dir / "sweep" / "runs" / name / "results.json")
         groups[results.get("group", name)] = float(results.get("wall_seconds") or 0.0)
-    part = {}
-    for kind in ("predictors", "linearised", "drift"):
-        part[kind] = sum(float(files.read_json(p).get("wall_seconds", 0.0))
-                         for p in sorted((out_dir / kind).glob("*.json")))
+    chosen = {"predictors": lambda seed: _predicted(cfg, seed),
+              "linearised": lambda seed: seed in cfg.linearised_seeds, "drift": lambda seed: seed in cfg.drift_seeds}
+    part = {kind: sum(float(files.read_json(out_dir / kind / f"{name}.json").get("wall_seconds", 0.0))
+                      for _, _, name, run_cfg in runs if wanted(run_cfg.seed))
+            for kind, wanted in chosen.items()}
     training = sum(groups.values())
     return {"training_seconds": training, **{f"{k}_seconds": v for k, v in part.items()},
             "predictors_fraction": part["predictors"] / training if training else None}
@@ -302,13 +313,21 @@ def _interval(ci) -> str:
     return "—" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
 
+def _predictor_seeds(summary: dict) -> str:
+    chosen = summary.get("predictor_seeds", summary["seeds"])
+    if chosen == summary["seeds"]:
+        return "predictors computed for every run"
+    return f"predictors computed for seed{'s' * (len(chosen) > 1)} {', '.join(map(str, chosen))} of each cell"
+
+
 def report_markdown(summary: dict) -> str:
     """The report: scores per outcome (best first), the drift's, the claims and the cost."""
     made = summary["made"]
     lines = [f"# Predictors against training: {summary['name']}", "",
-             f"{summary['cells']} cells × {len(summary['seeds'])} seeds. Spearman's ρ and Kendall's τ over the "
-             f"cells' means; 95% intervals from a bootstrap over cells (each with all its seeds); p from "
-             f"shuffling the cells (two-sided), Holm-adjusted over every predictor × outcome score of this report. "
+             f"{summary['cells']} cells × {len(summary['seeds'])} seeds; {_predictor_seeds(summary)}. Spearman's ρ "
+             f"and Kendall's τ over the cells' means; 95% intervals from a bootstrap over cells (each with all its "
+             f"seeds); p from shuffling the cells (two-sided), Holm-adjusted over every predictor × outcome score "
+             f"of this report. "
              f"{machine.in_words(made)}", ""]
     for outcome in sorted({s["outcome"] for s in summary["scores"]}, key=lambda o: o != "attack_success_rate"):
         part = sorted((s for s in summary["scores"] if s["outcome"] == outcome),

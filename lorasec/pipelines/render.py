@@ -206,9 +206,10 @@ def prediction(root: Path, name: str = "predict_synthetic") -> str:
 BASELINES = ("poison_rate", "learning_rate_sum")  # what the config alone says (lorasec.diagnostics.predictors)
 
 
-def prediction_line(root: Path, name: str = "predict_synthetic") -> str:
+def prediction_line(root: Path, name: str = "predict_synthetic", *options: str) -> str:
     """One line of a committed ``lorasec predict`` report: its claims' verdicts and the best-ranked predictor of
-    attack success."""
+    attack success; the seeds the predictors were computed for when not all; with the option ``cost``, what the
+    predictors cost against the sweep's training."""
     summary = _json(root, f"figures/{name}/summary.json")
     counts: dict = {}
     for c in summary["claims"]:
@@ -223,8 +224,15 @@ def prediction_line(root: Path, name: str = "predict_synthetic") -> str:
     for baseline in BASELINES:
         if baseline in asr:
             ranked += f"; the baseline `{baseline}` alone: ρ = {asr[baseline]['spearman']:+.2f}"
-    return (f"`{name}`: {summary['cells']} cells × {len(summary['seeds'])} seeds; {len(summary['claims'])} claims "
-            f"with thresholds fixed before the runs: {_tally(counts)}; {ranked}.")
+    chosen = summary.get("predictor_seeds", summary["seeds"])
+    seeds = "" if chosen == summary["seeds"] else f", predictors from seed{'s' * (len(chosen) > 1)} " + \
+        ", ".join(map(str, chosen)) + " of each"
+    cost = summary["cost"]
+    spent = (f" The predictors took {100 * cost['predictors_fraction']:.1f}% of the sweep's training time "
+             f"({cost['predictors_seconds']:.0f} s against {cost['training_seconds']:.0f} s)."
+             if "cost" in options and cost.get("predictors_fraction") is not None else "")
+    return (f"`{name}`: {summary['cells']} cells × {len(summary['seeds'])} seeds{seeds}; {len(summary['claims'])} "
+            f"claims with thresholds fixed before the runs: {_tally(counts)}; {ranked}.{spent}")
 
 
 def config_reference(root: Path) -> str:
