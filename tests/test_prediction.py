@@ -307,3 +307,10 @@ def test_predict_writes_predictions_before_training_then_scores_them(tmp_path, c
     kept = {p.name: p.stat().st_mtime_ns for p in (moved / "linearised").glob("*.json")}
     assert cli.main(["predict", spec, "--out", str(moved), "--no-train", "--no-progress", "--set", "probe_size=5"]) == 0
     assert kept == {p.name: p.stat().st_mtime_ns for p in (moved / "linearised").glob("*.json")}
+
+
+def test_batches_pad_to_one_shape_and_mark_the_real_rows():
+    batches = list(predictors._batches(5, 2))
+    assert [real for _, real in batches] == [2, 2, 1]
+    assert all(len(rows) == 2 for rows, _ in batches) and batches[-1][0].tolist() == [4, 0]
+    assert list(predictors._batches(0, 0)) == [] and list(predictors._batches(0, 4)) == []

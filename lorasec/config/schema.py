@@ -730,8 +730,8 @@ class PredictConfig:
     """Clean training examples sampled for the starting gradient (every poisoned one is used). >= 1."""
     predictor_seeds: tuple[int, ...] = ()
     """Seeds whose runs get the predictors computed before training; [] for every seed (each predictor is scored on
-    its mean over the cell's seeds that have it); [0] predicts each cell from one seed, at a fifth of five seeds'
-    cost."""
+    its mean over the cell's seeds that have it); [0] predicts each cell from one seed, at a fraction of the cost
+    (each model's compilation is paid either way)."""
     linearised_seeds: tuple[int, ...] = (0,)
     """Seeds whose runs are also trained linearised (each as long as a real run, three times the work); [] for none."""
     drift_seeds: tuple[int, ...] = (0,)

@@ -71,8 +71,8 @@ def _programs(graphdef):
 
 def _batches(n: int, size: int):
     """``(rows, real)`` per batch of ``range(n)``: ``size`` row indices each, the last batch filled up with row 0
-    (one compiled shape for every batch and run), and how many of them are real."""
-    for begin in range(0, n, size):
+    (one compiled shape for every batch of a size), and how many of them are real; none when ``n`` is 0."""
+    for begin in range(0, n, max(size, 1)):
         real = min(size, n - begin)
         rows = np.concatenate([np.arange(begin, begin + real), np.zeros(size - real, np.int64)])
         yield rows, real
@@ -142,19 +142,23 @@ def first_order(model: nnx.Module, trainable_filter, gradient, cfg: TrainConfig,
     result = {}
     for name, (value, change) in predicted(*evaluation.clean).items():
         result[f"{name}_clean_accuracy"] = float(np.mean(np.argmax(value + change, -1) == labels))
-    other = np.flatnonzero(labels != target) if target is not None else np.array([], np.int64)
-    if evaluation.triggered and len(other):  # ASR and push are over the triggered inputs not of the target class
-        per_trigger = [predicted(np.asarray(tokens)[other], np.asarray(mask)[other])
-                       for tokens, mask in evaluation.triggered.values()]
-        rows = np.arange(len(other))
-        for name in KERNELS:
-            asr, pushes = [], []
-            for outputs in per_trigger:
-                value, change = outputs[name]
-                asr.append(np.mean(np.argmax(value + change, -1) == target))
-                pushes.append(np.mean(change[rows, target] - change[rows, labels[other]]))
-            result[f"{name}_attack_success_rate"] = float(np.mean(asr))
-            result[f"{name}_margin_push"] = float(np.mean(pushes))
+    if target is None or not evaluation.triggered:
+        return result
+    other = np.flatnonzero(labels != target)  # ASR and push are over the triggered inputs not of the target class
+    if not len(other):
+        return {**result, **{f"{name}_{kind}": float("nan") for name in KERNELS
+                             for kind in ("attack_success_rate", "margin_push")}}
+    per_trigger = [predicted(np.asarray(tokens)[other], np.asarray(mask)[other])
+                   for tokens, mask in evaluation.triggered.values()]
+    rows = np.arange(len(other))
+    for name in KERNELS:
+        asr, pushes = [], []
+        for outputs in per_trigger:
+            value, change = outputs[name]
+            asr.append(np.mean(np.argmax(value + change, -1) == target))
+            pushes.append(np.mean(change[rows, target] - change[rows, labels[other]]))
+        result[f"{name}_attack_success_rate"] = float(np.mean(asr))
+        result[f"{name}_margin_push"] = float(np.mean(pushes))
     return result
 
 

@@ -164,7 +164,7 @@ def run_predict(path: str | Path, out_dir: str | Path, *, train: bool = True, pr
                                         desc="linearised", unit="run", disable=not progress):
             _cached(out_dir / "linearised" / f"{name}.json", lambda c=run_cfg: _linearised(c), _key(run_cfg, out_dir))
         if not train:
-            return {"predicted": len(runs)}
+            return {"predicted": sum(_predicted(cfg, r[3].seed) for r in runs)}
     run_sweep(spec, out_dir / "sweep", progress=progress)
     with rundir.exclusive(out_dir):
         for _, _, name, run_cfg in tqdm([r for r in runs if r[3].seed in cfg.drift_seeds], desc="drift",
